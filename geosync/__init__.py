@@ -1,0 +1,64 @@
+"""geosync: GitLab-Geo-style multi-site replication for Python applications.
+
+Declare one replicator class per replicable kind and add the `Replicable` mixin to its model;
+geosync derives registries, events, sync, verification, metrics and APIs from that.
+"""
+
+from __future__ import annotations
+
+from geosync.app import Geo
+from geosync.clock import Clock, FrozenClock, SystemClock
+from geosync.errors import (
+    AuthenticationError,
+    CatalogError,
+    ChecksumMismatch,
+    ConfigurationError,
+    GeoError,
+    InvalidTransition,
+    LeaseLost,
+    NotFound,
+    PrimaryMissing,
+    ReadOnlyViolation,
+    RecordNotFound,
+    TransferError,
+    UnsupportedEvent,
+    ValidationError,
+)
+from geosync.model import Replicable, VerificationStateMixin
+from geosync.registry import SyncState, VerificationState
+from geosync.replicator import Replicator
+from geosync.settings import Settings
+from geosync.strategies.blob import BlobReplicator
+from geosync.strategies.repository import RepositoryReplicator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BlobReplicator",
+    "CatalogError",
+    "ChecksumMismatch",
+    "Clock",
+    "ConfigurationError",
+    "FrozenClock",
+    "Geo",
+    "GeoError",
+    "InvalidTransition",
+    "LeaseLost",
+    "NotFound",
+    "PrimaryMissing",
+    "ReadOnlyViolation",
+    "RecordNotFound",
+    "Replicable",
+    "Replicator",
+    "RepositoryReplicator",
+    "Settings",
+    "SyncState",
+    "SystemClock",
+    "TransferError",
+    "UnsupportedEvent",
+    "ValidationError",
+    "VerificationState",
+    "VerificationStateMixin",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Databases: engines, framework tables, tables derived from the catalog, and migrations."""

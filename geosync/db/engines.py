@@ -1,0 +1,76 @@
+"""Engines for the main and tracking databases, with the pragmas and modes geosync relies on.
+
+SQLite: WAL, a busy timeout, foreign keys, and `BEGIN IMMEDIATE` for every writable transaction
+(a deferred transaction that later writes can fail at once instead of waiting). A read-only
+engine opens the file with ``mode=ro``. PostgreSQL (psycopg 3): a read-only engine sets
+``default_transaction_read_only`` so geosync can never write to a secondary's main database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from geosync.errors import ConfigurationError
+
+
+def make_engine(url: str, *, readonly: bool = False, setting: str = "database_url") -> Engine:
+    """An engine for `url`; `setting` names the setting in error messages."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"setting '{setting}': {url!r} is not a database URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, readonly)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgres_engine(parsed, readonly)
+    raise ConfigurationError(
+        f"setting '{setting}': unsupported database {parsed.get_backend_name()!r}"
+        " (use sqlite or postgresql+psycopg)"
+    )
+
+
+def _sqlite_engine(url: URL, readonly: bool) -> Engine:
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        raise ConfigurationError("an in-memory SQLite database cannot be shared between sites")
+    if readonly:
+        url = url.set(database=f"file:{database}?mode=ro", query={"uri": "true"})
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun below, explicitly
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: URL, readonly: bool) -> Engine:
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if readonly:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=10)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """Whether `engine` talks to SQLite (some statements differ)."""
+    return engine.dialect.name == "sqlite"

@@ -1,0 +1,1 @@
+"""Alembic migrations of the framework tables: `main/` and `tracking/`, one history each."""

@@ -1,0 +1,16 @@
+"""Alembic environment for the tracking database's framework tables; run by `geosync db upgrade`."""
+
+from alembic import context
+
+from geosync.db.schema import VERSION_TABLE
+from geosync.db.tables import tracking_metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=tracking_metadata,
+    version_table=VERSION_TABLE,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,143 @@
+"""Framework tables: the primary-side tables in the main database and the tracking tables.
+
+Both sets are versioned with Alembic (``geosync/db/migrations``); a test keeps the migrations
+and these definitions equal. Tables derived from replicators live in `geosync.db.derived`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from geosync.db.types import BigIntKey, JSONDoc, UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+main_metadata = MetaData(naming_convention=NAMING)
+tracking_metadata = MetaData(naming_convention=NAMING)
+
+geo_nodes = Table(
+    "geo_nodes",
+    main_metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("url", String(255), nullable=False),
+    Column("internal_url", String(255)),
+    Column("primary", Boolean, nullable=False, default=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("files_max_capacity", Integer, nullable=False, default=10),
+    Column("repos_max_capacity", Integer, nullable=False, default=25),
+    Column("verification_max_capacity", Integer, nullable=False, default=100),
+    Column("container_repositories_max_capacity", Integer, nullable=False, default=10),
+    Column("selective_sync_type", String(16)),
+    Column("selective_sync_shards", JSONDoc, nullable=False, default=list),
+    Column("selective_sync_namespace_ids", JSONDoc, nullable=False, default=list),
+    Column("minimum_reverification_interval", Integer, nullable=False, default=7),
+    Column("sync_object_storage", Boolean, nullable=False, default=False),
+    Column("access_key", String(64), nullable=False, unique=True),
+    Column("encrypted_secret_access_key", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+geo_node_statuses = Table(
+    "geo_node_statuses",
+    main_metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "geo_node_id",
+        Integer,
+        ForeignKey("geo_nodes.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("status", JSONDoc, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+geo_events = Table(
+    "geo_events",
+    main_metadata,
+    Column("id", BigIntKey, primary_key=True, autoincrement=True),
+    Column("replicable_name", String(255), nullable=False),
+    Column("event_name", String(255), nullable=False),
+    Column("payload", JSONDoc, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    sqlite_autoincrement=True,
+)
+
+geo_feature_flags = Table(
+    "geo_feature_flags",
+    main_metadata,
+    Column("name", String(255), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+geo_admin_tokens = Table(
+    "geo_admin_tokens",
+    main_metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("token_digest", String(128), nullable=False, unique=True),
+    Column("admin", Boolean, nullable=False, default=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
+
+geo_event_log_state = Table(
+    "geo_event_log_state",
+    tracking_metadata,
+    Column("id", Integer, primary_key=True),
+    Column("event_id", BigIntKey, nullable=False),
+    Column("pruned_behind", Boolean, nullable=False, default=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+geo_leases = Table(
+    "geo_leases",
+    tracking_metadata,
+    Column("name", String(255), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+geo_event_gaps = Table(
+    "geo_event_gaps",
+    tracking_metadata,
+    Column("event_id", BigIntKey, primary_key=True, autoincrement=False),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
+geo_sync_attempts = Table(
+    "geo_sync_attempts",
+    tracking_metadata,
+    Column("id", BigIntKey, primary_key=True, autoincrement=True),
+    Column("replicable_name", String(255), nullable=False),
+    Column("model_record_id", BigIntKey, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("error_class", String(32)),
+    Column("message", String(255)),
+    Column("bytes", BigIntKey),
+    Index("ix_geo_sync_attempts_item", "replicable_name", "model_record_id", "id"),
+    sqlite_autoincrement=True,
+)

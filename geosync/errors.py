@@ -1,0 +1,88 @@
+"""Every error geosync raises on purpose has one root, `GeoError`.
+
+The tree::
+
+    GeoError
+    ├── ConfigurationError          a setting, a replicator declaration or the node setup is wrong
+    │   ├── CatalogError            replicators that cannot be catalogued
+    │   └── ReadOnlyViolation       a secondary was about to write to its read-only main database
+    ├── NotFound                    a node, a record, a registry or a flag that does not exist
+    │   └── RecordNotFound          a replicator asked for a model record that does not exist
+    ├── ValidationError             input that breaks a rule (two primaries, ...)
+    ├── UnsupportedEvent            an event that the replicator's strategy does not declare
+    ├── InvalidTransition           a state change its current state forbids
+    ├── AuthenticationError         a node token missing, expired or not for this path
+    ├── TransferError               a download or git fetch that did not complete
+    │   ├── PrimaryMissing          the primary has the record but not its file or repository
+    │   └── ChecksumMismatch        the copy does not hash to the primary's checksum
+    └── LeaseLost                   a worker lost the lease it needed to go on
+
+Each class's docstring is its default message. Third-party errors are mapped at the boundary with
+``raise ... from exc`` so callers only ever catch geosync's own classes.
+"""
+
+from __future__ import annotations
+
+
+class GeoError(Exception):
+    """A geosync operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        """The human-readable message, one line."""
+        return str(self)
+
+
+class ConfigurationError(GeoError):
+    """geosync is not configured correctly."""
+
+
+class CatalogError(ConfigurationError):
+    """The replicator catalog is invalid."""
+
+
+class ReadOnlyViolation(ConfigurationError):
+    """A secondary must never write to its main database."""
+
+
+class NotFound(GeoError):
+    """The requested object does not exist."""
+
+
+class RecordNotFound(NotFound):
+    """The model record does not exist."""
+
+
+class ValidationError(GeoError):
+    """The input is not valid."""
+
+
+class UnsupportedEvent(GeoError):
+    """The replicator's strategy does not declare this event."""
+
+
+class InvalidTransition(GeoError):
+    """This state change is not allowed from the current state."""
+
+
+class AuthenticationError(GeoError):
+    """The request is not authenticated."""
+
+
+class TransferError(GeoError):
+    """The transfer from the primary did not complete."""
+
+
+class PrimaryMissing(TransferError):
+    """The primary does not have this resource."""
+
+
+class ChecksumMismatch(TransferError):
+    """The copy does not match the primary's checksum."""
+
+
+class LeaseLost(GeoError):
+    """The worker lost its lease."""

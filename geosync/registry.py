@@ -1,0 +1,372 @@
+"""Registries: the sync state of every replicable on a secondary, and its state machine.
+
+Each transition is one conditional UPDATE whose WHERE clause names the states it may leave, so
+an illegal transition changes nothing and raises; `synced` additionally requires the row to be
+the very sync that was started (same `last_synced_at`), so it loses to any newer event.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Table, and_, func, insert, or_, select, update
+
+from geosync.db.engines import is_sqlite
+from geosync.errors import InvalidTransition, NotFound
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.replicator import Replicator
+
+MAX_MESSAGE = 255
+DEFAULT_CAP = timedelta(hours=1)
+MISSING_ON_PRIMARY_CAP = timedelta(hours=4)
+
+
+class SyncState(IntEnum):
+    """Sync states, with GitLab's values."""
+
+    PENDING = 0
+    STARTED = 1
+    SYNCED = 2
+    FAILED = 3
+
+
+class VerificationState(IntEnum):
+    """Verification states, with GitLab's values."""
+
+    PENDING = 0
+    STARTED = 1
+    SUCCEEDED = 2
+    FAILED = 3
+    DISABLED = 4
+
+
+def cut(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` shortened to `limit` characters (database columns are bounded)."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delays: `n**4 + 15 + r*(n+1)` seconds with r in [0, 29], capped (§5)."""
+
+    rng: random.Random
+    scale: float = 1.0
+
+    def delay(self, n: int) -> timedelta:
+        """The delay before retry number `n` (n ≥ 1)."""
+        r = self.rng.randint(0, 29)
+        return timedelta(seconds=(n**4 + 15 + r * (n + 1)) * self.scale)
+
+    def next_retry_time(self, now: datetime, n: int, cap: timedelta = DEFAULT_CAP) -> datetime:
+        """When retry number `n` is due: `min(now + delay(n), now + cap + delay(1))`."""
+        capped = now + cap * self.scale + self.delay(1)
+        if n > 20:  # n**4 alone exceeds any cap; avoid huge timedeltas
+            return capped
+        return min(now + self.delay(n), capped)
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    """One registry row as read from the tracking database."""
+
+    values: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def sync_state(self) -> SyncState:
+        """The sync state as an enum."""
+        return SyncState(self.values["state"])
+
+    @property
+    def verification(self) -> VerificationState:
+        """The verification state as an enum."""
+        return VerificationState(self.values["verification_state"])
+
+
+class Registry:
+    """The registry of one replicator on this secondary: reads, transitions and claims."""
+
+    def __init__(self, geo: Geo, replicator: type[Replicator]) -> None:
+        self.geo = geo
+        self.replicator = replicator
+        self.table: Table = geo.tables.registry(replicator)
+        self.key = self.table.c[replicator.registry_foreign_key]
+        self.backoff = Backoff(geo.random, geo.settings.backoff_scale)
+
+    def __repr__(self) -> str:
+        return f"<Registry {self.table.name}>"
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, conn: Connection, model_record_id: int) -> RegistryRow | None:
+        """The row of `model_record_id`, or None."""
+        row = conn.execute(select(self.table).where(self.key == model_record_id)).first()
+        return RegistryRow(dict(row._mapping)) if row else None
+
+    def require(self, conn: Connection, model_record_id: int) -> RegistryRow:
+        """The row of `model_record_id`, or `NotFound`."""
+        row = self.get(conn, model_record_id)
+        if row is None:
+            raise NotFound(
+                f"{self.replicator.replicable_name} registry {model_record_id} not found"
+            )
+        return row
+
+    def count_by_state(self, conn: Connection) -> dict[SyncState, int]:
+        """Row counts per sync state (uses the state index)."""
+        rows = conn.execute(select(self.table.c.state, func.count()).group_by(self.table.c.state))
+        counts = dict.fromkeys(SyncState, 0)
+        for state, count in rows:
+            counts[SyncState(state)] = int(count)
+        return counts
+
+    # -- creation ----------------------------------------------------------------------------
+
+    def ensure_pending(
+        self, conn: Connection, model_record_id: int, pending_since: datetime | None = None
+    ) -> None:
+        """Create the row as pending, or move an existing row to pending (a newer change)."""
+        if self.get(conn, model_record_id) is None:
+            self.insert_pending(conn, [model_record_id], pending_since)
+        else:
+            self.pending(conn, model_record_id, pending_since)
+
+    def insert_pending(
+        self, conn: Connection, ids: Sequence[int], pending_since: datetime | None = None
+    ) -> int:
+        """Bulk-insert new pending rows for `ids` (which must not have rows yet)."""
+        if not ids:
+            return 0
+        now = self.geo.clock.now()
+        fk = self.replicator.registry_foreign_key
+        conn.execute(
+            insert(self.table),
+            [
+                {fk: i, "created_at": now, "state": 0, "pending_since": pending_since or now}
+                for i in ids
+            ],
+        )
+        return len(ids)
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def pending(
+        self, conn: Connection, model_record_id: int, pending_since: datetime | None = None
+    ) -> None:
+        """Any state → pending: a newer change must be synced (retry fields cleared)."""
+        self._transition(
+            conn,
+            model_record_id,
+            "pending",
+            tuple(SyncState),
+            state=SyncState.PENDING,
+            retry_at=None,
+            retry_count=0,
+            last_synced_at=None,
+            verification_state=VerificationState.DISABLED,
+            pending_since=pending_since or self.geo.clock.now(),
+        )
+
+    def start(self, conn: Connection, model_record_id: int) -> datetime:
+        """pending, synced or failed → started; returns the start time that `synced` needs."""
+        now = self.geo.clock.now()
+        self._transition(
+            conn,
+            model_record_id,
+            "start",
+            (SyncState.PENDING, SyncState.SYNCED, SyncState.FAILED),
+            state=SyncState.STARTED,
+            last_synced_at=now,
+        )
+        return now
+
+    def synced(
+        self,
+        conn: Connection,
+        model_record_id: int,
+        started_at: datetime,
+        *,
+        verification: VerificationState = VerificationState.DISABLED,
+        checksum: str | None = None,
+        missing_on_primary: bool = False,
+        local_path: str | None = None,
+    ) -> bool:
+        """started → synced, only if this is still the sync begun at `started_at`.
+
+        Returns False (and changes nothing) when a newer event moved the row on meanwhile.
+        """
+        now = self.geo.clock.now()
+        values: dict[str, Any] = {
+            "state": SyncState.SYNCED,
+            "retry_count": 0,
+            "retry_at": None,
+            "last_sync_failure": None,
+            "missing_on_primary": missing_on_primary,
+            "verification_state": verification,
+            "verification_retry_count": 0,
+            "verification_retry_at": None,
+            "verification_failure": None,
+            "checksum_mismatch": False,
+            "verification_checksum_mismatched": None,
+        }
+        if verification == VerificationState.SUCCEEDED:
+            values.update(verification_checksum=checksum, verified_at=now)
+        if local_path is not None:
+            values["local_path"] = local_path
+        result = conn.execute(
+            update(self.table)
+            .where(
+                self.key == model_record_id,
+                self.table.c.state == SyncState.STARTED,
+                self.table.c.last_synced_at == started_at,
+            )
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def failed(
+        self,
+        conn: Connection,
+        model_record_id: int,
+        message: str,
+        error: str | None = None,
+        *,
+        missing_on_primary: bool = False,
+        retry_count: int | None = None,
+    ) -> datetime:
+        """Any state → failed, with a reason and the next retry time; returns that time."""
+        row = self.require(conn, model_record_id)
+        n = retry_count if retry_count is not None else row.retry_count + 1
+        cap = MISSING_ON_PRIMARY_CAP if missing_on_primary else DEFAULT_CAP
+        retry_at = self.backoff.next_retry_time(self.geo.clock.now(), n, cap)
+        text = f"{message}: {error}" if error else message
+        self._transition(
+            conn,
+            model_record_id,
+            "fail",
+            tuple(SyncState),
+            state=SyncState.FAILED,
+            retry_count=n,
+            retry_at=retry_at,
+            last_sync_failure=cut(text),
+            missing_on_primary=missing_on_primary,
+        )
+        return retry_at
+
+    def resync(self, conn: Connection, model_record_id: int) -> None:
+        """synced or failed → pending, on an operator's request."""
+        self._transition(
+            conn,
+            model_record_id,
+            "resync",
+            (SyncState.SYNCED, SyncState.FAILED),
+            state=SyncState.PENDING,
+            retry_at=None,
+            retry_count=0,
+            last_synced_at=None,
+            verification_state=VerificationState.DISABLED,
+        )
+
+    def _transition(
+        self,
+        conn: Connection,
+        model_record_id: int,
+        action: str,
+        allowed: Iterable[SyncState],
+        **values: Any,
+    ) -> None:
+        allowed = tuple(allowed)
+        result = conn.execute(
+            update(self.table)
+            .where(self.key == model_record_id, self.table.c.state.in_([int(s) for s in allowed]))
+            .values(**values)
+        )
+        if result.rowcount == 0:
+            row = self.require(conn, model_record_id)
+            raise InvalidTransition(
+                f"cannot {action} {self.replicator.replicable_name} registry {model_record_id}:"
+                f" it is {row.sync_state.name.lower()}"
+            )
+
+    # -- work --------------------------------------------------------------------------------
+
+    def due_condition(self, now: datetime) -> Any:
+        """Rows a worker may claim: pending, or failed with their retry due."""
+        c = self.table.c
+        return or_(
+            c.state == SyncState.PENDING,
+            and_(c.state == SyncState.FAILED, c.retry_at <= now),
+        )
+
+    def claim(self, conn: Connection, limit: int) -> list[tuple[int, datetime]]:
+        """Claim up to `limit` due rows in one statement and mark them started.
+
+        Pending rows come first (their `retry_at` is null), then failed rows by due time.
+        PostgreSQL skips rows other workers hold; SQLite's `BEGIN IMMEDIATE` serialises claims.
+        """
+        if limit <= 0:
+            return []
+        now = self.geo.clock.now()
+        c = self.table.c
+        candidates = (
+            select(c.id)
+            .where(self.due_condition(now))
+            .order_by(c.retry_at.asc().nulls_first(), c.id)
+            .limit(limit)
+        )
+        if not is_sqlite(conn.engine):
+            candidates = candidates.with_for_update(skip_locked=True)
+        claimed = conn.execute(
+            update(self.table)
+            .where(c.id.in_(candidates.scalar_subquery()))
+            .values(state=SyncState.STARTED, last_synced_at=now)
+            .returning(self.key)
+        )
+        return [(int(model_id), now) for (model_id,) in claimed]
+
+    def started_count(self, conn: Connection) -> int:
+        """How many rows are being synced right now (across every worker of the site)."""
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(self.table)
+                .where(self.table.c.state == SyncState.STARTED)
+            ).scalar_one()
+        )
+
+    def fail_stuck(self, conn: Connection) -> int:
+        """Fail rows started longer ago than the sync timeout; returns how many."""
+        timeout = self.replicator.sync_timeout
+        hours = timeout.total_seconds() / 3600
+        cutoff = self.geo.clock.now() - timeout
+        now = self.geo.clock.now()
+        c = self.table.c
+        stuck = conn.execute(
+            select(self.key).where(c.state == SyncState.STARTED, c.last_synced_at < cutoff)
+        ).scalars()
+        count = 0
+        for model_record_id in list(stuck):
+            result = conn.execute(
+                update(self.table)
+                .where(self.key == model_record_id, c.state == SyncState.STARTED)
+                .values(
+                    state=SyncState.FAILED,
+                    retry_count=1,
+                    retry_at=self.backoff.next_retry_time(now, 1),
+                    last_sync_failure=f"Sync timed out after {hours:g} hours",
+                )
+            )
+            count += result.rowcount
+        return count

@@ -1,0 +1,219 @@
+"""The replicator base class: one per replicable kind, declared by the application.
+
+A concrete replicator names its model and implements one strategy method (`blob_path` or
+`repository_path`); every name, table, event, worker and API field is derived from it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import object_session
+
+from geosync.errors import RecordNotFound, UnsupportedEvent
+from geosync.names import DerivedNames
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from geosync.app import Geo
+    from geosync.nodes import Node
+
+CREATED = "created"
+UPDATED = "updated"
+DELETED = "deleted"
+CHECKSUM_SUCCEEDED = "checksum_succeeded"
+
+
+class Replicator:
+    """Base of every replicator; subclass `BlobReplicator` or `RepositoryReplicator` instead."""
+
+    #: Set by strategy base classes; a class with `abstract = True` derives no names.
+    abstract: ClassVar[bool] = True
+    strategy: ClassVar[str] = ""
+    model: ClassVar[type[Any]]
+    mutable: ClassVar[bool] = False
+    replication_enabled_by_default: ClassVar[bool] = True
+    verification_enabled: ClassVar[bool] = True
+    sync_timeout: ClassVar[timedelta] = timedelta(hours=8)
+
+    names: ClassVar[DerivedNames]
+    replicable_name: ClassVar[str]
+    replicable_name_plural: ClassVar[str]
+    registry_table_name: ClassVar[str]
+    registry_foreign_key: ClassVar[str]
+    states_table_name: ClassVar[str]
+    replication_flag_name: ClassVar[str]
+    graphql_field_name: ClassVar[str]
+    graphql_type_name: ClassVar[str]
+    registry_class_enum: ClassVar[str]
+    status_field_prefix: ClassVar[str]
+    prometheus_prefix: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        cls.abstract = False
+        plural = cls.__dict__.get("replicable_name_plural")
+        cls.names = DerivedNames.for_class(cls.__name__, plural)
+        for attribute, value in cls.names.as_dict().items():
+            setattr(cls, attribute, value)
+        cls.prometheus_prefix = cls.names.prometheus_prefix
+        model = cls.__dict__.get("model")
+        if model is not None and hasattr(model, "_geo_register_replicator"):
+            model._geo_register_replicator(cls)
+
+    def __init__(
+        self,
+        model_record: Any | None = None,
+        *,
+        model_record_id: int | None = None,
+        geo: Geo | None = None,
+    ) -> None:
+        if model_record is None and model_record_id is None:
+            raise TypeError("give model_record or model_record_id")
+        if model_record is not None and not isinstance(model_record, self.model):
+            raise TypeError(f"{type(self).__name__} replicates {self.model.__name__} records")
+        self._model_record = model_record
+        self._model_record_id = model_record_id
+        self._geo = geo
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.replicable_name} #{self.model_record_id}>"
+
+    # -- declaration -------------------------------------------------------------------------
+
+    @classmethod
+    def declared_events(cls) -> frozenset[str]:
+        """The events this replicator's strategy publishes and consumes."""
+        events = {CREATED, DELETED}
+        if cls.verification_enabled:
+            events.add(CHECKSUM_SUCCEEDED)
+        return frozenset(events)
+
+    @classmethod
+    def validate_declaration(cls) -> list[str]:
+        """Problems with this class's declaration, each a sentence naming the class."""
+        problems = []
+        model = getattr(cls, "model", None)
+        if model is None:
+            problems.append(f"{cls.__name__} has no model (set `model = YourModel`)")
+        elif not _is_replicable(model):
+            problems.append(
+                f"{cls.__name__}.model is {getattr(model, '__name__', model)!r},"
+                " which is not a Replicable model (add the Replicable mixin)"
+            )
+        if not cls.__name__.endswith("Replicator"):
+            problems.append(f"{cls.__name__}: a replicator class name must end in 'Replicator'")
+        return problems
+
+    # -- the bound record --------------------------------------------------------------------
+
+    @property
+    def geo(self) -> Geo:
+        """The site this replicator works for (the only one, unless given explicitly)."""
+        if self._geo is None:
+            from geosync.app import current_geo
+
+            self._geo = current_geo()
+        return self._geo
+
+    @property
+    def model_record_id(self) -> int:
+        """The id of the bound model record."""
+        if self._model_record is not None:
+            return int(self._model_record.id)
+        assert self._model_record_id is not None
+        return self._model_record_id
+
+    @property
+    def model_record(self) -> Any:
+        """The bound model record, loaded from the main database on first use."""
+        if self._model_record is None:
+            self._model_record = self.geo.load_record(self.model, self.model_record_id)
+            if self._model_record is None:
+                raise RecordNotFound(
+                    f"{self.model.__name__} {self.model_record_id} does not exist"
+                    f" ({type(self).__name__})"
+                )
+        return self._model_record
+
+    # -- events ------------------------------------------------------------------------------
+
+    def created_payload(self) -> dict[str, Any]:
+        """Payload of a `created` event."""
+        return {"model_record_id": self.model_record_id}
+
+    def updated_payload(self) -> dict[str, Any]:
+        """Payload of an `updated` event."""
+        return {"model_record_id": self.model_record_id}
+
+    def deleted_payload(self) -> dict[str, Any]:
+        """Payload of a `deleted` event, captured while the record still exists."""
+        return {"model_record_id": self.model_record_id}
+
+    def payload_for(self, event_name: str) -> dict[str, Any]:
+        """The payload of `event_name`, or `UnsupportedEvent`."""
+        self.check_event(event_name)
+        if event_name == DELETED:
+            return self.deleted_payload()
+        if event_name == UPDATED:
+            return self.updated_payload()
+        return self.created_payload()
+
+    @classmethod
+    def check_event(cls, event_name: str) -> None:
+        """Raise `UnsupportedEvent` unless the strategy declares `event_name`."""
+        if event_name not in cls.declared_events():
+            declared = ", ".join(sorted(cls.declared_events()))
+            raise UnsupportedEvent(
+                f"{cls.__name__} does not publish {event_name!r} events (it declares: {declared})"
+            )
+
+    def publish(self, event_name: str, connection: Connection | None = None) -> int | None:
+        """Write `event_name` to the event log; returns its id, or None when nothing is published.
+
+        With a connection the event joins that transaction; otherwise it joins the bound record's
+        session if it has one, else it is written in a transaction of its own.
+        """
+        from geosync.events import publish_event
+
+        payload = self.payload_for(event_name)
+        if connection is not None:
+            return publish_event(self.geo, connection, type(self), event_name, payload)
+        session = object_session(self._model_record) if self._model_record is not None else None
+        if session is not None:
+            return publish_event(self.geo, session.connection(), type(self), event_name, payload)
+        with self.geo.main_engine.begin() as conn:
+            return publish_event(self.geo, conn, type(self), event_name, payload)
+
+    def handle_after_update(self, connection: Connection | None = None) -> int | None:
+        """Publish `updated`; the application calls this after it changed the resource."""
+        return self.publish(UPDATED, connection)
+
+    # -- scope -------------------------------------------------------------------------------
+
+    @classmethod
+    def available_replicables(cls) -> Select[Any]:
+        """Every model row this replicator could replicate; override to exclude some."""
+        return select(cls.model.__table__.c.id)
+
+    @classmethod
+    def replicables_for_current_secondary(cls, query: Select[Any], node: Node) -> Select[Any]:
+        """Restrict `query` (model ids) to what `node` should hold; default: everything."""
+        return query
+
+    # -- hooks of the strategies -------------------------------------------------------------
+
+    def checksum(self) -> str:
+        """Checksum of the primary's resource; strategies implement it."""
+        raise NotImplementedError
+
+
+def _is_replicable(model: Any) -> bool:
+    from geosync.model import Replicable
+
+    return isinstance(model, type) and issubclass(model, Replicable)

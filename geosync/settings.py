@@ -1,0 +1,169 @@
+"""Site settings: one object resolved at the edge and passed down.
+
+Values come, strongest first, from explicit overrides, ``GEOSYNC_*`` environment variables and a
+TOML file (``--config`` or ``GEOSYNC_CONFIG``). This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from geosync.errors import ConfigurationError
+
+ENV_PREFIX = "GEOSYNC_"
+CONFIG_ENV = "GEOSYNC_CONFIG"
+
+_toml_path: ContextVar[Path | None] = ContextVar("geosync_toml_path", default=None)
+
+
+class Settings(BaseSettings):
+    """Everything a site needs to know about itself; see docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    node_name: str = Field(min_length=1, description="Name of this site's node in geo_nodes.")
+    main_database_url: str = Field(description="SQLAlchemy URL of the main database.")
+    tracking_database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the tracking database (secondaries)."
+    )
+    blob_storages: dict[str, Path] = Field(
+        default_factory=dict, description="Named blob storages: name -> directory."
+    )
+    repository_storage_root: Path | None = Field(
+        default=None, description="Directory holding bare git repositories."
+    )
+    internal_url: str | None = Field(
+        default=None, description="URL other sites use to reach this one."
+    )
+    secret_key_base: SecretStr = Field(
+        description="Secret shared by all sites; encrypts node secrets. At least 32 characters."
+    )
+    replicators: str | None = Field(
+        default=None, description="Dotted module path whose replicators form the catalog."
+    )
+    backoff_scale: float = Field(
+        default=1.0, gt=0, description="Multiplier on retry delays (tests shrink it)."
+    )
+    poll_interval: float = Field(
+        default=2.0, gt=0, description="Seconds an idle worker waits before looking again."
+    )
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("secret_key_base")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("internal_url")
+    @classmethod
+    def _url_with_slash(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value if value.endswith("/") else value + "/"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Overrides beat the environment, which beats the TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Resolve settings from overrides, the environment and a TOML file, or explain why not."""
+        path = config_file or os.environ.get(CONFIG_ENV)
+        resolved = Path(path) if path else None
+        if resolved is not None:
+            _check_toml(resolved)
+        token = _toml_path.set(resolved)
+        try:
+            return cls(**overrides)
+        except pydantic.ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+        finally:
+            _toml_path.reset(token)
+
+    def blob_storage(self, name: str) -> Path:
+        """The directory of a named blob storage, or a configuration error naming it."""
+        try:
+            return self.blob_storages[name]
+        except KeyError:
+            known = ", ".join(sorted(self.blob_storages)) or "none"
+            raise ConfigurationError(
+                f"setting 'blob_storages': no storage named {name!r} (configured: {known})"
+            ) from None
+
+    def to_toml(self) -> str:
+        """This object as a TOML document that `load` reads back (secrets included)."""
+        lines: list[str] = []
+        tables: list[str] = []
+        for key, value in self.model_dump(exclude_none=True).items():
+            if key == "secret_key_base":
+                value = self.secret_key_base.get_secret_value()
+            if isinstance(value, dict):
+                tables.append(f"\n[{key}]")
+                tables.extend(f"{k} = {_toml_value(v)}" for k, v in sorted(value.items()))
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines + tables) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _check_toml(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigurationError(f"config file {path} does not exist")
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        env = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else CONFIG_ENV
+        message = str(error["msg"])
+        if error["type"] == "missing":
+            message = f"missing (set it in the config file or {env})"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known setting"
+        problems.append(f"setting '{name}': {message}")
+    return "; ".join(problems)

@@ -1,0 +1,1 @@
+"""One strategy per data type: blobs (files) and git repositories."""

@@ -1,0 +1,101 @@
+"""A primary and a secondary site on one machine, as tests and the demo need them."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from geosync.app import Geo
+from geosync.clock import Clock
+from geosync.db.schema import upgrade
+from geosync.nodes import Node, NodeStore
+from geosync.replicator import Replicator
+from geosync.settings import Settings
+from geosync.testing.databases import DatabaseFactory
+
+
+@dataclass
+class SitePair:
+    """A registered primary and secondary sharing a main database (the secondary read-only)."""
+
+    primary: Geo
+    secondary: Geo
+    primary_node: Node
+    secondary_node: Node
+    root: Path
+
+    def dispose(self) -> None:
+        """Close both sites' connections."""
+        self.secondary.dispose()
+        self.primary.dispose()
+
+
+def site_settings(
+    name: str,
+    root: Path,
+    replicators: Sequence[type[Replicator]],
+    main_url: str,
+    tracking_url: str | None,
+    secret_key_base: str,
+    **extra: object,
+) -> Settings:
+    """Settings for one site with its own storages under `root/name`."""
+    storages = {
+        storage: root / name / "storages" / storage
+        for storage in sorted({str(getattr(r, "storage", "")) for r in replicators} - {""})
+    }
+    for path in storages.values():
+        path.mkdir(parents=True, exist_ok=True)
+    repositories = root / name / "repositories"
+    repositories.mkdir(parents=True, exist_ok=True)
+    return Settings.load(
+        node_name=name,
+        main_database_url=main_url,
+        tracking_database_url=tracking_url,
+        blob_storages=storages,
+        repository_storage_root=repositories,
+        secret_key_base=secret_key_base,
+        **extra,
+    )
+
+
+def build_site_pair(
+    root: Path,
+    replicators: Sequence[type[Replicator]],
+    databases: DatabaseFactory,
+    *,
+    clock: Clock | None = None,
+    primary_url: str = "http://127.0.0.1:1/",
+    register_secondary: bool = True,
+    **extra: object,
+) -> SitePair:
+    """Create, migrate and register a primary and a secondary for `replicators`."""
+    secret = secrets.token_urlsafe(32)
+    main_url = databases.url("main")
+    primary = Geo(
+        site_settings("primary", root, replicators, main_url, None, secret, **extra),
+        list(replicators),
+        clock=clock,
+    )
+    for replicator in primary.catalog:
+        replicator.model.__table__.create(primary.main_engine, checkfirst=True)
+    upgrade(primary)
+    with primary.main() as conn:
+        store = NodeStore(primary, conn)
+        primary_node = store.add("primary", primary_url, primary=True)
+        secondary_node = (
+            store.add("secondary", "http://127.0.0.1:2/")
+            if register_secondary
+            else primary_node
+        )
+    secondary = Geo(
+        site_settings(
+            "secondary", root, replicators, main_url, databases.url("tracking"), secret, **extra
+        ),
+        list(replicators),
+        clock=clock,
+    )
+    upgrade(secondary)
+    return SitePair(primary, secondary, primary_node, secondary_node, root)
