@@ -16,6 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect
 
+from geosync.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from geosync.app import Geo
 
@@ -63,9 +65,21 @@ def _upgrade_one(engine: Engine, database: str, derived: MetaData, report: Upgra
         after = current_revision(connection)
         report.applied[database] = after if after != before else None
         existing = set(inspect(connection).get_table_names())
+        _require_model_tables(derived, existing)
         missing = [t for t in derived.sorted_tables if t.name not in existing]
         derived.create_all(connection, tables=missing)
         report.created_tables.extend(t.name for t in missing)
+
+
+def _require_model_tables(derived: MetaData, existing: set[str]) -> None:
+    for table in derived.sorted_tables:
+        for key in table.foreign_keys:
+            target = key.column.table.name
+            if target not in existing:
+                raise ConfigurationError(
+                    f"table {target!r} does not exist yet: {table.name!r} refers to it;"
+                    " run the application's own migrations before `geosync db upgrade`"
+                )
 
 
 def upgrade(geo: Geo) -> UpgradeReport:

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from geosync.app import Geo
 from geosync.clock import Clock
@@ -39,7 +40,7 @@ def site_settings(
     main_url: str,
     tracking_url: str | None,
     secret_key_base: str,
-    **extra: object,
+    **extra: Any,
 ) -> Settings:
     """Settings for one site with its own storages under `root/name`."""
     storages = {
@@ -69,7 +70,7 @@ def build_site_pair(
     clock: Clock | None = None,
     primary_url: str = "http://127.0.0.1:1/",
     register_secondary: bool = True,
-    **extra: object,
+    **extra: Any,
 ) -> SitePair:
     """Create, migrate and register a primary and a secondary for `replicators`."""
     secret = secrets.token_urlsafe(32)
@@ -86,9 +87,7 @@ def build_site_pair(
         store = NodeStore(primary, conn)
         primary_node = store.add("primary", primary_url, primary=True)
         secondary_node = (
-            store.add("secondary", "http://127.0.0.1:2/")
-            if register_secondary
-            else primary_node
+            store.add("secondary", "http://127.0.0.1:2/") if register_secondary else primary_node
         )
     secondary = Geo(
         site_settings(

@@ -1,0 +1,325 @@
+"""The `geosync` command line (Typer + Rich).
+
+Every option is also a `GEOSYNC_*` environment variable (resolved by `Settings`). A user mistake
+is one clear line on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geosync.app import Geo
+from geosync.errors import GeoError
+from geosync.settings import Settings
+
+app = typer.Typer(
+    name="geosync",
+    help="Multi-site replication for Python applications.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+node_app = typer.Typer(help="Sites (nodes) of this deployment.", no_args_is_help=True)
+flags_app = typer.Typer(help="Per-type replication feature flags.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(node_app, name="node")
+app.add_typer(flags_app, name="flags")
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file.", envvar="GEOSYNC_CONFIG"),
+]
+
+
+class State:
+    """What the root callback resolved: the config file path, for commands to load lazily."""
+
+    config: Path | None = None
+
+
+@app.callback()
+def root(config: ConfigOption = None) -> None:
+    """geosync: replicate blobs, git repositories and databases to secondary sites."""
+    State.config = config
+
+
+def load_settings() -> Settings:
+    """The settings of this invocation."""
+    return Settings.load(State.config)
+
+
+def load_geo() -> Geo:
+    """The site of this invocation, with its catalog."""
+    return Geo(load_settings())
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn geosync's errors into one red line and exit code 1."""
+    try:
+        yield
+    except GeoError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def run(action: Callable[[], T]) -> T:
+    """Run `action` with user errors reported cleanly."""
+    with user_errors():
+        return action()
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=True) + "\n")
+
+
+# -- db --------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate this site's databases (framework and derived tables)."""
+    from geosync.db.schema import upgrade
+
+    def action() -> None:
+        report = upgrade(load_geo())
+        for database, revision in report.applied.items():
+            note = f"upgraded to {revision}" if revision else "already current"
+            console.print(f"{database} database: {note}")
+        for table in report.created_tables:
+            console.print(f"created table {table}")
+
+    run(action)
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+NODE_COLUMNS = ("id", "name", "url", "primary", "enabled", "selective_sync_type")
+
+
+def _node_settings(**options: Any) -> dict[str, Any]:
+    settings = {k: v for k, v in options.items() if v is not None}
+    if "selective_sync_type" in settings and settings["selective_sync_type"] in ("", "none"):
+        settings["selective_sync_type"] = None
+    for key in ("selective_sync_namespace_ids", "selective_sync_shards"):
+        if key in settings:
+            settings[key] = [part for part in settings[key].split(",") if part.strip()]
+    return settings
+
+
+NamespacesOption = Annotated[
+    str | None, typer.Option(help="Comma-separated namespace ids for selective sync.")
+]
+ShardsOption = Annotated[
+    str | None, typer.Option(help="Comma-separated shards for selective sync.")
+]
+
+
+@node_app.command("add")
+def node_add(
+    name: str,
+    url: str,
+    primary: Annotated[bool, typer.Option("--primary", help="This node is the primary.")] = False,
+    internal_url: Annotated[str | None, typer.Option()] = None,
+    files_max_capacity: Annotated[int | None, typer.Option()] = None,
+    repos_max_capacity: Annotated[int | None, typer.Option()] = None,
+    verification_max_capacity: Annotated[int | None, typer.Option()] = None,
+    selective_sync_type: Annotated[str | None, typer.Option()] = None,
+    selective_sync_namespace_ids: NamespacesOption = None,
+    selective_sync_shards: ShardsOption = None,
+    minimum_reverification_interval: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Register a node (run on the primary)."""
+    from geosync.nodes import NodeStore
+
+    def action() -> None:
+        geo = load_geo()
+        settings = _node_settings(
+            internal_url=internal_url,
+            files_max_capacity=files_max_capacity,
+            repos_max_capacity=repos_max_capacity,
+            verification_max_capacity=verification_max_capacity,
+            selective_sync_type=selective_sync_type,
+            selective_sync_namespace_ids=selective_sync_namespace_ids,
+            selective_sync_shards=selective_sync_shards,
+            minimum_reverification_interval=minimum_reverification_interval,
+        )
+        with geo.main() as conn:
+            node = NodeStore(geo, conn).add(name, url, primary=primary, **settings)
+        role = "primary" if node.primary else "secondary"
+        console.print(f"added {role} node {node.name} (id {node.id}) at {node.url}")
+
+    run(action)
+
+
+@node_app.command("list")
+def node_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List every node."""
+    from geosync.nodes import NodeStore
+
+    def action() -> None:
+        geo = load_geo()
+        with geo.main_engine.connect() as conn:
+            nodes = NodeStore(geo, conn).list()
+        if as_json:
+            print_json([n.as_dict() for n in nodes])
+            return
+        table = Table(*NODE_COLUMNS)
+        for node in nodes:
+            table.add_row(*(str(getattr(node, column)) for column in NODE_COLUMNS))
+        console.print(table)
+
+    run(action)
+
+
+@node_app.command("update")
+def node_update(
+    node: Annotated[str, typer.Argument(help="Node name or id.")],
+    name: Annotated[str | None, typer.Option()] = None,
+    url: Annotated[str | None, typer.Option()] = None,
+    internal_url: Annotated[str | None, typer.Option()] = None,
+    enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
+    files_max_capacity: Annotated[int | None, typer.Option()] = None,
+    repos_max_capacity: Annotated[int | None, typer.Option()] = None,
+    verification_max_capacity: Annotated[int | None, typer.Option()] = None,
+    selective_sync_type: Annotated[
+        str | None, typer.Option(help="namespaces, shards or none")
+    ] = None,
+    selective_sync_namespace_ids: NamespacesOption = None,
+    selective_sync_shards: ShardsOption = None,
+    minimum_reverification_interval: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Change a node's settings (run on the primary)."""
+    from geosync.nodes import NodeStore
+
+    def action() -> None:
+        geo = load_geo()
+        changes = _node_settings(
+            name=name,
+            url=url,
+            internal_url=internal_url,
+            enabled=enabled,
+            files_max_capacity=files_max_capacity,
+            repos_max_capacity=repos_max_capacity,
+            verification_max_capacity=verification_max_capacity,
+            selective_sync_type=selective_sync_type,
+            selective_sync_namespace_ids=selective_sync_namespace_ids,
+            selective_sync_shards=selective_sync_shards,
+            minimum_reverification_interval=minimum_reverification_interval,
+        )
+        with geo.main() as conn:
+            store = NodeStore(geo, conn)
+            updated = store.update(store.by_name_or_id(node).id, **changes)
+        console.print(f"updated node {updated.name} (id {updated.id})")
+
+    run(action)
+
+
+@node_app.command("remove")
+def node_remove(node: Annotated[str, typer.Argument(help="Node name or id.")]) -> None:
+    """Remove a node (run on the primary)."""
+    from geosync.nodes import NodeStore
+
+    def action() -> None:
+        geo = load_geo()
+        with geo.main() as conn:
+            store = NodeStore(geo, conn)
+            found = store.by_name_or_id(node)
+            store.remove(found.id)
+        console.print(f"removed node {found.name}")
+
+    run(action)
+
+
+# -- flags ------------------------------------------------------------------------------------
+
+
+@flags_app.command("list")
+def flags_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show every replication flag and whether it is on."""
+    from geosync.flags import list_flags
+
+    def action() -> None:
+        geo = load_geo()
+        with geo.main_engine.connect() as conn:
+            flags = list_flags(conn, geo.catalog)
+        if as_json:
+            print_json(
+                [{"name": f.name, "enabled": f.enabled, "default": f.default} for f in flags]
+            )
+            return
+        table = Table("flag", "enabled", "default")
+        for flag in flags:
+            table.add_row(flag.name, str(flag.enabled).lower(), str(flag.default).lower())
+        console.print(table)
+
+    run(action)
+
+
+def _set_flag(name: str, enabled: bool) -> None:
+    from geosync.flags import set_flag
+
+    def action() -> None:
+        geo = load_geo()
+        with geo.main() as conn:
+            flag = set_flag(conn, geo.catalog, name, enabled, geo.clock.now())
+        console.print(f"{flag.name} is now {'enabled' if flag.enabled else 'disabled'}")
+
+    run(action)
+
+
+@flags_app.command("enable")
+def flags_enable(name: str) -> None:
+    """Turn a replication flag on (run on the primary)."""
+    _set_flag(name, True)
+
+
+@flags_app.command("disable")
+def flags_disable(name: str) -> None:
+    """Turn a replication flag off (run on the primary)."""
+    _set_flag(name, False)
+
+
+# -- admin tokens -----------------------------------------------------------------------------
+
+
+@app.command("admin-token")
+def admin_token(
+    action_name: Annotated[str, typer.Argument(metavar="create", help="Only 'create' for now.")],
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "admin",
+    non_admin: Annotated[
+        bool, typer.Option("--non-admin", help="A token that may not use admin APIs.")
+    ] = False,
+) -> None:
+    """Create an admin API token; it is printed once and stored hashed."""
+    from geosync.auth import create_admin_token
+
+    def action() -> None:
+        if action_name != "create":
+            raise GeoError(f"unknown admin-token action {action_name!r} (use: create)")
+        geo = load_geo()
+        with geo.main() as conn:
+            token = create_admin_token(conn, name, geo.clock.now(), admin=not non_admin)
+        sys.stdout.write(token + "\n")
+
+    run(action)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

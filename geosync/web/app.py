@@ -1,0 +1,84 @@
+"""The site's web application: node-to-node API, admin REST API, GraphQL, metrics and admin UI.
+
+Every error leaves as JSON `{"message": ...}` with a 4xx status; bad input never becomes a 500.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from geosync.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    GeoError,
+    InvalidTransition,
+    NotFound,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+
+STATUS_OF: tuple[tuple[type[GeoError], int], ...] = (
+    (AuthenticationError, 401),
+    (NotFound, 404),
+    (InvalidTransition, 409),
+    (ValidationError, 422),
+    (ConfigurationError, 503),
+)
+
+
+def status_for(error: GeoError) -> int:
+    """The HTTP status that answers `error`."""
+    for cls, status in STATUS_OF:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+def create_app(geo: Geo) -> FastAPI:
+    """The ASGI application of one site."""
+    app = FastAPI(
+        title="geosync",
+        openapi_url="/api/v4/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.geo = geo
+    _install_error_handlers(app)
+    for include in ROUTERS:
+        include(app, geo)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GeoError)
+    async def _geo_error(_request: Request, exc: GeoError) -> JSONResponse:
+        return JSONResponse({"message": str(exc)}, status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"message": f"400 Bad request - {problems}"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"message": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _geo_api(app: FastAPI, geo: Geo) -> None:
+    from geosync.web import geo_api
+
+    app.include_router(geo_api.router)
+
+
+#: Each adds one part of the web application; later parts append themselves here.
+ROUTERS = [_geo_api]

@@ -1,0 +1,103 @@
+"""`geosync worker`: runs a site's background loops, by role, until told to stop.
+
+Each loop runs in its own thread. SIGTERM/SIGINT stop every loop from taking new work; work in
+flight finishes (or is failed cleanly by its owner) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from geosync.log import get_logger
+from geosync.loops import Loop, Wakeup
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+
+log = get_logger("worker")
+LoopFactory = Callable[["Geo", "Worker"], Loop]
+
+
+def _secondary_loops() -> list[LoopFactory]:
+    from geosync.secondary.log_cursor import LogCursorLoop
+    from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
+
+    return [LogCursorLoop, SchedulerLoop, StuckSweepLoop]
+
+
+def _primary_loops() -> list[LoopFactory]:
+    return []
+
+
+#: Loop factories per role; each part of geosync that needs a background loop adds it here.
+ROLE_LOOPS: dict[str, Callable[[], list[LoopFactory]]] = {
+    "primary": _primary_loops,
+    "secondary": _secondary_loops,
+}
+
+
+class Worker:
+    """Runs loops in threads; `stop()` (or a signal) ends them all."""
+
+    def __init__(self, geo: Geo, factories: list[LoopFactory] | None = None) -> None:
+        self.geo = geo
+        self.stopping = threading.Event()
+        self.wakeup = Wakeup()
+        role = "secondary" if geo.has_tracking_database else "primary"
+        self.role = role
+        chosen = factories if factories is not None else ROLE_LOOPS[role]()
+        self.loops: list[Loop] = [factory(geo, self) for factory in chosen]
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start every loop's thread."""
+        for loop in self.loops:
+            thread = threading.Thread(target=self._run, args=(loop,), name=loop.name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker started", role=self.role, loops=[loop.name for loop in self.loops])
+
+    def _run(self, loop: Loop) -> None:
+        while not self.stopping.is_set():
+            try:
+                delay = loop.run_once()
+            except Exception:  # a loop boundary: log with traceback, back off, go on
+                log.exception("loop failed", loop=loop.name)
+                delay = 5.0
+            if delay > 0 and not self.stopping.is_set():
+                self.wakeup.wait(min(delay, self.geo.settings.poll_interval * 15))
+        closer = getattr(loop, "close", None)
+        if callable(closer):
+            closer()
+
+    def notify(self) -> None:
+        """New work exists: wake every idle loop."""
+        self.wakeup.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work, let loops finish their round, and wait for them."""
+        self.stopping.set()
+        self.wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        log.info("worker stopped", role=self.role)
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGTERM or SIGINT, then stop cleanly."""
+
+        def _signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received, stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+            self.wakeup.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        while not self.stopping.wait(1.0):
+            if not any(t.is_alive() for t in self._threads):
+                break
+        self.stop()
