@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
+import geosync.verification  # noqa: F401  (registers the hook keeping checksums current)
 from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables
@@ -156,6 +157,13 @@ class Geo:
         with self.main_engine.connect() as conn:
             row = conn.execute(select(geo_nodes).where(geo_nodes.c.primary.is_(True))).first()
         return Node.from_row(row._mapping) if row else None
+
+    def primary_internal_url(self) -> str:
+        """The URL secondaries use to reach the primary."""
+        node = self.primary_node()
+        if node is None:
+            raise ConfigurationError("no primary node is registered")
+        return node.effective_internal_url
 
     def dispose(self) -> None:
         """Close every pooled connection (before forking, at exit, between tests)."""

@@ -26,7 +26,13 @@ class Catalog:
             module = importlib.import_module(dotted)
         except ImportError as exc:
             raise CatalogError(f"setting 'replicators': cannot import {dotted!r}: {exc}") from None
-        return cls(replicators_in(module))
+        found = replicators_in(module)
+        if not found:
+            # Only classes defined in the module count: one that merely imports them is a typo.
+            raise CatalogError(
+                f"setting 'replicators': module {dotted!r} defines no replicator class"
+            )
+        return cls(found)
 
     def __iter__(self) -> Iterator[type[Replicator]]:
         return iter(self._replicators)
@@ -84,10 +90,14 @@ def _validate(replicators: Sequence[type[Replicator]]) -> None:
         raise CatalogError("; ".join(problems))
     seen: dict[tuple[str, str], type[Replicator]] = {}
     for replicator in replicators:
-        for attribute, value in replicator.names.as_dict().items():
+        names = replicator.names.as_dict()
+        # Singular and plural share one namespace: `Catalog.get` and the URLs accept either.
+        keys = [(a, v) for a, v in names.items() if a != "replicable_name_plural"]
+        keys.append(("replicable_name", names["replicable_name_plural"]))
+        for attribute, value in keys:
             other = seen.setdefault((attribute, value), replicator)
             if other is not replicator:
                 raise CatalogError(
                     f"{other.__name__} and {replicator.__name__} both derive"
-                    f" {attribute} {value!r}; rename one or set replicable_name_plural"
+                    f" the name {value!r}; rename one or set replicable_name_plural"
                 )

@@ -15,7 +15,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import exc as sa_exc
 
 from geosync.app import Geo
 from geosync.errors import GeoError
@@ -73,8 +75,17 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except GeoError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
         raise typer.Exit(1) from None
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+        # Unreachable database, missing schema: the operator's to fix, not a crash.
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        _print_error(f"database: {reason} (is it reachable, and has `geosync db upgrade` run?)")
+        raise typer.Exit(1) from None
+
+
+def _print_error(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def run(action: Callable[[], T]) -> T:
@@ -318,6 +329,130 @@ def admin_token(
         sys.stdout.write(token + "\n")
 
     run(action)
+
+
+# -- verification -----------------------------------------------------------------------------
+
+
+@app.command("reverify")
+def reverify(
+    name: Annotated[str, typer.Argument(help="Replicable name, e.g. upload or uploads.")],
+    record_id: Annotated[int | None, typer.Option("--id", help="One record's id.")] = None,
+    all_records: Annotated[bool, typer.Option("--all", help="Every record of the type.")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="With --all: only failed verifications.")
+    ] = False,
+) -> None:
+    """Queue verification again: the primary's checksums, or this secondary's copies."""
+    from geosync.errors import ValidationError
+
+    def action() -> None:
+        if (record_id is None) == (not all_records):
+            raise ValidationError("give exactly one of --id ID or --all")
+        if failed and not all_records:
+            raise ValidationError("--failed only goes with --all")
+        geo = load_geo()
+        replicator = geo.catalog.get(name)
+        if record_id is not None:
+            from geosync.verification import reverify_one
+
+            reverify_one(geo, replicator, record_id)
+            console.print(f"{replicator.replicable_name} {record_id} queued for verification")
+            return
+        count = _reverify_all(geo, replicator, failed)
+        what = "failed " if failed else ""
+        console.print(f"{count} {what}{replicator.replicable_name_plural} queued for verification")
+
+    run(action)
+
+
+def _reverify_all(geo: Geo, replicator: Any, failed: bool) -> int:
+    from rich.progress import Progress
+
+    from geosync.verification import reverify_all, reverify_count
+
+    total = reverify_count(geo, replicator, failed)
+    done = 0
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task(f"re-queueing {replicator.replicable_name_plural}", total=total)
+        for changed in reverify_all(geo, replicator, failed):
+            done += changed
+            progress.update(task, advance=changed)
+    return done
+
+
+# -- services ---------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str, typer.Option(envvar="GEOSYNC_HOST", help="Address to bind.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="GEOSYNC_PORT", help="Port to bind.")] = 8080,
+) -> None:
+    """Run this site's web application (APIs, metrics, admin UI)."""
+    import uvicorn
+
+    from geosync.log import configure
+    from geosync.web.app import create_app
+
+    def action() -> None:
+        geo = load_geo()
+        configure(geo.settings.log_format, geo.settings.log_level)
+        uvicorn.run(create_app(geo), host=host, port=port, log_level="warning", access_log=False)
+
+    run(action)
+
+
+@app.command("worker")
+def worker() -> None:
+    """Run this site's background loops until SIGTERM or SIGINT."""
+    from geosync.log import configure
+    from geosync.worker import Worker
+
+    def action() -> None:
+        geo = load_geo()
+        configure(geo.settings.log_format, geo.settings.log_level)
+        Worker(geo).run_forever()
+
+    run(action)
+
+
+# -- status and preflight ----------------------------------------------------------------------
+
+
+@app.command("status")
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show every node's replication status and health (this site's computed now)."""
+    from geosync.status_view import render_status, status_json
+
+    def action() -> None:
+        geo = load_geo()
+        if as_json:
+            print_json(status_json(geo))
+        else:
+            render_status(geo, console)
+
+    run(action)
+
+
+@app.command("check")
+def check() -> None:
+    """Preflight: settings, databases and roles, node registration, clock, git, storages."""
+    from geosync.preflight import run_checks
+
+    failures = 0
+    for result in run_checks(load_geo):
+        mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {result.name}: {result.message}", highlight=False)
+        if not result.ok:
+            failures += 1
+            console.print(f"      fix: {result.fix}", highlight=False)
+    if failures:
+        err_console.print(f"[red]{failures} check(s) failed[/red]")
+        raise typer.Exit(1)
+    console.print("all checks passed")
 
 
 def main() -> None:

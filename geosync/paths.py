@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from geosync.errors import ValidationError
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing absolute paths, `..` escapes and symlink escapes."""
-    if not relative or Path(relative).is_absolute():
-        raise ValidationError(f"path {relative!r} must be relative to its storage root")
+    """Join ``relative`` to ``root`` and return the resolved path, strictly inside ``root``.
+
+    Rejects absolute paths, ``..`` components and symlinks leading out, so callers never touch
+    files outside their storage root.
+    """
+    if not relative or "\0" in relative or "\\" in relative:
+        raise ValidationError(f"Invalid relative path: {relative!r}")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise ValidationError(f"Path must be relative and stay inside the root: {relative!r}")
     base = root.resolve()
-    target = (base / relative).resolve()
-    if target == base or base not in target.parents:
-        raise ValidationError(f"path {relative!r} points outside its storage root")
+    target = (base / pure).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise ValidationError(f"Path is outside the root: {relative!r}")
     return target

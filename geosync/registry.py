@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, case, func, insert, or_, select, update
 
 from geosync.db.engines import is_sqlite
 from geosync.errors import InvalidTransition, NotFound
@@ -154,7 +154,14 @@ class Registry:
         conn.execute(
             insert(self.table),
             [
-                {fk: i, "created_at": now, "state": 0, "pending_since": pending_since or now}
+                {
+                    fk: i,
+                    "created_at": now,
+                    "state": SyncState.PENDING,
+                    # Like the `pending` transition: only a primary checksum enables verification.
+                    "verification_state": VerificationState.DISABLED,
+                    "pending_since": pending_since or now,
+                }
                 for i in ids
             ],
         )
@@ -214,9 +221,7 @@ class Registry:
             "retry_at": None,
             "last_sync_failure": None,
             "missing_on_primary": missing_on_primary,
-            "verification_state": verification,
-            "verification_retry_count": 0,
-            "verification_retry_at": None,
+            **self._verification_after_sync(verification),
             "verification_failure": None,
             "checksum_mismatch": False,
             "verification_checksum_mismatched": None,
@@ -235,6 +240,28 @@ class Registry:
             .values(**values)
         )
         return result.rowcount == 1
+
+    def _verification_after_sync(self, verification: VerificationState) -> dict[str, Any]:
+        # A `checksum_succeeded` that arrived during the sync left the row's verification
+        # pending: keep it rather than disable it. A resync after a failed verification keeps
+        # its retry count when verification goes pending again (mismatches keep backing off).
+        c = self.table.c
+        if verification == VerificationState.DISABLED:
+            pending, disabled = int(VerificationState.PENDING), int(VerificationState.DISABLED)
+            state: Any = case((c.verification_state == pending, pending), else_=disabled)
+        else:
+            state = verification
+        from_failed = c.verification_state == VerificationState.FAILED
+        keep = verification == VerificationState.PENDING
+        return {
+            "verification_state": state,
+            "verification_retry_count": (
+                case((from_failed, c.verification_retry_count), else_=0) if keep else 0
+            ),
+            "verification_retry_at": (
+                case((from_failed, c.verification_retry_at), else_=None) if keep else None
+            ),
+        }
 
     def failed(
         self,
@@ -310,7 +337,9 @@ class Registry:
             and_(c.state == SyncState.FAILED, c.retry_at <= now),
         )
 
-    def claim(self, conn: Connection, limit: int) -> list[tuple[int, datetime]]:
+    def claim(
+        self, conn: Connection, limit: int, holder: str | None = None
+    ) -> list[tuple[int, datetime]]:
         """Claim up to `limit` due rows in one statement and mark them started.
 
         Pending rows come first (their `retry_at` is null), then failed rows by due time.
@@ -331,7 +360,7 @@ class Registry:
         claimed = conn.execute(
             update(self.table)
             .where(c.id.in_(candidates.scalar_subquery()))
-            .values(state=SyncState.STARTED, last_synced_at=now)
+            .values(state=SyncState.STARTED, last_synced_at=now, claimed_by=holder)
             .returning(self.key)
         )
         return [(int(model_id), now) for (model_id,) in claimed]
@@ -346,27 +375,44 @@ class Registry:
             ).scalar_one()
         )
 
+    def fail_abandoned(self, conn: Connection, live_holders: set[str]) -> int:
+        """Fail started rows whose worker is gone (its lease expired); returns how many."""
+        c = self.table.c
+        query = select(self.key).where(c.state == SyncState.STARTED, c.claimed_by.is_not(None))
+        if live_holders:
+            query = query.where(c.claimed_by.not_in(sorted(live_holders)))
+        count = 0
+        for model_record_id in list(conn.execute(query).scalars()):
+            count += self._fail_started(
+                conn, model_record_id, "Sync interrupted: the worker running it stopped"
+            )
+        return count
+
+    def _fail_started(self, conn: Connection, model_record_id: int, message: str) -> int:
+        c = self.table.c
+        now = self.geo.clock.now()
+        result = conn.execute(
+            update(self.table)
+            .where(self.key == model_record_id, c.state == SyncState.STARTED)
+            .values(
+                state=SyncState.FAILED,
+                retry_count=1,
+                retry_at=self.backoff.next_retry_time(now, 1),
+                last_sync_failure=message,
+            )
+        )
+        return int(result.rowcount)
+
     def fail_stuck(self, conn: Connection) -> int:
         """Fail rows started longer ago than the sync timeout; returns how many."""
         timeout = self.replicator.sync_timeout
         hours = timeout.total_seconds() / 3600
         cutoff = self.geo.clock.now() - timeout
-        now = self.geo.clock.now()
         c = self.table.c
         stuck = conn.execute(
             select(self.key).where(c.state == SyncState.STARTED, c.last_synced_at < cutoff)
         ).scalars()
-        count = 0
-        for model_record_id in list(stuck):
-            result = conn.execute(
-                update(self.table)
-                .where(self.key == model_record_id, c.state == SyncState.STARTED)
-                .values(
-                    state=SyncState.FAILED,
-                    retry_count=1,
-                    retry_at=self.backoff.next_retry_time(now, 1),
-                    last_sync_failure=f"Sync timed out after {hours:g} hours",
-                )
-            )
-            count += result.rowcount
-        return count
+        message = f"Sync timed out after {hours:g} hours"
+        return sum(
+            self._fail_started(conn, model_record_id, message) for model_record_id in list(stuck)
+        )

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Select, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import object_session
 
 from geosync.errors import RecordNotFound, UnsupportedEvent
@@ -125,6 +126,11 @@ class Replicator:
     def model_record_id(self) -> int:
         """The id of the bound model record."""
         if self._model_record is not None:
+            # A persistent record knows its key without a query: reading an expired `id` would
+            # silently begin a new transaction in the record's session.
+            state = sa_inspect(self._model_record, raiseerr=False)
+            if state is not None and state.identity:
+                return int(state.identity[0])
             return int(self._model_record.id)
         assert self._model_record_id is not None
         return self._model_record_id
@@ -176,16 +182,18 @@ class Replicator:
     def publish(self, event_name: str, connection: Connection | None = None) -> int | None:
         """Write `event_name` to the event log; returns its id, or None when nothing is published.
 
-        With a connection the event joins that transaction; otherwise it joins the bound record's
-        session if it has one, else it is written in a transaction of its own.
+        With a connection the event joins that transaction; otherwise it joins the open
+        transaction of the bound record's session, else it is written in a transaction of its own
+        (after `session.commit()` a new session transaction might never be committed).
         """
         from geosync.events import publish_event
 
+        session = object_session(self._model_record) if self._model_record is not None else None
+        joins_session = session is not None and session.in_transaction()
         payload = self.payload_for(event_name)
         if connection is not None:
             return publish_event(self.geo, connection, type(self), event_name, payload)
-        session = object_session(self._model_record) if self._model_record is not None else None
-        if session is not None:
+        if session is not None and joins_session:
             return publish_event(self.geo, session.connection(), type(self), event_name, payload)
         with self.geo.main_engine.begin() as conn:
             return publish_event(self.geo, conn, type(self), event_name, payload)

@@ -165,5 +165,7 @@ def _describe(exc: pydantic.ValidationError) -> str:
             message = f"missing (set it in the config file or {env})"
         elif error["type"] == "extra_forbidden":
             message = "is not a known setting"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         problems.append(f"setting '{name}': {message}")
     return "; ".join(problems)

@@ -6,7 +6,10 @@ flight finishes (or is failed cleanly by its owner) and the process exits 0.
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -25,12 +28,17 @@ LoopFactory = Callable[["Geo", "Worker"], Loop]
 def _secondary_loops() -> list[LoopFactory]:
     from geosync.secondary.log_cursor import LogCursorLoop
     from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
+    from geosync.secondary.verification import SecondaryVerificationLoop
+    from geosync.status_reporting import StatusLoop
 
-    return [LogCursorLoop, SchedulerLoop, StuckSweepLoop]
+    return [LogCursorLoop, SchedulerLoop, StuckSweepLoop, SecondaryVerificationLoop, StatusLoop]
 
 
 def _primary_loops() -> list[LoopFactory]:
-    return []
+    from geosync.primary.verification import PrimaryVerificationLoop, PrimaryVerificationSweepLoop
+    from geosync.status_reporting import StatusLoop
+
+    return [PrimaryVerificationLoop, PrimaryVerificationSweepLoop, StatusLoop]
 
 
 #: Loop factories per role; each part of geosync that needs a background loop adds it here.
@@ -46,11 +54,12 @@ class Worker:
     def __init__(self, geo: Geo, factories: list[LoopFactory] | None = None) -> None:
         self.geo = geo
         self.stopping = threading.Event()
-        self.wakeup = Wakeup()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         role = "secondary" if geo.has_tracking_database else "primary"
         self.role = role
         chosen = factories if factories is not None else ROLE_LOOPS[role]()
         self.loops: list[Loop] = [factory(geo, self) for factory in chosen]
+        self.wakeups = {loop.name: Wakeup() for loop in self.loops}
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -69,19 +78,20 @@ class Worker:
                 log.exception("loop failed", loop=loop.name)
                 delay = 5.0
             if delay > 0 and not self.stopping.is_set():
-                self.wakeup.wait(min(delay, self.geo.settings.poll_interval * 15))
+                self.wakeups[loop.name].wait(min(delay, self.geo.settings.poll_interval * 15))
         closer = getattr(loop, "close", None)
         if callable(closer):
             closer()
 
     def notify(self) -> None:
         """New work exists: wake every idle loop."""
-        self.wakeup.set()
+        for wakeup in self.wakeups.values():
+            wakeup.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let loops finish their round, and wait for them."""
         self.stopping.set()
-        self.wakeup.set()
+        self.notify()
         for thread in self._threads:
             thread.join(timeout)
         log.info("worker stopped", role=self.role)
@@ -92,7 +102,7 @@ class Worker:
         def _signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received, stopping", signal=signal.Signals(signum).name)
             self.stopping.set()
-            self.wakeup.set()
+            self.notify()
 
         signal.signal(signal.SIGTERM, _signal)
         signal.signal(signal.SIGINT, _signal)

@@ -71,3 +71,13 @@ def sites(tmp_path: Path, databases: DatabaseFactory, clock: FrozenClock) -> Ite
     pair = build_site_pair(tmp_path / "sites", DEMO_REPLICATORS, databases, clock=clock)
     yield pair
     pair.dispose()
+
+
+@pytest.fixture
+def live_sites(tmp_path: Path, databases: DatabaseFactory) -> Iterator[SitePair]:
+    """Like `sites`, on the real clock with retry delays scaled down, for worker tests."""
+    pair = build_site_pair(
+        tmp_path / "sites", DEMO_REPLICATORS, databases, backoff_scale=0.01, poll_interval=0.2
+    )
+    yield pair
+    pair.dispose()

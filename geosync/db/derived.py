@@ -64,6 +64,8 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         # that made the row pending happened on the primary (end-to-end lag).
         Column("local_path", Text),
         Column("pending_since", UTCDateTime),
+        # The worker process that claimed the row; a dead worker's rows are recovered early.
+        Column("claimed_by", String(255)),
         sqlite_autoincrement=True,
     )
     c = table.c

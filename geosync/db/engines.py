@@ -25,7 +25,7 @@ def make_engine(url: str, *, readonly: bool = False, setting: str = "database_ur
     except ArgumentError:
         raise ConfigurationError(f"setting '{setting}': {url!r} is not a database URL") from None
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, readonly)
+        return _sqlite_engine(parsed, readonly, setting)
     if parsed.get_backend_name() == "postgresql":
         return _postgres_engine(parsed, readonly)
     raise ConfigurationError(
@@ -34,10 +34,12 @@ def make_engine(url: str, *, readonly: bool = False, setting: str = "database_ur
     )
 
 
-def _sqlite_engine(url: URL, readonly: bool) -> Engine:
+def _sqlite_engine(url: URL, readonly: bool, setting: str) -> Engine:
     database = url.database or ""
     if database in ("", ":memory:"):
-        raise ConfigurationError("an in-memory SQLite database cannot be shared between sites")
+        raise ConfigurationError(
+            f"setting '{setting}': an in-memory SQLite database cannot be shared between sites"
+        )
     if readonly:
         url = url.set(database=f"file:{database}?mode=ro", query={"uri": "true"})
     engine = create_engine(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ class SitePair:
     primary_node: Node
     secondary_node: Node
     root: Path
+
+    @contextmanager
+    def primary_served(self) -> Iterator[str]:
+        """Serve the primary's web app on a free loopback port and point its node at it."""
+        from geosync.testing.servers import serve_in_thread
+        from geosync.web.app import create_app
+
+        with serve_in_thread(create_app(self.primary)) as url:
+            with self.primary.main() as conn:
+                NodeStore(self.primary, conn).update(self.primary_node.id, url=url)
+            yield url
 
     def dispose(self) -> None:
         """Close both sites' connections."""

@@ -1,0 +1,1 @@
+"""Secondary-side machinery: log cursor, event handlers, scheduler, transfers, sweeps."""

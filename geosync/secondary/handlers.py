@@ -1,0 +1,143 @@
+"""Turning events into registry work on a secondary (ARCHITECTURE.md §4, "Consumption").
+
+`created`/`updated` make the registry row pending when the record is in scope and its flag on;
+`deleted` removes the local copy and the row everywhere; `checksum_succeeded` re-queues the
+secondary's verification. Local files are removed only inside their storage root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, delete
+
+from geosync.errors import ValidationError
+from geosync.flags import flag_enabled
+from geosync.log import get_logger
+from geosync.paths import resolve_inside
+from geosync.registry import Registry
+from geosync.replicator import CHECKSUM_SUCCEEDED, CREATED, DELETED, UPDATED
+from geosync.scope import ids_in_scope
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.nodes import Node
+    from geosync.replicator import Replicator
+
+log = get_logger("handlers")
+
+
+class SkipEvent(Exception):
+    """An event that cannot be handled; it is logged, counted by `reason` and skipped."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the primary's event log."""
+
+    id: int
+    replicable_name: str
+    event_name: str
+    payload: Any
+    created_at: datetime
+
+    def model_record_id(self) -> int:
+        """The payload's record id, or `SkipEvent` for a malformed payload."""
+        value = self.payload.get("model_record_id") if isinstance(self.payload, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SkipEvent("malformed_payload", f"event {self.id}: no valid model_record_id")
+        return value
+
+
+@dataclass
+class HandlerContext:
+    """What handlers need: the site, its node, and the two open transactions."""
+
+    geo: Geo
+    node: Node
+    main: Connection
+    tracking: Connection
+    #: Set when a handler created sync work, so the scheduler is woken.
+    new_work: bool = False
+
+
+def handle_event(ctx: HandlerContext, event: Event) -> None:
+    """Apply one event to this secondary's registries, or raise `SkipEvent`."""
+    try:
+        replicator = ctx.geo.catalog.get(event.replicable_name)
+    except Exception:
+        raise SkipEvent("unknown_replicable", f"event {event.id}: unknown replicable") from None
+    if event.event_name not in replicator.declared_events():
+        raise SkipEvent("unknown_event", f"event {event.id}: unknown event {event.event_name!r}")
+    model_record_id = event.model_record_id()
+    if event.event_name in (CREATED, UPDATED):
+        _changed(ctx, replicator, model_record_id, event.created_at)
+    elif event.event_name == DELETED:
+        delete_local_copy(ctx.geo, replicator, event.payload)
+        delete_registry(ctx.tracking, ctx.geo, replicator, model_record_id)
+    elif event.event_name == CHECKSUM_SUCCEEDED:
+        from geosync.secondary.verification import handle_checksum_succeeded
+
+        handle_checksum_succeeded(ctx.geo, ctx.tracking, replicator, model_record_id)
+
+
+def _changed(
+    ctx: HandlerContext, replicator: type[Replicator], model_record_id: int, at: datetime
+) -> None:
+    if not flag_enabled(ctx.main, replicator):
+        raise SkipEvent("flag_disabled", f"{replicator.replication_flag_name} is off")
+    if not ids_in_scope(ctx.main, replicator, ctx.node, [model_record_id]):
+        raise SkipEvent("out_of_scope", f"{replicator.replicable_name} {model_record_id}")
+    Registry(ctx.geo, replicator).ensure_pending(ctx.tracking, model_record_id, at)
+    ctx.new_work = True
+
+
+def local_copy_path(geo: Geo, replicator: type[Replicator], payload: Any) -> Path | None:
+    """Where this site's copy of a deleted replicable is, from the event payload."""
+    if not isinstance(payload, dict):
+        return None
+    if replicator.strategy == "blob" and payload.get("blob_path"):
+        storage = str(payload.get("storage") or getattr(replicator, "storage", ""))
+        return resolve_inside(geo.settings.blob_storage(storage), str(payload["blob_path"]))
+    root = geo.settings.repository_storage_root
+    if replicator.strategy == "repository" and payload.get("repository_path") and root:
+        return resolve_inside(root, str(payload["repository_path"]))
+    return None
+
+
+def delete_local_copy(geo: Geo, replicator: type[Replicator], payload: Any) -> bool:
+    """Remove the local file or mirror named by `payload`; missing is fine. Returns if removed."""
+    try:
+        path = local_copy_path(geo, replicator, payload)
+    except ValidationError as exc:
+        raise SkipEvent("unsafe_path", str(exc)) from None
+    return remove_path(path) if path is not None else False
+
+
+def remove_path(path: Path) -> bool:
+    """Delete a file or a directory tree (an already-resolved safe path)."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+        return True
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def delete_registry(
+    conn: Connection, geo: Geo, replicator: type[Replicator], model_record_id: int
+) -> None:
+    """Delete the registry row of one replicable (no-op if absent)."""
+    registry = Registry(geo, replicator)
+    conn.execute(delete(registry.table).where(registry.key == model_record_id))

@@ -1,0 +1,190 @@
+"""The log cursor: follows the primary's event log in id order and turns events into work.
+
+One active cursor per secondary (a lease); the others stand by. Each batch of events and the
+cursor position commit in one tracking transaction, so a crash replays at most one batch and
+handlers are idempotent. Missing ids (PostgreSQL sequences commit out of order) are remembered
+as gaps, re-read after a grace period, and dropped after an hour.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events
+from geosync.errors import ConfigurationError
+from geosync.leases import acquire
+from geosync.log import get_logger
+from geosync.secondary.handlers import Event, HandlerContext, SkipEvent, handle_event
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.worker import Worker
+
+log = get_logger("log_cursor")
+
+LEASE = "log_cursor"
+BATCH_SIZE = 500
+GAP_GRACE = timedelta(minutes=10)
+GAP_OUTDATED = timedelta(hours=1)
+MAX_GAPS_PER_BATCH = 1000
+
+
+def count_skipped(geo: Geo, reason: str) -> None:
+    """Count a skipped event for the metrics."""
+    from geosync.metrics import count_skipped_event
+
+    count_skipped_event(reason, geo=geo)
+
+
+class LogCursor:
+    """Reads events after the stored cursor, applies them, and advances the cursor."""
+
+    def __init__(self, geo: Geo, batch_size: int = BATCH_SIZE, holder: str | None = None) -> None:
+        self.geo = geo
+        self.batch_size = batch_size
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+
+    def position(self, conn: Connection) -> int | None:
+        """The stored cursor, or None before the first start."""
+        return conn.execute(
+            select(geo_event_log_state.c.event_id).where(geo_event_log_state.c.id == 1)
+        ).scalar_one_or_none()
+
+    def reported_position(self, conn: Connection) -> int | None:
+        """`cursor_last_event_id` for status: min(oldest open gap - 1, cursor)."""
+        cursor = self.position(conn)
+        oldest_gap = conn.execute(select(func.min(geo_event_gaps.c.event_id))).scalar_one()
+        if cursor is None or oldest_gap is None:
+            return cursor
+        return min(int(oldest_gap) - 1, cursor)
+
+    def process_batch(self) -> int:
+        """Process at most one batch; returns how many events were applied or skipped."""
+        node = self.geo.current_node()
+        if node is None or node.primary:
+            raise ConfigurationError(
+                f"node {self.geo.settings.node_name!r} is not registered as a secondary"
+            )
+        with self.geo.tracking() as tracking, self.geo.main_engine.connect() as main:
+            if not acquire(tracking, LEASE, self.holder, self.geo.clock.now()):
+                return 0
+            cursor = self.position(tracking)
+            if cursor is None:
+                cursor = self._first_start(tracking, main)
+            ctx = HandlerContext(self.geo, node, main, tracking)
+            handled = self._fill_gaps(ctx)
+            events = self._read(main, cursor)
+            self._record_gaps(tracking, cursor, events)
+            for event in events:
+                self._apply(ctx, event)
+            if events:
+                self._store(tracking, events[-1].id)
+            handled += len(events)
+        if ctx.new_work:
+            self.notify()
+        return handled
+
+    def notify(self) -> None:
+        """Hook for the worker: new sync work exists."""
+
+    def _first_start(self, tracking: Connection, main: Connection) -> int:
+        low, high = main.execute(select(func.min(geo_events.c.id), func.max(geo_events.c.id))).one()
+        never_pruned = low is None or int(low) == 1
+        start = 0 if never_pruned else int(high)
+        now = self.geo.clock.now()
+        tracking.execute(
+            insert(geo_event_log_state).values(
+                id=1, event_id=start, pruned_behind=not never_pruned, updated_at=now
+            )
+        )
+        log.info("log cursor first start", event_id=start, from_oldest=never_pruned)
+        return start
+
+    def _read(self, main: Connection, cursor: int) -> list[Event]:
+        rows = main.execute(
+            select(geo_events)
+            .where(geo_events.c.id > cursor)
+            .order_by(geo_events.c.id)
+            .limit(self.batch_size)
+        )
+        return [Event(r.id, r.replicable_name, r.event_name, r.payload, r.created_at) for r in rows]
+
+    def _record_gaps(self, tracking: Connection, cursor: int, events: list[Event]) -> None:
+        expected = cursor + 1
+        now = self.geo.clock.now()
+        missing: list[int] = []
+        for event in events:
+            missing.extend(range(expected, min(event.id, expected + MAX_GAPS_PER_BATCH)))
+            expected = event.id + 1
+        if missing:
+            tracking.execute(
+                insert(geo_event_gaps), [{"event_id": i, "created_at": now} for i in missing]
+            )
+
+    def _fill_gaps(self, ctx: HandlerContext) -> int:
+        now = self.geo.clock.now()
+        ctx.tracking.execute(
+            delete(geo_event_gaps).where(geo_event_gaps.c.created_at < now - GAP_OUTDATED)
+        )
+        due = list(
+            ctx.tracking.execute(
+                select(geo_event_gaps.c.event_id).where(
+                    geo_event_gaps.c.created_at <= now - GAP_GRACE
+                )
+            ).scalars()
+        )
+        if not due:
+            return 0
+        rows = ctx.main.execute(
+            select(geo_events).where(geo_events.c.id.in_(due)).order_by(geo_events.c.id)
+        )
+        found = [
+            Event(r.id, r.replicable_name, r.event_name, r.payload, r.created_at) for r in rows
+        ]
+        for event in found:
+            self._apply(ctx, event)
+        if found:
+            ctx.tracking.execute(
+                delete(geo_event_gaps).where(geo_event_gaps.c.event_id.in_([e.id for e in found]))
+            )
+        return len(found)
+
+    def _apply(self, ctx: HandlerContext, event: Event) -> None:
+        try:
+            with ctx.tracking.begin_nested():
+                handle_event(ctx, event)
+        except SkipEvent as skip:
+            level = log.debug if skip.reason in ("out_of_scope", "flag_disabled") else log.warning
+            level("event skipped", event_id=event.id, reason=skip.reason, detail=str(skip))
+            count_skipped(self.geo, skip.reason)
+        except Exception:  # one bad event must never stop the cursor
+            log.exception("event failed", event_id=event.id, event_name=event.event_name)
+            count_skipped(self.geo, "handler_error")
+
+    def _store(self, tracking: Connection, event_id: int) -> None:
+        tracking.execute(
+            update(geo_event_log_state)
+            .where(geo_event_log_state.c.id == 1)
+            .values(event_id=event_id, updated_at=self.geo.clock.now())
+        )
+
+
+class LogCursorLoop:
+    """The worker loop around `LogCursor`: a batch per round, sleeping when caught up."""
+
+    name = "log_cursor"
+
+    def __init__(self, geo: Geo, worker: Worker) -> None:
+        self.cursor = LogCursor(geo)
+        self.cursor.notify = worker.notify  # type: ignore[method-assign]
+        self.geo = geo
+
+    def run_once(self) -> float:
+        """Process a batch; go again at once if the batch was full."""
+        handled = self.cursor.process_batch()
+        return 0.0 if handled >= self.cursor.batch_size else self.geo.settings.poll_interval

@@ -1,0 +1,200 @@
+"""The scheduler: claims due registry rows and runs their syncs within the node's capacities.
+
+Work is the registry tables themselves. Claims for one strategy happen under a site-wide lock
+(PostgreSQL advisory lock; SQLite's `BEGIN IMMEDIATE`), so the count of rows in `started` —
+the syncs running in every worker process of the site — never exceeds the capacity.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING
+
+import httpx
+from sqlalchemy import Connection, select, text
+
+from geosync.db.engines import is_sqlite
+from geosync.db.tables import geo_leases
+from geosync.flags import flag_enabled
+from geosync.leases import acquire
+from geosync.log import get_logger
+from geosync.registry import Registry
+from geosync.secondary.sync import SyncService
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.nodes import Node
+    from geosync.replicator import Replicator
+    from geosync.worker import Worker
+
+log = get_logger("scheduler")
+
+Claim = tuple["type[Replicator]", int, datetime]
+STRATEGY_CAPACITY = {"blob": "files_max_capacity", "repository": "repos_max_capacity"}
+SHUTDOWN_GRACE = 20.0
+
+
+def capacity_of(node: Node, strategy: str) -> int:
+    """The node's limit of concurrent syncs for `strategy`."""
+    return int(getattr(node, STRATEGY_CAPACITY[strategy]))
+
+
+def _lock_claims(conn: Connection, strategy: str) -> None:
+    if not is_sqlite(conn.engine):
+        key = zlib.crc32(f"geosync-claim-{strategy}".encode())
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def claim_round_robin(
+    conn: Connection,
+    registries: list[Registry],
+    capacity: int,
+    holder: str,
+    offset: int = 0,
+) -> list[tuple[Registry, int, datetime]]:
+    """Claim up to the free capacity, sharing it across `registries` in turn."""
+    _lock_claims(conn, registries[0].replicator.strategy if registries else "none")
+    free = capacity - sum(r.started_count(conn) for r in registries)
+    if not registries or free <= 0:
+        return []
+    active = registries[offset % len(registries) :] + registries[: offset % len(registries)]
+    claimed: list[tuple[Registry, int, datetime]] = []
+    while free > 0 and active:
+        share = max(1, free // len(active))
+        for registry in list(active):
+            got = registry.claim(conn, min(share, free), holder)
+            claimed.extend((registry, model_id, started) for model_id, started in got)
+            free -= len(got)
+            if len(got) < share:
+                active.remove(registry)
+            if free <= 0:
+                break
+    return claimed
+
+
+class SchedulerLoop:
+    """Claims work for blobs and repositories and runs it on thread pools."""
+
+    name = "scheduler"
+
+    def __init__(self, geo: Geo, worker: Worker) -> None:
+        self.geo = geo
+        self.worker = worker
+        self.cancel = threading.Event()
+        self.pools: dict[str, ThreadPoolExecutor] = {}
+        self.inflight: dict[str, int] = dict.fromkeys(STRATEGY_CAPACITY, 0)
+        self._lock = threading.Lock()
+        self._offset = 0
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
+
+    def run_once(self) -> float:
+        """Claim and start as much work as the capacities allow."""
+        node = self.geo.current_node()
+        if node is None:
+            return self.geo.settings.poll_interval
+        started = 0
+        full = False
+        for strategy in STRATEGY_CAPACITY:
+            capacity = capacity_of(node, strategy)
+            started_now = self._schedule(strategy, capacity)
+            started += started_now
+            with self._lock:
+                full = full or self.inflight[strategy] >= capacity
+        self._offset += 1
+        if started and not full:
+            return 0.0
+        return self.geo.settings.poll_interval
+
+    def _schedule(self, strategy: str, capacity: int) -> int:
+        replicators = self.geo.catalog.of_strategy(strategy)
+        if not replicators or capacity <= 0:
+            return 0
+        with self.geo.main_engine.connect() as main:
+            enabled = [r for r in replicators if flag_enabled(main, r)]
+        registries = [Registry(self.geo, r) for r in enabled]
+        if not registries:
+            return 0
+        with self.geo.tracking() as conn:
+            claims = claim_round_robin(conn, registries, capacity, self.worker.holder, self._offset)
+        pool = self._pool(strategy, capacity)
+        for registry, model_id, started_at in claims:
+            with self._lock:
+                self.inflight[strategy] += 1
+            future = pool.submit(self._run, registry.replicator, model_id, started_at)
+            future.add_done_callback(partial(self._done, strategy=strategy))
+        return len(claims)
+
+    def _pool(self, strategy: str, capacity: int) -> ThreadPoolExecutor:
+        pool = self.pools.get(strategy)
+        if pool is None:
+            pool = ThreadPoolExecutor(max(1, capacity), thread_name_prefix=f"sync-{strategy}")
+            self.pools[strategy] = pool
+        return pool
+
+    def _run(self, replicator: type[Replicator], model_id: int, started_at: datetime) -> bool:
+        return SyncService(
+            self.geo, replicator, model_id, started_at, self.client, self.cancel
+        ).execute()
+
+    def _done(self, future: Future[bool], *, strategy: str) -> None:
+        with self._lock:
+            self.inflight[strategy] -= 1
+        if future.exception() is not None:
+            log.error("sync thread failed", error=repr(future.exception()))
+        self.worker.notify()
+
+    def close(self) -> None:
+        """Stop: let running syncs finish for a grace period, then interrupt the rest."""
+        timer = threading.Timer(SHUTDOWN_GRACE, self.cancel.set)
+        timer.start()
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
+        timer.cancel()
+        self.client.close()
+
+
+class StuckSweepLoop:
+    """Keeps this worker's liveness lease, recovers rows of dead workers, fails stuck syncs."""
+
+    name = "stuck_sweep"
+    HEARTBEAT = 10.0
+    STUCK_EVERY = timedelta(minutes=10)
+
+    def __init__(self, geo: Geo, worker: Worker) -> None:
+        self.geo = geo
+        self.worker = worker
+        self._last_stuck: datetime | None = None
+        # Take the liveness lease before any loop claims work, so no sweep mistakes us for dead.
+        with geo.tracking() as conn:
+            acquire(conn, f"worker:{worker.holder}", worker.holder, geo.clock.now())
+
+    def run_once(self) -> float:
+        """Heartbeat; recover abandoned rows; every 10 minutes fail rows started too long ago."""
+        now = self.geo.clock.now()
+        with self.geo.tracking() as conn:
+            acquire(conn, f"worker:{self.worker.holder}", self.worker.holder, now)
+            live = set(
+                conn.execute(
+                    select(geo_leases.c.holder).where(
+                        geo_leases.c.name.like("worker:%"), geo_leases.c.expires_at >= now
+                    )
+                ).scalars()
+            )
+            recovered = sum(
+                Registry(self.geo, r).fail_abandoned(conn, live) for r in self.geo.catalog
+            )
+            stuck = 0
+            if self._last_stuck is None or now - self._last_stuck >= self.STUCK_EVERY:
+                stuck = sum(Registry(self.geo, r).fail_stuck(conn) for r in self.geo.catalog)
+                self._last_stuck = now
+        if recovered or stuck:
+            log.warning("recovered abandoned syncs", abandoned=recovered, timed_out=stuck)
+            self.worker.notify()
+        return self.HEARTBEAT

@@ -1,0 +1,279 @@
+"""One sync of one replicable: download or fetch, check, and settle the registry row.
+
+A sync always leaves its row synced or failed, whatever happens; it records one attempt and
+writes one structured log line. Its final `synced` step is conditional, so a newer event that
+arrived meanwhile wins and the row stays pending.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from geosync.attempts import Attempt, record_attempt
+from geosync.auth import BLOB_TOKEN_TTL, REPOSITORY_TOKEN_TTL, node_header
+from geosync.errors import (
+    AuthenticationError,
+    ChecksumMismatch,
+    ConfigurationError,
+    GeoError,
+    PrimaryMissing,
+    TransferError,
+)
+from geosync.log import get_logger
+from geosync.registry import Registry, VerificationState
+from geosync.secondary.transfer import download_blob
+from geosync.strategies.blob import BlobReplicator
+from geosync.strategies.repository import RepositoryReplicator
+from geosync.web.geo_api import repository_base_path, retrieve_path
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.replicator import Replicator
+
+log = get_logger("sync")
+GIT_TIMEOUT = 3600.0
+
+
+class RecordGone(GeoError):
+    """The model record no longer exists on the primary."""
+
+
+@dataclass
+class Outcome:
+    """What a successful sync established."""
+
+    local_path: str
+    verification: VerificationState = VerificationState.DISABLED
+    checksum: str | None = None
+    missing_on_primary: bool = False
+    bytes: int | None = None
+    skipped_download: bool = False
+
+
+def error_class(exc: BaseException) -> str:
+    """The attempt-history class of a failure."""
+    if isinstance(exc, PrimaryMissing | RecordGone):
+        return "primary_missing"
+    if isinstance(exc, ChecksumMismatch):
+        return "checksum_mismatch"
+    if isinstance(exc, AuthenticationError):
+        return "auth"
+    if isinstance(exc, ConfigurationError):
+        return "config"
+    if isinstance(exc, TransferError):
+        return "transient"
+    return "unknown"
+
+
+class SyncService:
+    """Syncs one claimed registry row (already `started` at `started_at`)."""
+
+    def __init__(
+        self,
+        geo: Geo,
+        replicator: type[Replicator],
+        model_record_id: int,
+        started_at: datetime,
+        client: httpx.Client,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.geo = geo
+        self.replicator = replicator
+        self.model_record_id = model_record_id
+        self.started_at = started_at
+        self.client = client
+        self.cancel = cancel
+        self.registry = Registry(geo, replicator)
+
+    def execute(self) -> bool:
+        """Run the sync; True when the row ended synced by this sync."""
+        clock_start = time.monotonic()
+        try:
+            outcome = self._sync()
+        except BaseException as exc:
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        done = self._succeed(outcome)
+        log.info(
+            "sync finished" if done else "sync superseded by a newer change",
+            replicable=self.replicator.replicable_name,
+            id=self.model_record_id,
+            bytes=outcome.bytes,
+            seconds=round(time.monotonic() - clock_start, 3),
+            verified=outcome.verification == VerificationState.SUCCEEDED,
+            skipped_download=outcome.skipped_download,
+        )
+        return done
+
+    # -- the work ------------------------------------------------------------------------------
+
+    def _sync(self) -> Outcome:
+        record = self.geo.load_record(self.replicator.model, self.model_record_id)
+        if record is None:
+            raise RecordGone(
+                f"{self.replicator.model.__name__} {self.model_record_id} no longer exists"
+            )
+        replicator = self.replicator(record, geo=self.geo)
+        expected = self._primary_checksum()
+        if isinstance(replicator, BlobReplicator):
+            return self._sync_blob(replicator, expected)
+        if isinstance(replicator, RepositoryReplicator):
+            return self._sync_repository(replicator, expected)
+        raise ConfigurationError(f"{self.replicator.__name__} has no known strategy")
+
+    def _primary_checksum(self) -> str | None:
+        from geosync.verification import primary_checksum
+
+        with self.geo.main_engine.connect() as conn:
+            return primary_checksum(self.geo, conn, self.replicator, self.model_record_id)
+
+    def _sync_blob(self, replicator: BlobReplicator, expected: str | None) -> Outcome:
+        dest = replicator.file_path()
+        relative = replicator.blob_path()
+        if self._can_skip_download(replicator, dest, expected):
+            return Outcome(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
+        base = self.geo.primary_internal_url()
+        path = retrieve_path(self.replicator.replicable_name, self.model_record_id)
+
+        def auth() -> dict[str, str]:
+            return {"Authorization": node_header(self.geo, path, BLOB_TOKEN_TTL)}
+
+        download = download_blob(
+            self.client,
+            base.rstrip("/") + path,
+            auth,
+            dest,
+            expected_sha256=expected,
+            cancel=self.cancel,
+        )
+        verified = expected is not None
+        return Outcome(
+            relative,
+            VerificationState.SUCCEEDED if verified else VerificationState.DISABLED,
+            download.sha256 if verified else None,
+            bytes=download.bytes,
+        )
+
+    def _can_skip_download(
+        self, replicator: BlobReplicator, dest: Path, expected: str | None
+    ) -> bool:
+        from geosync.secondary.verification import skip_download_possible
+
+        if expected is None or not dest.is_file():
+            return False
+        with self.geo.tracking_engine.connect() as conn:
+            row = self.registry.get(conn, self.model_record_id)
+        return row is not None and skip_download_possible(replicator, row, expected)
+
+    def _sync_repository(self, replicator: RepositoryReplicator, expected: str | None) -> Outcome:
+        from geosync.git import mirror_repository, repository_checksum
+
+        dest = replicator.repository_dir()
+        relative = replicator.repository_path()
+        base = repository_base_path(self.replicator.replicable_name, self.model_record_id)
+        url = self.geo.primary_internal_url().rstrip("/") + base
+        header = node_header(self.geo, base, REPOSITORY_TOKEN_TTL)
+        try:
+            mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
+        except PrimaryMissing:
+            return Outcome(relative, missing_on_primary=True)
+        if expected is None:
+            return Outcome(relative)
+        actual = repository_checksum(dest)
+        if actual != expected:
+            # The primary may have moved on since its checksum; let verification decide later.
+            return Outcome(relative, VerificationState.PENDING)
+        return Outcome(relative, VerificationState.SUCCEEDED, actual)
+
+    # -- settling the row ----------------------------------------------------------------------
+
+    def _succeed(self, outcome: Outcome) -> bool:
+        finished = self.geo.clock.now()
+        with self.geo.tracking() as conn:
+            row = self.registry.get(conn, self.model_record_id)
+            done = self.registry.synced(
+                conn,
+                self.model_record_id,
+                self.started_at,
+                verification=outcome.verification,
+                checksum=outcome.checksum,
+                missing_on_primary=outcome.missing_on_primary,
+                local_path=outcome.local_path,
+            )
+            self._record(conn, finished, "synced" if done else "superseded", bytes_=outcome.bytes)
+        if done and row is not None:
+            self._observe_lag(row.pending_since, finished, outcome)
+        return done
+
+    def _fail(self, exc: BaseException) -> None:
+        missing = isinstance(exc, PrimaryMissing | RecordGone)
+        message = str(exc) if isinstance(exc, GeoError) else "Sync failed unexpectedly"
+        detail = None if isinstance(exc, GeoError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, GeoError):
+            log.exception(
+                "sync crashed", replicable=self.replicator.replicable_name, id=self.model_record_id
+            )
+        else:
+            log.warning(
+                "sync failed",
+                replicable=self.replicator.replicable_name,
+                id=self.model_record_id,
+                error=message,
+                error_class=error_class(exc),
+            )
+        with self.geo.tracking() as conn:
+            row = self.registry.get(conn, self.model_record_id)
+            if row is None or row.state != 1 or row.last_synced_at != self.started_at:
+                return  # deleted or superseded meanwhile: nothing of ours to settle
+            self.registry.failed(
+                conn, self.model_record_id, message, detail, missing_on_primary=missing
+            )
+            self._record(conn, self.geo.clock.now(), "failed", exc=exc, message=message)
+
+    def _record(
+        self,
+        conn: Any,
+        finished: datetime,
+        outcome: str,
+        *,
+        exc: BaseException | None = None,
+        message: str | None = None,
+        bytes_: int | None = None,
+    ) -> None:
+        record_attempt(
+            conn,
+            Attempt(
+                self.replicator.replicable_name,
+                self.model_record_id,
+                "sync",
+                self.started_at,
+                finished,
+                outcome,
+                error_class(exc) if exc is not None else None,
+                message,
+                bytes_,
+            ),
+        )
+
+    def _observe_lag(self, since: datetime | None, finished: datetime, outcome: Outcome) -> None:
+        if since is None:
+            return
+        try:
+            from geosync.metrics import observe_replication_lag
+        except ImportError:
+            return
+        seconds = max(0.0, (finished - since).total_seconds())
+        observe_replication_lag(self.replicator.replicable_name, "synced", seconds, geo=self.geo)
+        if outcome.verification == VerificationState.SUCCEEDED:
+            observe_replication_lag(
+                self.replicator.replicable_name, "verified", seconds, geo=self.geo
+            )

@@ -1,0 +1,145 @@
+"""Blob download from the primary: streamed, hashed while streaming, written atomically.
+
+The body goes to `tmp_<random>` in the destination directory, is fsynced and then renamed into
+place, so a partial file is never visible under the real name. An interrupted download resumes
+with an HTTP Range request; the hash continues over the bytes already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from geosync.errors import AuthenticationError, ChecksumMismatch, PrimaryMissing, TransferError
+
+CHUNK = 1024 * 1024
+RESUME_ATTEMPTS = 3
+TMP_PREFIX = "tmp_"
+
+
+@dataclass(frozen=True)
+class Download:
+    """A finished download: its size and SHA-256."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+class Interrupted(TransferError):
+    """The download was stopped because the worker is shutting down."""
+
+
+@dataclass
+class _Partial:
+    """The bytes written so far and their running hash."""
+
+    handle: BinaryIO
+    digest: Any = field(default_factory=hashlib.sha256)
+    written: int = 0
+
+    def restart(self) -> None:
+        """Forget everything written (the server ignored a Range request)."""
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.digest = hashlib.sha256()
+        self.written = 0
+
+
+def download_blob(
+    client: httpx.Client,
+    url: str,
+    auth: Callable[[], dict[str, str]],
+    dest: Path,
+    *,
+    expected_sha256: str | None = None,
+    cancel: threading.Event | None = None,
+) -> Download:
+    """Download `url` to `dest` atomically; checks `expected_sha256` when given.
+
+    `auth` makes fresh request headers for each (re)try, since tokens are short-lived.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    try:
+        with tmp.open("wb") as handle:
+            partial = _Partial(handle)
+            for attempt in range(RESUME_ATTEMPTS):
+                try:
+                    _stream(client, url, auth(), partial, cancel)
+                    break
+                except httpx.TransportError as exc:
+                    if attempt == RESUME_ATTEMPTS - 1:
+                        raise TransferError(f"Connection to the primary failed: {exc}") from exc
+            handle.flush()
+            os.fsync(handle.fileno())
+        actual = partial.digest.hexdigest()
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise ChecksumMismatch("Downloaded file checksum mismatch")
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return Download(dest, partial.written, actual)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stream(
+    client: httpx.Client,
+    url: str,
+    headers: dict[str, str],
+    partial: _Partial,
+    cancel: threading.Event | None,
+) -> None:
+    if partial.written:
+        headers = {**headers, "Range": f"bytes={partial.written}-"}
+    with client.stream("GET", url, headers=headers) as response:
+        _check_response(response)
+        if partial.written and response.status_code == 200:
+            partial.restart()
+        for chunk in response.iter_bytes(CHUNK):
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("Sync interrupted: the worker is shutting down")
+            partial.handle.write(chunk)
+            partial.digest.update(chunk)
+            partial.written += len(chunk)
+
+
+def _check_response(response: httpx.Response) -> None:
+    if response.status_code in (200, 206):
+        return
+    response.read()
+    message = _json_message(response)
+    if response.status_code == 404:
+        try:
+            code = response.json().get("geo_code")
+        except ValueError:
+            code = None
+        if code == "FILE_NOT_FOUND":
+            raise PrimaryMissing(f"File is missing on the primary: {message}")
+        raise TransferError(f"The primary does not know this record: {message}")
+    if response.status_code in (401, 403):
+        raise AuthenticationError(f"The primary refused the request: {message}")
+    raise TransferError(f"The primary answered {response.status_code}: {message}")
+
+
+def _json_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:200]
+    except ValueError:
+        return response.text[:200]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
