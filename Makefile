@@ -24,6 +24,8 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+DEMO_ARGS ?= --blobs 300 --repos 10 --churn --churn-seconds 15 --exit-when-synced --timeout 300
+
 demo: $(STAMP)
 	$(BIN)/geosync demo $(DEMO_ARGS)
 

@@ -455,6 +455,34 @@ def check() -> None:
     console.print("all checks passed")
 
 
+@app.command("demo")
+def demo(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to put the sites (default: a new temp dir).")
+    ] = None,
+    blobs: Annotated[int, typer.Option(min=0, help="Blobs to seed, across blob types.")] = 200,
+    repos: Annotated[int, typer.Option(min=0, help="Git repositories to seed.")] = 10,
+    churn: Annotated[bool, typer.Option(help="Keep creating, updating and deleting.")] = False,
+    churn_seconds: Annotated[
+        float, typer.Option(min=0, help="How long churn lasts with --exit-when-synced.")
+    ] = 15.0,
+    exit_when_synced: Annotated[
+        bool, typer.Option(help="Exit 0 once the secondary is complete and verified.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print final status as JSON.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed for reproducible content.")] = None,
+) -> None:
+    """Run a primary and a secondary on this machine and replicate sample data live."""
+    from geosync.demo.runner import DemoOptions, run_demo
+
+    options = DemoOptions(
+        directory, blobs, repos, churn, churn_seconds, exit_when_synced, timeout, as_json, seed
+    )
+    code = run(lambda: run_demo(options))
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -115,11 +115,17 @@ class Replicator:
 
     @property
     def geo(self) -> Geo:
-        """The site this replicator works for (the only one, unless given explicitly)."""
+        """The site this replicator works for: given explicitly, else the site whose main
+        database the bound record's session uses, else the process's only site.
+        """
         if self._geo is None:
-            from geosync.app import current_geo
+            from geosync.app import current_geo, geo_for_engine
 
-            self._geo = current_geo()
+            session = object_session(self._model_record) if self._model_record else None
+            bind = session.get_bind() if session is not None else None
+            engine = getattr(bind, "engine", None)
+            found = geo_for_engine(engine) if engine is not None else None
+            self._geo = found or current_geo()
         return self._geo
 
     @property

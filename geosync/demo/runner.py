@@ -1,0 +1,274 @@
+"""`geosync demo`: a primary and a secondary on this machine, replicating sample data live.
+
+Both sites run as real processes (web server and worker each) on free loopback ports with
+embedded SQLite; the demo process plays the application, seeds data, shows progress and checks
+that the secondary ends up holding every replicable, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geosync.app import Geo
+from geosync.db.schema import upgrade
+from geosync.demo.models import Base
+from geosync.demo.seed import Seeder
+from geosync.errors import GeoError
+from geosync.nodes import NodeStore
+from geosync.settings import Settings
+from geosync.testing.servers import free_port
+
+REPLICATORS = "geosync.demo.replicators"
+STOP_GRACE = 10.0
+
+
+@dataclass
+class DemoOptions:
+    """What `geosync demo` was asked to do."""
+
+    directory: Path | None = None
+    blobs: int = 200
+    repos: int = 10
+    churn: bool = False
+    churn_seconds: float = 15.0
+    exit_when_synced: bool = False
+    timeout: float = 300.0
+    as_json: bool = False
+    seed: int | None = None
+
+
+@dataclass
+class Site:
+    """One demo site: its config file, settings and running processes."""
+
+    name: str
+    root: Path
+    port: int
+    settings: Settings
+    config: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The site's base URL."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, logs: Path) -> None:
+        """Start the site's web server and worker as child processes."""
+        for command in (["serve", "--port", str(self.port)], ["worker"]):
+            log_file = (logs / f"{self.name}-{command[0]}.log").open("ab")
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "geosync", "--config", str(self.config), *command],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+
+    def stop(self) -> None:
+        """SIGTERM the processes, then SIGKILL whatever is still running after a grace period."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def check_alive(self) -> None:
+        """Fail loudly if a process of this site died."""
+        for process in self.processes:
+            if process.poll() is not None:
+                raise GeoError(
+                    f"the {self.name} site's {_command_of(process)} process exited with"
+                    f" {process.returncode}; see the logs under {self.root.parent / 'logs'}"
+                )
+
+
+def _command_of(process: subprocess.Popen[bytes]) -> str:
+    args = process.args
+    return str(args[5]) if isinstance(args, list) and len(args) > 5 else "child"
+
+
+def _site(root: Path, name: str, secret: str, tracking: bool) -> Site:
+    base = root / name
+    storages = {"uploads": base / "uploads", "packages": base / "packages"}
+    for path in storages.values():
+        path.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    settings = Settings.load(
+        node_name=name,
+        main_database_url=f"sqlite:///{root / 'primary' / 'main.db'}",
+        tracking_database_url=f"sqlite:///{base / 'tracking.db'}" if tracking else None,
+        blob_storages=storages,
+        repository_storage_root=base / "repositories",
+        internal_url=f"http://127.0.0.1:{port}/",
+        secret_key_base=secret,
+        replicators=REPLICATORS,
+        poll_interval=0.5,
+    )
+    config = base / "geosync.toml"
+    config.write_text(settings.to_toml(), encoding="utf-8")
+    config.chmod(0o600)
+    return Site(name, base, port, settings, config)
+
+
+def prepare(root: Path) -> tuple[Site, Site]:
+    """Create both sites' settings, databases and nodes under `root`."""
+    secret = secrets.token_urlsafe(32)
+    (root / "primary").mkdir(parents=True, exist_ok=True)
+    primary = _site(root, "primary", secret, tracking=False)
+    secondary = _site(root, "secondary", secret, tracking=True)
+    geo = Geo(primary.settings)
+    Base.metadata.create_all(geo.main_engine)
+    upgrade(geo)
+    with geo.main() as conn:
+        store = NodeStore(geo, conn)
+        store.add("primary", primary.url, primary=True)
+        store.add("secondary", secondary.url)
+    geo.dispose()
+    upgrade(Geo(secondary.settings))
+    return primary, secondary
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def copies_identical(primary: Geo, secondary: Geo) -> list[str]:
+    """Every replicable whose secondary copy differs from the primary's (empty when all match)."""
+    from geosync.git import repository_checksum
+
+    problems: list[str] = []
+    with primary.session() as session:
+        for replicator_class in primary.catalog:
+            for record in session.query(replicator_class.model).all():
+                here = replicator_class(record, geo=primary)
+                there = replicator_class(record, geo=secondary)
+                if replicator_class.strategy == "blob":
+                    same = _sha256(here.file_path()) == _sha256(there.file_path())  # type: ignore[attr-defined]
+                else:
+                    target = there.repository_dir()  # type: ignore[attr-defined]
+                    same = target.exists() and repository_checksum(
+                        here.repository_dir()  # type: ignore[attr-defined]
+                    ) == repository_checksum(target)
+                if not same:
+                    problems.append(f"{replicator_class.replicable_name} {record.id}")
+    return problems
+
+
+class Churn(threading.Thread):
+    """Keeps creating, updating and deleting replicables on the primary for a while."""
+
+    def __init__(self, seeder: Seeder, seconds: float | None, repos: bool) -> None:
+        super().__init__(name="demo-churn", daemon=True)
+        self.seeder = seeder
+        self.deadline = time.monotonic() + seconds if seconds else None
+        self.repos = repos
+        self.stopped = threading.Event()
+        self.operations = 0
+
+    def run(self) -> None:
+        """Perform a random operation about five times a second."""
+        s = self.seeder
+        weighted: list[tuple[Callable[[], object], int]] = [
+            (s.create_blob, 4),
+            (s.update_package, 3),
+            (s.delete_blob, 2),
+        ]
+        if self.repos:
+            weighted += [
+                (s.push_to_repository, 3),
+                (s.create_repository, 1),
+                (s.delete_repository, 1),
+            ]
+        actions, weights = zip(*weighted, strict=True)
+        while not self.stopped.wait(0.2):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                break
+            s.rng.choices(actions, weights)[0]()
+            self.operations += 1
+        self.stopped.set()
+
+
+def run_demo(options: DemoOptions) -> int:
+    """Run the demo; returns the process exit code."""
+    from geosync.demo.progress import watch
+
+    root = options.directory or Path(tempfile.mkdtemp(prefix="geosync-demo-"))
+    root = root.resolve()
+    if root.exists() and any(root.iterdir()):
+        raise GeoError(f"demo directory {root} is not empty: choose another with --dir")
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    primary, secondary = prepare(root)
+    primary_geo = Geo(primary.settings)
+    secondary_geo = Geo(secondary.settings)
+    seeder = Seeder(primary_geo, random.Random(options.seed))
+    sites = (primary, secondary)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for site in sites:
+            site.start(logs)
+        for _ in range(options.blobs):
+            seeder.create_blob()
+        for _ in range(options.repos):
+            seeder.create_repository()
+        churn = None
+        if options.churn:
+            seconds = options.churn_seconds if options.exit_when_synced else None
+            churn = Churn(seeder, seconds, repos=options.repos > 0)
+            churn.start()
+        outcome = watch(primary_geo, secondary_geo, sites, churn, options)
+        if options.as_json:
+            sys.stdout.write(json.dumps(outcome.report, indent=2, sort_keys=True) + "\n")
+        if not options.as_json:
+            print(outcome.message, file=sys.stderr)
+        print(f"demo data and logs: {root}", file=sys.stderr)
+        return outcome.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping both sites", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for site in reversed(sites):
+            site.stop()
+        primary_geo.dispose()
+        secondary_geo.dispose()
+
+
+def node_report(geo: Geo) -> dict[str, Any]:
+    """One node's status with GitLab's field names."""
+    from geosync.status import compute_status
+
+    status = compute_status(geo)
+    return status.for_api()
+
+
+__all__ = ["DemoOptions", "run_demo"]
