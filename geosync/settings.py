@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from contextvars import ContextVar
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,8 +60,19 @@ class Settings(BaseSettings):
     backoff_scale: float = Field(
         default=1.0, gt=0, description="Multiplier on retry delays (tests shrink it)."
     )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Lifetime of worker leases; a dead worker's work is"
+        " taken over after this long.",
+    )
     poll_interval: float = Field(
         default=2.0, gt=0, description="Seconds an idle worker waits before looking again."
+    )
+    event_log_max_age: timedelta = Field(
+        default=timedelta(days=7),
+        gt=timedelta(0),
+        description="The primary never keeps events older than this, even for a dead secondary.",
     )
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

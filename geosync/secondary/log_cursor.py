@@ -71,7 +71,8 @@ class LogCursor:
                 f"node {self.geo.settings.node_name!r} is not registered as a secondary"
             )
         with self.geo.tracking() as tracking, self.geo.main_engine.connect() as main:
-            if not acquire(tracking, LEASE, self.holder, self.geo.clock.now()):
+            ttl = timedelta(seconds=self.geo.settings.lease_seconds)
+            if not acquire(tracking, LEASE, self.holder, self.geo.clock.now(), ttl):
                 return 0
             cursor = self.position(tracking)
             if cursor is None:

@@ -164,7 +164,6 @@ class StuckSweepLoop:
     """Keeps this worker's liveness lease, recovers rows of dead workers, fails stuck syncs."""
 
     name = "stuck_sweep"
-    HEARTBEAT = 10.0
     STUCK_EVERY = timedelta(minutes=10)
 
     def __init__(self, geo: Geo, worker: Worker) -> None:
@@ -172,14 +171,15 @@ class StuckSweepLoop:
         self.worker = worker
         self._last_stuck: datetime | None = None
         # Take the liveness lease before any loop claims work, so no sweep mistakes us for dead.
+        self.ttl = timedelta(seconds=geo.settings.lease_seconds)
         with geo.tracking() as conn:
-            acquire(conn, f"worker:{worker.holder}", worker.holder, geo.clock.now())
+            acquire(conn, f"worker:{worker.holder}", worker.holder, geo.clock.now(), self.ttl)
 
     def run_once(self) -> float:
         """Heartbeat; recover abandoned rows; every 10 minutes fail rows started too long ago."""
         now = self.geo.clock.now()
         with self.geo.tracking() as conn:
-            acquire(conn, f"worker:{self.worker.holder}", self.worker.holder, now)
+            acquire(conn, f"worker:{self.worker.holder}", self.worker.holder, now, self.ttl)
             live = set(
                 conn.execute(
                     select(geo_leases.c.holder).where(
@@ -197,4 +197,4 @@ class StuckSweepLoop:
         if recovered or stuck:
             log.warning("recovered abandoned syncs", abandoned=recovered, timed_out=stuck)
             self.worker.notify()
-        return self.HEARTBEAT
+        return self.ttl.total_seconds() / 3

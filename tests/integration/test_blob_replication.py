@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,31 +13,8 @@ from sqlalchemy import select
 from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.registry import Registry, SyncState
-from geosync.secondary.log_cursor import LogCursorLoop
-from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
 from geosync.testing import SitePair
-from geosync.worker import Worker
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll `predicate` until it holds, or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@contextmanager
-def secondary_worker(sites: SitePair) -> Iterator[Worker]:
-    """The secondary's sync loops running in threads."""
-    worker = Worker(sites.secondary, [LogCursorLoop, SchedulerLoop, StuckSweepLoop])
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
+from tests.replication import secondary_worker, wait_for
 
 
 def create_upload(sites: SitePair, name: str, content: bytes, namespace: int = 1) -> int:
