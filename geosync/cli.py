@@ -406,14 +406,25 @@ def serve(
 
 
 @app.command("worker")
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="GEOSYNC_METRICS_PORT",
+            help="Serve this worker's metrics (sync lag, skipped events) on 127.0.0.1:PORT.",
+        ),
+    ] = None,
+) -> None:
     """Run this site's background loops until SIGTERM or SIGINT."""
     from geosync.log import configure
+    from geosync.metrics import start_metrics_server
     from geosync.worker import Worker
 
     def action() -> None:
         geo = load_geo()
         configure(geo.settings.log_format, geo.settings.log_level)
+        if metrics_port is not None:
+            start_metrics_server(geo, metrics_port)
         Worker(geo).run_forever()
 
     run(action)
