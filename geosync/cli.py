@@ -354,7 +354,7 @@ def reverify(
         geo = load_geo()
         replicator = geo.catalog.get(name)
         if record_id is not None:
-            from geosync.verification import reverify_one
+            from geosync.reverification import reverify_one
 
             reverify_one(geo, replicator, record_id)
             console.print(f"{replicator.replicable_name} {record_id} queued for verification")
@@ -369,7 +369,7 @@ def reverify(
 def _reverify_all(geo: Geo, replicator: Any, failed: bool) -> int:
     from rich.progress import Progress
 
-    from geosync.verification import reverify_all, reverify_count
+    from geosync.reverification import reverify_all, reverify_count
 
     total = reverify_count(geo, replicator, failed)
     done = 0
@@ -391,7 +391,7 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="GEOSYNC_PORT", help="Port to bind.")] = 8080,
 ) -> None:
-    """Run this site's web application (APIs, metrics, admin UI)."""
+    """Run this site's web application (node-to-node API, REST API, metrics)."""
     import uvicorn
 
     from geosync.log import configure
@@ -495,5 +495,5 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; every option also reads GEOSYNC_<COMMAND>_<OPTION>."""
+    app(auto_envvar_prefix="GEOSYNC")

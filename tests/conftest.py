@@ -23,7 +23,8 @@ POSTGRES_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEMO_REPLICATORS = [UploadReplicator, PackageFileReplicator, SnippetReplicator]
 
-for _name in [n for n in os.environ if n.startswith("GEOSYNC_") and n != "GEOSYNC_TEST_POSTGRES_URL"]:
+_KEEP = {"GEOSYNC_TEST_POSTGRES_URL"}
+for _name in [n for n in os.environ if n.startswith("GEOSYNC_") and n not in _KEEP]:
     del os.environ[_name]
 
 
@@ -34,7 +35,7 @@ def _postgres_available() -> str | None:
             conn.execute(text("SELECT 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:  # any failure means "not reachable"
         return f"{type(exc).__name__}: {exc}"
 
 
