@@ -20,7 +20,7 @@ import geosync.verification  # noqa: F401  (registers the hook keeping checksums
 from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables
-from geosync.db.engines import make_engine
+from geosync.db.engines import make_engine, write_transaction
 from geosync.errors import ConfigurationError
 from geosync.replicator import Replicator
 from geosync.settings import Settings
@@ -102,7 +102,8 @@ class Geo:
             raise ConfigurationError(
                 "setting 'tracking_database_url': a secondary site needs a tracking database"
             )
-        return make_engine(url, setting="tracking_database_url")
+        # Reads outnumber writes here; every write goes through `tracking()`.
+        return make_engine(url, setting="tracking_database_url", writes_by_default=False)
 
     @property
     def has_tracking_database(self) -> bool:
@@ -122,7 +123,7 @@ class Geo:
     @contextmanager
     def tracking(self) -> Iterator[Connection]:
         """A transaction on the tracking database."""
-        with self.tracking_engine.begin() as connection:
+        with write_transaction(self.tracking_engine) as connection:
             yield connection
 
     def load_record(self, model: type[Any], record_id: int) -> Any | None:

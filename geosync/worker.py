@@ -26,19 +26,28 @@ LoopFactory = Callable[["Geo", "Worker"], Loop]
 
 
 def _secondary_loops() -> list[LoopFactory]:
+    from geosync.secondary.consistency import ConsistencySweepLoop
     from geosync.secondary.log_cursor import LogCursorLoop
     from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
     from geosync.secondary.verification import SecondaryVerificationLoop
     from geosync.status_reporting import StatusLoop
 
-    return [LogCursorLoop, SchedulerLoop, StuckSweepLoop, SecondaryVerificationLoop, StatusLoop]
+    return [
+        LogCursorLoop,
+        SchedulerLoop,
+        StuckSweepLoop,
+        SecondaryVerificationLoop,
+        StatusLoop,
+        ConsistencySweepLoop,
+    ]
 
 
 def _primary_loops() -> list[LoopFactory]:
+    from geosync.primary.pruning import EventLogPruningLoop
     from geosync.primary.verification import PrimaryVerificationLoop, PrimaryVerificationSweepLoop
     from geosync.status_reporting import StatusLoop
 
-    return [PrimaryVerificationLoop, PrimaryVerificationSweepLoop, StatusLoop]
+    return [PrimaryVerificationLoop, PrimaryVerificationSweepLoop, StatusLoop, EventLogPruningLoop]
 
 
 #: Loop factories per role; each part of geosync that needs a background loop adds it here.

@@ -8,24 +8,35 @@ engine opens the file with ``mode=ro``. PostgreSQL (psycopg 3): a read-only engi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
 from geosync.errors import ConfigurationError
 
+#: Connection execution option: this transaction will write (SQLite takes the write lock at once).
+WRITE_OPTION = "geosync_writes"
 
-def make_engine(url: str, *, readonly: bool = False, setting: str = "database_url") -> Engine:
+
+def make_engine(
+    url: str,
+    *,
+    readonly: bool = False,
+    setting: str = "database_url",
+    writes_by_default: bool = True,
+) -> Engine:
     """An engine for `url`; `setting` names the setting in error messages."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigurationError(f"setting '{setting}': {url!r} is not a database URL") from None
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, readonly, setting)
+        return _sqlite_engine(parsed, readonly, setting, writes_by_default)
     if parsed.get_backend_name() == "postgresql":
         return _postgres_engine(parsed, readonly)
     raise ConfigurationError(
@@ -34,7 +45,7 @@ def make_engine(url: str, *, readonly: bool = False, setting: str = "database_ur
     )
 
 
-def _sqlite_engine(url: URL, readonly: bool, setting: str) -> Engine:
+def _sqlite_engine(url: URL, readonly: bool, setting: str, writes_by_default: bool) -> Engine:
     database = url.database or ""
     if database in ("", ":memory:"):
         raise ConfigurationError(
@@ -59,7 +70,8 @@ def _sqlite_engine(url: URL, readonly: bool, setting: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get(WRITE_OPTION, writes_by_default)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if mode and not readonly else "BEGIN")
 
     return engine
 
@@ -71,6 +83,16 @@ def _postgres_engine(url: URL, readonly: bool) -> Engine:
     if readonly:
         connect_args["options"] = "-c default_transaction_read_only=on"
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=10)
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock up front, so it waits
+    for other writers instead of failing when a read later turns into a write."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
 
 
 def is_sqlite(engine: Engine) -> bool:

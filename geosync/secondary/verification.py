@@ -121,19 +121,15 @@ def verify_registry_batch(
 
     A loop passes the connections it holds; otherwise the batch opens and closes its own.
     """
-    own = [
-        held
-        for held in (
-            None if main else HeldConnection(geo.main_engine),
-            None if tracking else HeldConnection(geo.tracking_engine),
-        )
-        if held is not None
-    ]
+    main_held = main or HeldConnection(geo.main_engine)
+    tracking_held = tracking or HeldConnection(geo.tracking_engine)
     try:
-        return _verify(geo, target, claims, pool, main or own[0], tracking or own[-1])
+        return _verify(geo, target, claims, pool, main_held, tracking_held)
     finally:
-        for held in own:
-            held.close()
+        if main is None:
+            main_held.close()
+        if tracking is None:
+            tracking_held.close()
 
 
 def _verify(

@@ -80,5 +80,19 @@ def _geo_api(app: FastAPI, geo: Geo) -> None:
     app.include_router(geo_api.router)
 
 
+def _rest_api(app: FastAPI, geo: Geo) -> None:
+    from geosync.web import rest, status_api
+
+    for router in rest.routers:
+        app.include_router(router)
+    app.include_router(status_api.router)
+
+
+def _metrics(app: FastAPI, geo: Geo) -> None:
+    from geosync.web import metrics
+
+    app.include_router(metrics.router)
+
+
 #: Each adds one part of the web application; later parts append themselves here.
-ROUTERS = [_geo_api]
+ROUTERS = [_geo_api, _rest_api, _metrics]

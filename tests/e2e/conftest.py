@@ -30,7 +30,7 @@ def process_sites(tmp_path: Path, databases: DatabaseFactory) -> Iterator[Proces
         databases,
         backoff_scale=0.005,
         poll_interval=0.2,
-        lease_seconds=3.0,
+        lease_seconds=6.0,
         log_format="json",
     )
     primary, secondary = site_processes(pair, tmp_path, "geosync.demo.replicators")

@@ -217,7 +217,7 @@ def test_two_workers_on_one_tracking_database_sync_each_row_once(
         per_item = dict(
             conn.execute(
                 select(t.c.model_record_id, func.count())
-                .where(t.c.replicable_name == "upload", t.c.kind == "sync")
+                .where(t.c.replicable_name == "upload", t.c.kind == "sync", t.c.outcome == "synced")
                 .group_by(t.c.model_record_id)
             ).all()
         )

@@ -1,0 +1,38 @@
+"""A connection a background loop keeps for its whole life, replaced after any error.
+
+Opening a connection per round costs more than a round of small work on SQLite (pragmas on
+connect; the WAL checkpoint when the last connection closes) and a pool checkout on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine
+
+
+class HeldConnection:
+    """One connection of `engine`, opened on first use; each `transaction()` is one BEGIN."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A transaction on the held connection; an error closes it (the next opens afresh)."""
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        try:
+            with self._conn.begin():
+                yield self._conn
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give the connection back."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,364 @@
+"""The primary's verification: state rows backfilled, records checksummed, stale ones re-queued.
+
+`PrimaryVerificationLoop` claims batches of 10 within the primary node's
+`verification_max_capacity`, checksums them on a thread pool, stores each result and publishes
+`checksum_succeeded`. `PrimaryVerificationSweepLoop` keeps `<name>_states` in step with the model
+tables (id ranges of 1,000), fails checksums running for over 8 hours and re-queues checksums
+older than the node's `minimum_reverification_interval`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Table, delete, func, insert, select
+
+from geosync.checksums import ChecksumResult, checksum_loaded, load_records
+from geosync.db.held import HeldConnection
+from geosync.events import publish_events
+from geosync.flags import flag_enabled
+from geosync.log import get_logger
+from geosync.registry import VerificationState
+from geosync.replicator import CHECKSUM_SUCCEEDED
+from geosync.verification import (
+    REVERIFY_BATCH,
+    Claim,
+    Verifiable,
+    claim_within,
+    lock_claims,
+    primary_verifiable,
+    verifiable_replicators,
+)
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.nodes import Node
+    from geosync.replicator import Replicator
+    from geosync.worker import Worker
+
+log = get_logger("primary_verification")
+
+BACKFILL_RANGE = 1000
+BACKFILL_RANGES_PER_RUN = 10
+BACKFILL_PAUSE = timedelta(minutes=10)
+TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
+REVERIFY_EVERY = timedelta(minutes=1)
+SITE_TTL = 1.0
+
+
+def primary_node(geo: Geo, conn: Connection) -> Node | None:
+    """This site's node when it is the primary, else None (then nothing is verified here)."""
+    node = geo.current_node(conn)
+    return node if node is not None and node.primary else None
+
+
+# -- backfill of the states tables ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackfillStep:
+    """What one id range of the backfill changed, and where the next range starts (None: done)."""
+
+    inserted: int
+    deleted: int
+    next_low: int | None
+
+
+def backfill_range(
+    geo: Geo, conn: Connection, replicator: type[Replicator], low: int
+) -> BackfillStep:
+    """In ids [low, low + 1,000): add pending state rows for models lacking one and delete the
+    rows of models that are gone (SQLite without enforced foreign keys keeps them otherwise).
+    """
+    states = geo.tables.state(replicator)
+    if states is None:
+        return BackfillStep(0, 0, None)
+    model_id = replicator.model.__table__.c.id
+    key = states.c[replicator.registry_foreign_key]
+    high = low + BACKFILL_RANGE
+    models = set(conn.execute(select(model_id).where(model_id >= low, model_id < high)).scalars())
+    tracked = set(conn.execute(select(key).where(key >= low, key < high)).scalars())
+    missing = sorted(models - tracked)
+    orphans = sorted(tracked - models)
+    if missing:
+        pending = int(VerificationState.PENDING)
+        conn.execute(
+            insert(states), [{key.name: i, "verification_state": pending} for i in missing]
+        )
+    if orphans:
+        conn.execute(delete(states).where(key.in_(orphans)))
+    return BackfillStep(len(missing), len(orphans), _next_low(conn, states, replicator, high))
+
+
+def _next_low(
+    conn: Connection, states: Table, replicator: type[Replicator], high: int
+) -> int | None:
+    # Jump over empty id ranges: the next range starts at the next id either table holds.
+    model_id = replicator.model.__table__.c.id
+    key = states.c[replicator.registry_foreign_key]
+    candidates = [
+        conn.execute(select(func.min(model_id)).where(model_id >= high)).scalar_one_or_none(),
+        conn.execute(select(func.min(key)).where(key >= high)).scalar_one_or_none(),
+    ]
+    found = [int(value) for value in candidates if value is not None]
+    return min(found) if found else None
+
+
+def backfill_all(geo: Geo, replicator: type[Replicator]) -> tuple[int, int]:
+    """One complete backfill pass, one transaction per range; returns (inserted, deleted)."""
+    low: int | None = 0
+    inserted = deleted = 0
+    while low is not None:
+        with geo.main() as conn:
+            step = backfill_range(geo, conn, replicator, low)
+        inserted += step.inserted
+        deleted += step.deleted
+        low = step.next_low
+    return inserted, deleted
+
+
+# -- checksumming ---------------------------------------------------------------------------------
+
+
+def record_results(
+    geo: Geo,
+    conn: Connection,
+    target: Verifiable,
+    claims: list[Claim],
+    results: list[ChecksumResult],
+) -> int:
+    """Store each result (only where the claim still stands) and publish `checksum_succeeded`
+    for the successes, in one transaction; returns how many succeeded.
+    """
+    replicator = target.replicator
+    pairs = list(zip(claims, results, strict=True))
+    unchanged = [
+        (claim, result.checksum)
+        for claim, result in pairs
+        if result.checksum is not None and claim.previous_checksum in (None, result.checksum)
+    ]
+    succeeded = target.succeeded_many(conn, unchanged)
+    done = {claim.model_record_id for claim, _checksum in unchanged}
+    for claim, result in pairs:
+        if claim.model_record_id not in done:
+            settle_failure(conn, target, claim, result)
+    if succeeded:
+        publish_events(
+            geo,
+            conn,
+            [
+                (
+                    replicator,
+                    CHECKSUM_SUCCEEDED,
+                    replicator(model_record_id=i, geo=geo).payload_for(CHECKSUM_SUCCEEDED),
+                )
+                for i in succeeded
+            ],
+        )
+    return len(succeeded)
+
+
+def settle_failure(
+    conn: Connection, target: Verifiable, claim: Claim, result: ChecksumResult
+) -> None:
+    """Store a failed checksum if its claim still stands.
+
+    A re-verification whose checksum differs from the last one fails too: the resource changed
+    without an `updated` event. Immutable blobs keep their reference checksum, so a corrupted
+    file keeps failing until it is restored; other types accept the new content on retry.
+    """
+    replicator = target.replicator
+    failure = result.failure or "Checksum could not be calculated"
+    if result.checksum is not None:
+        noun = "file" if replicator.strategy == "blob" else "repository"
+        failure = (
+            f"Checksum does not match the last verified checksum: the {noun} changed without"
+            f" an update (expected {claim.previous_checksum}, found {result.checksum})"
+        )
+    immutable = replicator.strategy == "blob" and not replicator.mutable
+    count = target.failed(
+        conn, claim.model_record_id, claim.started_at, failure, keep_checksum=immutable
+    )
+    if count is not None:
+        log.warning(
+            "verification failed",
+            replicable=replicator.replicable_name,
+            id=claim.model_record_id,
+            failure=failure,
+            retry_count=count,
+        )
+
+
+def verify_batch(
+    geo: Geo,
+    target: Verifiable,
+    claims: list[Claim],
+    pool: ThreadPoolExecutor | None = None,
+    records: dict[int, Any] | None = None,
+) -> int:
+    """Checksum claimed records and record the outcomes; returns how many succeeded."""
+    ids = [claim.model_record_id for claim in claims]
+    if records is None:
+        records = load_records(geo, target.replicator, ids)
+    results = checksum_loaded(geo, target.replicator, ids, records, pool)
+    with geo.main() as conn:
+        return record_results(geo, conn, target, claims, results)
+
+
+class PrimaryVerificationLoop:
+    """Checksums pending and retry-due records of every verifiable type on the primary."""
+
+    name = "primary_verification"
+
+    def __init__(
+        self, geo: Geo, worker: Worker | None = None, *, threads: int | None = None
+    ) -> None:
+        self.geo = geo
+        self.worker = worker
+        size = threads or os.cpu_count() or 1
+        # One thread hashes inline: a pool would only add a hand-off per file.
+        self.pool = ThreadPoolExecutor(size, thread_name_prefix="checksum") if size > 1 else None
+        self._offset = 0
+        self._held = HeldConnection(geo.main_engine)
+        self._site_cache: tuple[float, Node | None, list[type[Replicator]]] | None = None
+
+    def run_once(self) -> float:
+        """Claim one round of batches, checksum them, store the results."""
+        poll = self.geo.settings.poll_interval
+        with self._held.transaction() as conn:
+            node, targets = self._site(conn)
+            if node is None:
+                return poll
+            lock_claims(conn, "primary")
+            every = [primary_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
+            batches = claim_within(conn, node.verification_max_capacity, every, targets)
+            loaded = [
+                (target, claims, self._load(conn, target, claims)) for target, claims in batches
+            ]
+        for target, claims, records in loaded:
+            ids = [claim.model_record_id for claim in claims]
+            results = checksum_loaded(self.geo, target.replicator, ids, records, self.pool)
+            with self._held.transaction() as conn:
+                record_results(self.geo, conn, target, claims, results)
+        self._offset += 1
+        return 0.0 if batches else poll
+
+    def _load(self, conn: Connection, target: Verifiable, claims: list[Claim]) -> dict[int, Any]:
+        ids = [claim.model_record_id for claim in claims]
+        return load_records(self.geo, target.replicator, ids, conn)
+
+    def _site(self, conn: Connection) -> tuple[Node | None, list[Verifiable]]:
+        """The primary node and the enabled types, in this round's turn order.
+
+        Read at most once a second: a changed capacity or flag takes effect within a second,
+        and a busy loop does not spend a query per type per batch on them.
+        """
+        now = time.monotonic()
+        if self._site_cache is None or now - self._site_cache[0] >= SITE_TTL:
+            node = primary_node(self.geo, conn)
+            enabled = [r for r in verifiable_replicators(self.geo) if flag_enabled(conn, r)]
+            self._site_cache = (now, node, enabled)
+        _read_at, node, replicators = self._site_cache
+        if replicators:
+            turn = self._offset % len(replicators)
+            replicators = replicators[turn:] + replicators[:turn]
+        return node, [primary_verifiable(self.geo, r) for r in replicators]
+
+    def close(self) -> None:
+        """Let running checksums finish, then close the loop's connection."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self._held.close()
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+
+def fail_timed_out(geo: Geo, conn: Connection) -> int:
+    """Fail every checksum started more than 8 hours ago; returns how many."""
+    return sum(
+        len(primary_verifiable(geo, r).fail_timed_out(conn)) for r in verifiable_replicators(geo)
+    )
+
+
+def requeue_stale(geo: Geo, conn: Connection, node: Node, replicator: type[Replicator]) -> int:
+    """Re-queue up to 1,000 succeeded records verified longer ago than the node's interval."""
+    cutoff = geo.clock.now() - timedelta(days=node.minimum_reverification_interval)
+    return primary_verifiable(geo, replicator).requeue_stale(conn, cutoff, REVERIFY_BATCH)
+
+
+class PrimaryVerificationSweepLoop:
+    """Backfills state rows, fails timed-out checksums, re-queues stale ones (on the primary)."""
+
+    name = "primary_verification_sweep"
+
+    def __init__(self, geo: Geo, worker: Worker | None = None) -> None:
+        self.geo = geo
+        self.worker = worker
+        self._backfill_low: dict[str, int] = {}
+        self._backfill_resume: dict[str, datetime] = {}
+        self._last: dict[str, datetime] = {}
+
+    def run_once(self) -> float:
+        """One round: backfill some ranges; sweep timeouts and re-verify when due."""
+        with self.geo.main_engine.connect() as conn:
+            node = primary_node(self.geo, conn)
+            enabled = [r for r in verifiable_replicators(self.geo) if flag_enabled(conn, r)]
+        if node is None:
+            return self.geo.settings.poll_interval
+        busy = any([self._backfill(r) for r in enabled])
+        if self._due("timeouts", TIMEOUT_SWEEP_EVERY):
+            with self.geo.main() as conn:
+                timed_out = fail_timed_out(self.geo, conn)
+            if timed_out:
+                log.warning("verification timed out", count=timed_out)
+        if self._due("reverify", REVERIFY_EVERY):
+            with self.geo.main() as conn:
+                requeued = sum(requeue_stale(self.geo, conn, node, r) for r in enabled)
+            if requeued:
+                log.info("re-queued stale checksums", count=requeued)
+                self._wake()
+        return 0.0 if busy else REVERIFY_EVERY.total_seconds()
+
+    def _backfill(self, replicator: type[Replicator]) -> bool:
+        """Some ranges of one replicator; True while a pass is under way."""
+        name = replicator.replicable_name
+        now = self.geo.clock.now()
+        if self.geo.tables.state(replicator) is None or now < self._backfill_resume.get(name, now):
+            return False
+        low: int | None = self._backfill_low.get(name, 0)
+        changed = 0
+        for _ in range(BACKFILL_RANGES_PER_RUN):
+            assert low is not None
+            with self.geo.main() as conn:
+                step = backfill_range(self.geo, conn, replicator, low)
+            changed += step.inserted + step.deleted
+            low = step.next_low
+            if low is None:
+                break
+        if changed:
+            log.info("backfilled verification states", replicable=name, changed=changed)
+            self._wake()
+        if low is None:
+            self._backfill_low.pop(name, None)
+            self._backfill_resume[name] = now + BACKFILL_PAUSE
+            return False
+        self._backfill_low[name] = low
+        return True
+
+    def _due(self, what: str, every: timedelta) -> bool:
+        now = self.geo.clock.now()
+        last = self._last.get(what)
+        if last is not None and now - last < every:
+            return False
+        self._last[what] = now
+        return True
+
+    def _wake(self) -> None:
+        if self.worker is not None:
+            self.worker.notify()

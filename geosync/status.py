@@ -1,0 +1,461 @@
+"""Node status (ARCHITECTURE.md §9): GitLab's fields, computed from indexed aggregates, and health.
+
+A status is a flat mapping of GitLab's field names to JSON values (counts, epoch seconds,
+percentages as numbers). It is computed every minute and on demand; the primary stores every
+node's latest status in `geo_node_statuses`, and a status older than an hour reads as unhealthy.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from geosync.db.engines import is_sqlite
+from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events, geo_node_statuses
+from geosync.errors import ConfigurationError
+from geosync.flags import flag_enabled
+from geosync.log import get_logger
+from geosync.registry import Registry, SyncState, VerificationState
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.catalog import Catalog
+    from geosync.nodes import Node
+    from geosync.replicator import Replicator
+
+log = get_logger("status")
+T = TypeVar("T")
+
+#: A status not refreshed for this long makes its node unhealthy.
+STALE_AFTER = timedelta(hours=1)
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+PERCENTAGE_SUFFIX = "_in_percentage"
+
+#: Per-replicator fields, after the `<plural>_` prefix, in GitLab's order.
+REPLICATOR_FIELDS = (
+    "count",
+    "checksum_total_count",
+    "checksummed_count",
+    "checksum_failed_count",
+    "synced_count",
+    "failed_count",
+    "registry_count",
+    "verification_total_count",
+    "verified_count",
+    "verification_failed_count",
+    "synced_in_percentage",
+    "verified_in_percentage",
+    "oldest_unsynced_age_seconds",
+)
+
+#: Node-wide fields.
+NODE_FIELDS = (
+    "geo_node_id",
+    "healthy",
+    "health",
+    "health_status",
+    "db_replication_lag_seconds",
+    "last_event_id",
+    "last_event_timestamp",
+    "cursor_last_event_id",
+    "cursor_last_event_timestamp",
+    "last_successful_status_check_timestamp",
+    "version",
+    "revision",
+    "selective_sync_type",
+    "updated_at",
+)
+
+_LAG_SQL = text(
+    "SELECT pg_is_in_recovery(),"
+    " CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+    " ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+def replicator_fields(replicator: type[Replicator]) -> list[str]:
+    """The status fields of one replicator (`uploads_count`, `uploads_synced_count`, ...)."""
+    return [replicator.status_field_prefix + name for name in REPLICATOR_FIELDS]
+
+
+def status_fields(catalog: Catalog) -> list[str]:
+    """Every status field of a site with this catalog, node fields first."""
+    fields = list(NODE_FIELDS)
+    for replicator in catalog:
+        fields.extend(replicator_fields(replicator))
+    return fields
+
+
+def epoch(moment: datetime | None) -> int | None:
+    """Epoch seconds, as GitLab reports its `*_timestamp` fields."""
+    return None if moment is None else int(moment.timestamp())
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a `Z`, as GitLab's JSON has them."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def percentage(part: int | None, total: int | None) -> float | None:
+    """`part` of `total` in percent, two decimals; 0 when there is nothing to count."""
+    if part is None or total is None:
+        return None
+    return round(part * 100.0 / total, 2) if total else 0.0
+
+
+def format_percentage(value: float | None) -> str:
+    """A percentage as GitLab's API writes it: "97.56%" (null counts read "0.00%")."""
+    return f"{(value or 0.0):.2f}%"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node's status: GitLab's fields (`values`) and when it was last reported."""
+
+    values: dict[str, Any]
+    reported_at: datetime
+
+    def __getitem__(self, field: str) -> Any:
+        return self.values[field]
+
+    def get(self, field: str, default: Any = None) -> Any:
+        """The value of `field`, or `default` when it is absent."""
+        return self.values.get(field, default)
+
+    @property
+    def geo_node_id(self) -> int:
+        """The node this status belongs to."""
+        return int(self.values["geo_node_id"])
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the node reported itself healthy and recently enough."""
+        return bool(self.values.get("healthy"))
+
+    def aged(self, now: datetime) -> NodeStatus:
+        """This status as seen at `now`: unhealthy when older than `STALE_AFTER`."""
+        if now - self.reported_at <= STALE_AFTER:
+            return self
+        minutes = int((now - self.reported_at).total_seconds() // 60)
+        message = (
+            f"Status not updated for {minutes} minutes (last update {iso(self.reported_at)});"
+            " is the node's worker running?"
+        )
+        return replace(self, values={**self.values, **health_fields([message])})
+
+    def for_api(self) -> dict[str, Any]:
+        """The status as GitLab's API shows it: percentages as "97.56%" strings."""
+        return {
+            key: format_percentage(value) if key.endswith(PERCENTAGE_SUFFIX) else value
+            for key, value in self.values.items()
+        }
+
+
+def health_fields(problems: list[str]) -> dict[str, Any]:
+    """`healthy`, `health` and `health_status` for a list of problems (none: healthy)."""
+    if not problems:
+        return {"healthy": True, "health": HEALTHY, "health_status": HEALTHY}
+    return {"healthy": False, "health": "; ".join(problems), "health_status": UNHEALTHY}
+
+
+# -- computing ---------------------------------------------------------------------------------
+
+
+def compute_status(geo: Geo) -> NodeStatus:
+    """This site's status now; problems that stop a part from being counted make it unhealthy."""
+    node = geo.current_node()
+    if node is None:
+        raise ConfigurationError(
+            f"node {geo.settings.node_name!r} is not registered: run `geosync node add` on the"
+            " primary"
+        )
+    return StatusComputation(geo, node).run()
+
+
+class StatusComputation:
+    """One computation of a node's status; each part is guarded so one failure is reported,
+    not raised."""
+
+    def __init__(self, geo: Geo, node: Node) -> None:
+        self.geo = geo
+        self.node = node
+        self.now = geo.clock.now()
+        self.problems: list[str] = []
+        self.secondary = geo.has_tracking_database
+
+    def run(self) -> NodeStatus:
+        """Compute every field."""
+        values: dict[str, Any] = dict.fromkeys(status_fields(self.geo.catalog))
+        values.update(
+            geo_node_id=self.node.id,
+            version=_version(),
+            revision=_revision(),
+            selective_sync_type=self.node.selective_sync_type,
+        )
+        enabled = self._guard("feature flags", self._flags, dict[str, bool]())
+        values.update(self._guard("event log", self._event_fields, dict[str, Any]()))
+        for replicator in self.geo.catalog:
+            if enabled.get(replicator.replicable_name):
+                label = replicator.replicable_name_plural
+                counts = functools.partial(self._counts, replicator)
+                values.update(self._guard(label, counts, dict[str, Any]()))
+        if self.secondary:
+            cursor = functools.partial(self._cursor_fields, values)
+            values.update(self._guard("event cursor", cursor, dict[str, Any]()))
+        values["db_replication_lag_seconds"] = self._guard(
+            "database replication lag", lambda: replication_lag_seconds(self.geo.main_engine), None
+        )
+        values.update(health_fields(self.problems))
+        values["last_successful_status_check_timestamp"] = epoch(self.now)
+        values["updated_at"] = iso(self.now)
+        return NodeStatus(values, self.now)
+
+    def _guard(self, part: str, compute: Callable[[], T], fallback: T) -> T:
+        try:
+            return compute()
+        except SQLAlchemyError as exc:
+            log.warning("status part failed", part=part, error=type(exc).__name__)
+            self.problems.append(f"{part}: {type(exc).__name__}: {_first_line(exc)}")
+            return fallback
+
+    def _flags(self) -> dict[str, bool]:
+        with self.geo.main_engine.connect() as main:
+            return {r.replicable_name: flag_enabled(main, r) for r in self.geo.catalog}
+
+    def _event_fields(self) -> dict[str, Any]:
+        with self.geo.main_engine.connect() as main:
+            newest = main.execute(
+                select(geo_events.c.id, geo_events.c.created_at)
+                .order_by(geo_events.c.id.desc())
+                .limit(1)
+            ).first()
+        if newest is None:
+            return {"last_event_id": None, "last_event_timestamp": None}
+        return {"last_event_id": int(newest.id), "last_event_timestamp": epoch(newest.created_at)}
+
+    def _counts(self, replicator: type[Replicator]) -> dict[str, Any]:
+        if self.secondary:
+            with self.geo.tracking_engine.connect() as tracking:
+                counts = registry_counts(self.geo, tracking, replicator, self.now)
+        else:
+            with self.geo.main_engine.connect() as main:
+                counts = primary_counts(self.geo, main, replicator)
+        return {replicator.status_field_prefix + key: value for key, value in counts.items()}
+
+    def _cursor_fields(self, values: dict[str, Any]) -> dict[str, Any]:
+        with self.geo.tracking_engine.connect() as tracking:
+            state = tracking.execute(
+                select(geo_event_log_state).order_by(geo_event_log_state.c.id.desc()).limit(1)
+            ).first()
+            oldest_gap = tracking.execute(select(func.min(geo_event_gaps.c.event_id))).scalar()
+        if state is None:  # the log cursor has not run yet
+            return {"cursor_last_event_id": None, "cursor_last_event_timestamp": None}
+        cursor = int(state.event_id)
+        if oldest_gap is not None:
+            cursor = min(int(oldest_gap) - 1, cursor)
+        with self.geo.main_engine.connect() as main:
+            created_at = main.execute(
+                select(geo_events.c.created_at).where(geo_events.c.id == cursor)
+            ).scalar()
+            oldest = main.execute(select(func.min(geo_events.c.id))).scalar()
+        if oldest is not None and cursor < int(oldest) - 1:
+            self.problems.append(
+                f"Event log cursor ({cursor}) fell behind the pruned event log (oldest event"
+                f" {oldest}); the consistency sweep is restoring what it missed"
+            )
+        moment = created_at if created_at is not None else (state.updated_at if cursor else None)
+        return {"cursor_last_event_id": cursor, "cursor_last_event_timestamp": epoch(moment)}
+
+
+def primary_counts(geo: Geo, main: Connection, replicator: type[Replicator]) -> dict[str, Any]:
+    """A primary's counts of one replicator: its replicables and their checksums."""
+    query = replicator.available_replicables()
+    count = int(main.execute(select(func.count()).select_from(query.subquery())).scalar_one())
+    counts: dict[str, Any] = dict.fromkeys(REPLICATOR_FIELDS)
+    counts["count"] = count
+    if replicator.verification_enabled:
+        from geosync.verification import primary_verifiable
+
+        states = primary_verifiable(geo, replicator).count_by_state(main)
+        total = sum(n for state, n in states.items() if state != VerificationState.DISABLED)
+        counts.update(
+            checksum_total_count=total,
+            checksummed_count=states[VerificationState.SUCCEEDED],
+            checksum_failed_count=states[VerificationState.FAILED],
+            verified_in_percentage=percentage(states[VerificationState.SUCCEEDED], total),
+        )
+    return counts
+
+
+def registry_counts(
+    geo: Geo, tracking: Connection, replicator: type[Replicator], now: datetime
+) -> dict[str, Any]:
+    """A secondary's counts of one replicator from its registry (state-indexed aggregates)."""
+    registry = Registry(geo, replicator)
+    by_state = registry.count_by_state(tracking)
+    total = sum(by_state.values())
+    synced = by_state[SyncState.SYNCED]
+    counts: dict[str, Any] = dict.fromkeys(REPLICATOR_FIELDS)
+    counts.update(
+        count=total,
+        registry_count=total,
+        synced_count=synced,
+        failed_count=by_state[SyncState.FAILED],
+        synced_in_percentage=percentage(synced, total),
+        oldest_unsynced_age_seconds=_oldest_unsynced_age(registry, tracking, now),
+    )
+    if replicator.verification_enabled:
+        verification = _synced_verification_counts(registry, tracking)
+        verifiable = sum(
+            n for state, n in verification.items() if state != VerificationState.DISABLED
+        )
+        verified = verification[VerificationState.SUCCEEDED]
+        counts.update(
+            verification_total_count=verifiable,
+            verified_count=verified,
+            verification_failed_count=verification[VerificationState.FAILED],
+            verified_in_percentage=percentage(verified, verifiable),
+        )
+    return counts
+
+
+def _synced_verification_counts(
+    registry: Registry, tracking: Connection
+) -> dict[VerificationState, int]:
+    c = registry.table.c
+    rows = tracking.execute(
+        select(c.verification_state, func.count())
+        .where(c.state == SyncState.SYNCED)
+        .group_by(c.verification_state)
+    )
+    counts = dict.fromkeys(VerificationState, 0)
+    for state, count in rows:
+        counts[VerificationState(state)] = int(count)
+    return counts
+
+
+def _oldest_unsynced_age(registry: Registry, tracking: Connection, now: datetime) -> int | None:
+    c = registry.table.c
+    unsynced = [int(SyncState.PENDING), int(SyncState.STARTED), int(SyncState.FAILED)]
+    since = tracking.execute(
+        select(func.min(func.coalesce(c.pending_since, c.created_at))).where(c.state.in_(unsynced))
+    ).scalar()
+    if since is None:
+        return None
+    if isinstance(since, str):  # SQLite returns MIN(COALESCE(...)) untyped
+        since = datetime.fromisoformat(since)
+    moment = since if since.tzinfo is not None else since.replace(tzinfo=now.tzinfo)
+    return max(0, int((now - moment).total_seconds()))
+
+
+def replication_lag_seconds(engine: Engine) -> int | None:
+    """Replication lag of a PostgreSQL standby (§14), or None (SQLite, not a standby, unknown).
+
+    0 when everything received has been replayed; otherwise the age of the last replayed
+    transaction, rounded up so that a lagging standby never reads 0.
+    """
+    if is_sqlite(engine):
+        return None
+    with engine.connect() as conn:
+        in_recovery, lag = conn.execute(_LAG_SQL).one()
+    if not in_recovery or lag is None:
+        return None
+    return max(0, math.ceil(float(lag)))
+
+
+@functools.cache
+def _version() -> str:
+    from geosync import __version__
+
+    return __version__
+
+
+@functools.cache
+def _revision() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=11", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+# -- storing and reading -------------------------------------------------------------------------
+
+
+def store_status(conn: Connection, status: NodeStatus, received_at: datetime) -> None:
+    """Keep `status` as its node's latest (the primary's `geo_node_statuses`)."""
+    t = geo_node_statuses
+    updated = conn.execute(
+        update(t)
+        .where(t.c.geo_node_id == status.geo_node_id)
+        .values(status=status.values, updated_at=received_at)
+    )
+    if updated.rowcount == 0:
+        conn.execute(
+            insert(t).values(
+                geo_node_id=status.geo_node_id,
+                status=status.values,
+                created_at=received_at,
+                updated_at=received_at,
+            )
+        )
+
+
+def load_statuses(
+    geo: Geo, conn: Connection, node_ids: Iterable[int] | None = None
+) -> list[NodeStatus]:
+    """Stored statuses (by node id), each aged at the site's clock: stale ones are unhealthy."""
+    t = geo_node_statuses
+    query = select(t.c.status, t.c.updated_at).order_by(t.c.geo_node_id)
+    if node_ids is not None:
+        query = query.where(t.c.geo_node_id.in_(list(node_ids)))
+    now = geo.clock.now()
+    return [NodeStatus(dict(row.status), row.updated_at).aged(now) for row in conn.execute(query)]
+
+
+def load_status(geo: Geo, conn: Connection, node_id: int) -> NodeStatus | None:
+    """One node's stored status, aged; None if it never reported."""
+    found = load_statuses(geo, conn, [node_id])
+    return found[0] if found else None
+
+
+def node_statuses(geo: Geo, *, own_stored: bool = False) -> list[tuple[Node, NodeStatus | None]]:
+    """Every node with its latest stored status (aged), None for nodes that never reported.
+
+    This site's own status is computed now, or with `own_stored` taken from storage when
+    there is one (the REST API shows what was last reported, as GitLab does).
+    """
+    from geosync.nodes import NodeStore
+
+    with geo.main_engine.connect() as conn:
+        nodes = NodeStore(geo, conn).list()
+        stored = {s.geo_node_id: s for s in load_statuses(geo, conn)}
+    result: list[tuple[Node, NodeStatus | None]] = []
+    for node in nodes:
+        status = stored.get(node.id)
+        if node.name == geo.settings.node_name and (status is None or not own_stored):
+            status = compute_status(geo)
+        result.append((node, status))
+    return result

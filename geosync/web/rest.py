@@ -1,0 +1,455 @@
+"""The admin REST API, GitLab-compatible: `/api/v4/geo_nodes` and its `/api/v4/geo_sites` alias.
+
+Paths, parameters, JSON shapes, pagination headers and error codes follow GitLab's Geo nodes and
+Geo sites APIs, so GitLab's clients (python-gitlab, scripts, dashboards) work unchanged. Every
+endpoint needs an admin token; nodes are changed only on the primary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl
+
+import pydantic
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import DataError, IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from geosync.app import Geo
+from geosync.errors import NotFound
+from geosync.nodes import Node, NodeStore
+from geosync.status import NodeStatus, compute_status, load_status, node_statuses
+from geosync.web.admin_auth import require_admin
+from geosync.web.deps import get_geo
+from geosync.web.failures import FAILURE_TYPES, list_failures
+from geosync.web.pagination import Page, page_params
+
+MAX_ID = 2**31 - 1
+COLLECTIONS = {"geo_nodes": "node", "geo_sites": "site"}
+_NOT_BODY = {"page", "per_page", "private_token"}
+PageDep = Annotated[Page, Depends(page_params)]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- parameters --------------------------------------------------------------------------------
+
+Capacity = Annotated[int | None, Field(ge=0, le=MAX_ID)]
+
+
+class NodeParams(BaseModel):
+    """Body of `POST` and `PUT` (JSON, form or query parameters, as GitLab accepts them)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    url: Annotated[str | None, Field(min_length=1, max_length=254)] = None
+    internal_url: Annotated[str | None, Field(max_length=254)] = None
+    primary: bool | None = None
+    enabled: bool | None = None
+    files_max_capacity: Capacity = None
+    repos_max_capacity: Capacity = None
+    verification_max_capacity: Capacity = None
+    container_repositories_max_capacity: Capacity = None
+    selective_sync_type: Literal["namespaces", "shards", ""] | None = None
+    selective_sync_shards: list[Annotated[str, Field(max_length=255)]] | None = None
+    selective_sync_namespace_ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = None
+    minimum_reverification_interval: Annotated[int | None, Field(ge=1, le=MAX_ID)] = None
+    sync_object_storage: bool | None = None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(t, str) and "\x00" in t for t in texts):
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("selective_sync_shards", "selective_sync_namespace_ids", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        """The settings the request names, in `NodeStore`'s terms."""
+        values = {key: getattr(self, key) for key in self.model_fields_set}
+        if "internal_url" in values and not values["internal_url"]:
+            values["internal_url"] = None
+        if values.get("selective_sync_type") == "":
+            values["selective_sync_type"] = None
+        return values
+
+
+async def read_params(request: Request) -> NodeParams:
+    """The node parameters of a request: query string, then a JSON or form body over it."""
+    data: dict[str, Any] = {
+        k: v for k, v in request.query_params.items() if k not in _NOT_BODY and v != ""
+    }
+    content_type = request.headers.get("content-type", "")
+    body = await request.body()
+    if "json" in content_type or (body.strip().startswith(b"{") and "form" not in content_type):
+        data.update(_json_object(body))
+    elif body:
+        data.update(_form_fields(body, content_type))
+    try:
+        return NodeParams.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise HTTPException(400, f"400 Bad request - {problems}") from None
+
+
+def _form_fields(body: bytes, content_type: str) -> dict[str, Any]:
+    # python-multipart is not a dependency: GitLab's clients send JSON or url-encoded forms.
+    if "multipart" in content_type:
+        raise HTTPException(400, "400 Bad request - send JSON or a url-encoded form")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "400 Bad request - the form is not url-encoded") from None
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        if key.endswith("[]"):
+            fields.setdefault(key.removesuffix("[]"), []).append(value)
+        else:
+            fields[key] = value
+    return fields
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    def reject(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        data = json.loads(body or b"{}", parse_constant=reject)
+    except ValueError:
+        raise HTTPException(400, "400 Bad request - the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "400 Bad request - the body must be a JSON object")
+    return data
+
+
+# -- JSON shapes -------------------------------------------------------------------------------
+
+
+def node_json(
+    geo: Geo, node: Node, base_url: str, collection: str, primary_url: str
+) -> dict[str, Any]:
+    """A node as GitLab's API shows it, with `_links` into `collection`."""
+    api = f"{base_url}api/v4/{collection}/{node.id}"
+    return {
+        "id": node.id,
+        "name": node.name,
+        "url": node.url,
+        "internal_url": node.effective_internal_url,
+        "primary": node.primary,
+        "enabled": node.enabled,
+        "current": node.name == geo.settings.node_name,
+        "files_max_capacity": node.files_max_capacity,
+        "repos_max_capacity": node.repos_max_capacity,
+        "verification_max_capacity": node.verification_max_capacity,
+        "container_repositories_max_capacity": node.container_repositories_max_capacity,
+        "selective_sync_type": node.selective_sync_type,
+        "selective_sync_shards": list(node.selective_sync_shards),
+        "selective_sync_namespace_ids": list(node.selective_sync_namespace_ids),
+        "minimum_reverification_interval": node.minimum_reverification_interval,
+        "sync_object_storage": node.sync_object_storage,
+        "clone_protocol": "http",
+        "web_edit_url": f"{primary_url}admin/geo/sites/{node.id}/edit",
+        "_links": {"self": api, "status": f"{api}/status", "repair": f"{api}/repair"},
+    }
+
+
+def status_json(status: NodeStatus, base_url: str, collection: str) -> dict[str, Any]:
+    """A status as GitLab's API shows it, with `_links` to itself and its node."""
+    api = f"{base_url}api/v4/{collection}/{status.geo_node_id}"
+    links = {"self": f"{api}/status", COLLECTIONS[collection]: api}
+    return {**status.for_api(), "_links": links}
+
+
+class NodeLinks(BaseModel):
+    """Links of a node."""
+
+    self: str
+    status: str
+    repair: str
+
+
+class NodeOut(BaseModel):
+    """A Geo node (site) as the API returns it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: int
+    name: str
+    url: str
+    internal_url: str
+    primary: bool
+    enabled: bool
+    current: bool
+    files_max_capacity: int
+    repos_max_capacity: int
+    verification_max_capacity: int
+    container_repositories_max_capacity: int
+    selective_sync_type: str | None
+    selective_sync_shards: list[str]
+    selective_sync_namespace_ids: list[int]
+    minimum_reverification_interval: int
+    sync_object_storage: bool
+    clone_protocol: str
+    web_edit_url: str
+    links: NodeLinks = Field(alias="_links")
+
+
+class Message(BaseModel):
+    """An error."""
+
+    message: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Message} for code in (400, 401, 403, 404, 409, 422)
+}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url)
+
+
+def _primary_url(geo: Geo, request: Request) -> str:
+    primary = geo.primary_node()
+    return primary.url if primary is not None else _base_url(request)
+
+
+def _get_node(store: NodeStore, node_id: int) -> Node:
+    try:
+        if node_id > MAX_ID:
+            raise NotFound
+        return store.get(node_id)
+    except NotFound:
+        raise HTTPException(404, f"404 Geo node {node_id} Not Found") from None
+
+
+def _require_writable(geo: Geo) -> None:
+    primary = None if geo.main_readonly else geo.primary_node()
+    writable = not geo.main_readonly and (primary is None or primary.name == geo.settings.node_name)
+    if not writable:
+        raise HTTPException(403, "403 Forbidden - nodes can only be changed on the primary site")
+
+
+def _write(geo: Geo, action: Callable[[NodeStore], Node | None]) -> Node | None:
+    try:
+        with geo.main() as conn:
+            return action(NodeStore(geo, conn))
+    except IntegrityError:
+        raise HTTPException(409, "409 Conflict - the node changed concurrently") from None
+    except DataError:
+        raise HTTPException(400, "400 Bad request - a value is out of range") from None
+
+
+def _conflicts(store: NodeStore, params: NodeParams, node_id: int | None) -> None:
+    if params.name is not None:
+        other = store.find(params.name.strip())
+        if other is not None and other.id != node_id:
+            raise HTTPException(409, f"409 Conflict - a node named {params.name!r} exists")
+    if params.primary:
+        primary = next((n for n in store.list() if n.primary), None)
+        if primary is not None and primary.id != node_id:
+            raise HTTPException(409, f"409 Conflict - {primary.name!r} is already the primary")
+
+
+def _paged(items: list[Any], total: int, page: Page, request: Request) -> JSONResponse:
+    return JSONResponse(items, headers=page.headers(total, request.url))
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def _get_and_head(router: APIRouter, path: str, **options: Any) -> Callable[[F], F]:
+    """Register a GET endpoint and its HEAD twin (separate OpenAPI operations)."""
+
+    def register(endpoint: F) -> F:
+        router.get(path, **options)(endpoint)
+        router.head(path, **options)(endpoint)
+        return endpoint
+
+    return register
+
+
+def build_router(collection: str) -> APIRouter:
+    """The routes of one collection (`geo_nodes` or its alias `geo_sites`)."""
+    router = APIRouter(
+        prefix=f"/api/v4/{collection}",
+        tags=[collection],
+        dependencies=[Depends(require_admin)],
+        responses=ERRORS,
+    )
+    _add_node_routes(router, collection)
+    _add_status_routes(router, collection)
+    _add_write_routes(router, collection)
+    return router
+
+
+def _add_node_routes(router: APIRouter, collection: str) -> None:
+    @_get_and_head(router, "", response_model=list[NodeOut])
+    def list_nodes(request: Request, page: PageDep) -> Response:
+        """Every node, primary first (paginated)."""
+        geo = get_geo(request)
+        with geo.main_engine.connect() as conn:
+            nodes = NodeStore(geo, conn).list()
+        chosen = nodes[page.offset : page.offset + page.per_page]
+        base, primary_url = _base_url(request), _primary_url(geo, request)
+        items = [node_json(geo, n, base, collection, primary_url) for n in chosen]
+        return _paged(items, len(nodes), page, request)
+
+    @_get_and_head(router, "/{node_id:int}", response_model=NodeOut)
+    def get_node(node_id: int, request: Request) -> Response:
+        """One node."""
+        geo = get_geo(request)
+        with geo.main_engine.connect() as conn:
+            node = _get_node(NodeStore(geo, conn), node_id)
+        body = node_json(geo, node, _base_url(request), collection, _primary_url(geo, request))
+        return JSONResponse(body)
+
+
+def _add_status_routes(router: APIRouter, collection: str) -> None:
+    @_get_and_head(router, "/status", response_model=list[dict[str, Any]])
+    def list_statuses(request: Request, page: PageDep) -> Response:
+        """The latest status of every node that has one (this site's own is computed if it
+        has none stored yet)."""
+        geo = get_geo(request)
+        statuses = [s for _node, s in node_statuses(geo, own_stored=True) if s is not None]
+        chosen = statuses[page.offset : page.offset + page.per_page]
+        items = [status_json(s, _base_url(request), collection) for s in chosen]
+        return _paged(items, len(statuses), page, request)
+
+    @_get_and_head(router, "/{node_id:int}/status", response_model=dict[str, Any])
+    def get_status(
+        node_id: int, request: Request, refresh: Annotated[bool, Query()] = False
+    ) -> Response:
+        """One node's latest stored status; this site's own is computed when it has none
+        stored yet or when `refresh` asks for it."""
+        geo = get_geo(request)
+        with geo.main_engine.connect() as conn:
+            node = _get_node(NodeStore(geo, conn), node_id)
+            status = load_status(geo, conn, node_id)
+        if node.name == geo.settings.node_name and (refresh or status is None):
+            status = compute_status(geo)
+        if status is None:
+            raise HTTPException(404, f"404 Status of Geo node {node_id} Not Found")
+        return JSONResponse(status_json(status, _base_url(request), collection))
+
+    @_get_and_head(router, "/current/failures", response_model=list[dict[str, Any]])
+    def current_failures(
+        request: Request,
+        page: PageDep,
+        type: Annotated[
+            str | None, Query(description="Replicable name (singular or plural).")
+        ] = None,
+        failure_type: Annotated[str, Query(description=", ".join(FAILURE_TYPES))] = "sync",
+    ) -> Response:
+        """Sync or verification failures on this site (a secondary), paginated."""
+        geo = get_geo(request)
+        if not geo.has_tracking_database:
+            raise HTTPException(403, "403 Forbidden - failures are listed on a secondary site only")
+        if failure_type not in FAILURE_TYPES:
+            raise HTTPException(
+                400, f"400 Bad request - failure_type must be one of {', '.join(FAILURE_TYPES)}"
+            )
+        replicators = list(geo.catalog)
+        if type is not None:
+            try:
+                replicators = [geo.catalog.get(type)]
+            except NotFound as exc:
+                raise HTTPException(400, f"400 Bad request - type: {exc}") from None
+        total, items = list_failures(geo, replicators, failure_type, page)
+        return _paged(items, total, page, request)
+
+
+def _add_write_routes(router: APIRouter, collection: str) -> None:
+    @router.post("", status_code=201, response_model=NodeOut)
+    async def create_node(request: Request) -> Response:
+        """Register a node (on the primary); `name` and `url` are required."""
+        params = await read_params(request)
+        return await run_in_threadpool(_create, get_geo(request), params, request, collection)
+
+    @router.put("/{node_id:int}", response_model=NodeOut)
+    async def update_node(node_id: int, request: Request) -> Response:
+        """Change a node's settings (on the primary)."""
+        params = await read_params(request)
+        return await run_in_threadpool(
+            _update, get_geo(request), node_id, params, request, collection
+        )
+
+    @router.delete("/{node_id:int}", status_code=204, response_class=Response)
+    def delete_node(node_id: int, request: Request) -> Response:
+        """Remove a node (on the primary); its status goes with it."""
+        geo = get_geo(request)
+        _require_writable(geo)
+
+        def remove(store: NodeStore) -> None:
+            store.remove(_get_node(store, node_id).id)
+
+        _write(geo, remove)
+        return Response(status_code=204)
+
+    @router.post("/{node_id:int}/repair", response_model=NodeOut)
+    def repair_node(node_id: int, request: Request) -> Response:
+        """GitLab repairs a node's OAuth application here; geosync nodes have none to repair,
+        so this confirms the node exists and returns it."""
+        geo = get_geo(request)
+        _require_writable(geo)
+        with geo.main_engine.connect() as conn:
+            node = _get_node(NodeStore(geo, conn), node_id)
+        body = node_json(geo, node, _base_url(request), collection, _primary_url(geo, request))
+        return JSONResponse(body)
+
+
+def _create(geo: Geo, params: NodeParams, request: Request, collection: str) -> Response:
+    _require_writable(geo)
+    changes = params.changes()
+    missing = [key for key in ("name", "url") if not changes.get(key)]
+    if missing:
+        raise HTTPException(400, f"400 Bad request - {', '.join(missing)} is missing")
+
+    def add(store: NodeStore) -> Node:
+        _conflicts(store, params, None)
+        name, url = changes.pop("name"), changes.pop("url")
+        primary = bool(changes.pop("primary", False))
+        return store.add(name, url, primary=primary, **changes)
+
+    node = _write(geo, add)
+    assert node is not None
+    body = node_json(geo, node, _base_url(request), collection, _primary_url(geo, request))
+    return JSONResponse(body, status_code=201)
+
+
+def _update(
+    geo: Geo, node_id: int, params: NodeParams, request: Request, collection: str
+) -> Response:
+    _require_writable(geo)
+    changes = params.changes()
+    changes.pop("primary", None)  # GitLab's PUT does not change the role
+
+    def change(store: NodeStore) -> Node:
+        node = _get_node(store, node_id)
+        _conflicts(store, params.model_copy(update={"primary": None}), node.id)
+        return store.update(node.id, **changes)
+
+    node = _write(geo, change)
+    assert node is not None
+    body = node_json(geo, node, _base_url(request), collection, _primary_url(geo, request))
+    return JSONResponse(body)
+
+
+#: One router per collection; `geosync.web.app` includes both.
+routers = [build_router(collection) for collection in COLLECTIONS]

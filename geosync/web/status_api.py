@@ -1,0 +1,94 @@
+"""`POST /api/v4/geo/status` on the primary: a secondary delivers its status (node JWT).
+
+Only GitLab's status fields of this site's catalog are kept, as plain JSON scalars; the node id
+is the authenticated node's, whatever the body says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, NoReturn
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from geosync.app import Geo
+from geosync.auth import authenticate_node
+from geosync.errors import AuthenticationError, ConfigurationError, ValidationError
+from geosync.status import NodeStatus, iso, status_fields, store_status
+from geosync.status_reporting import STATUS_PATH
+from geosync.web.deps import get_geo
+
+router = APIRouter(tags=["geo"])
+MAX_BODY = 1024 * 1024
+MAX_TEXT = 2000
+_INT_RANGE = 2**63
+
+
+class _BadStatus(ValueError):
+    pass
+
+
+@router.post(STATUS_PATH, status_code=201, response_model=None)
+async def receive_status(request: Request) -> JSONResponse:
+    """Store an authenticated secondary's status as its latest."""
+    geo = get_geo(request)
+    body = await request.body()
+    header = request.headers.get("authorization")
+    return await run_in_threadpool(_receive, geo, header, body)
+
+
+def _receive(geo: Geo, header: str | None, body: bytes) -> JSONResponse:
+    if not geo.is_primary():
+        raise ConfigurationError("this site is not the primary")
+    try:
+        with geo.main_engine.connect() as conn:
+            node = authenticate_node(geo, conn, header, STATUS_PATH)
+    except AuthenticationError as exc:
+        return JSONResponse({"message": f"401 Unauthorized - {exc}"}, status_code=401)
+    values = _parse(geo, body)
+    claimed = values.get("geo_node_id")
+    if claimed is not None and claimed != node.id:
+        raise ValidationError(f"geo_node_id {claimed!r} is not the authenticated node ({node.id})")
+    values["geo_node_id"] = node.id
+    now = geo.clock.now()
+    with geo.main() as conn:
+        store_status(conn, NodeStatus(values, now), now)
+    return JSONResponse({"geo_node_id": node.id, "updated_at": iso(now)}, status_code=201)
+
+
+def _parse(geo: Geo, body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_BODY:
+        _reject("the status is too large")
+    try:
+        data = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, _BadStatus):
+        _reject("the body must be a JSON object of status fields")
+    if not isinstance(data, dict):
+        _reject("the body must be a JSON object of status fields")
+    known = set(status_fields(geo.catalog))
+    values = {key: value for key, value in data.items() if key in known}
+    for key, value in values.items():
+        if not _scalar(value):
+            _reject(f"field {key!r} must be a number, a string, a boolean or null")
+    return values
+
+
+def _scalar(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -_INT_RANGE < value < _INT_RANGE
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= MAX_TEXT and "\x00" not in value
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadStatus(name)
+
+
+def _reject(message: str) -> NoReturn:
+    raise HTTPException(status_code=400, detail=f"400 Bad request - {message}")

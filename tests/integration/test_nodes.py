@@ -1,0 +1,180 @@
+"""Nodes (`geo_nodes`): one primary, unique names, trailing slashes, secrets encrypted at rest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Connection, select
+
+from geosync import ConfigurationError, NotFound, ValidationError
+from geosync.db.tables import geo_nodes
+from geosync.nodes import Node, NodeStore
+from geosync.testing import SitePair
+
+
+@pytest.fixture
+def store(sites: SitePair) -> Iterator[NodeStore]:
+    """A node store in one primary transaction, committed at the end of the test."""
+    with sites.primary.main() as conn:
+        yield NodeStore(sites.primary, conn)
+
+
+def raw_row(conn: Connection, node_id: int) -> dict[str, object]:
+    """Every stored column of one node."""
+    row = conn.execute(select(geo_nodes).where(geo_nodes.c.id == node_id)).one()
+    return dict(row._mapping)
+
+
+def test_a_new_node_gets_gitlabs_defaults(store: NodeStore) -> None:
+    node = store.add("tokyo", "https://tokyo.example.com")
+    assert node.primary is False
+    assert node.enabled is True
+    assert (node.files_max_capacity, node.repos_max_capacity) == (10, 25)
+    assert node.verification_max_capacity == 100
+    assert node.container_repositories_max_capacity == 10
+    assert node.selective_sync_type is None
+    assert node.selective_sync_shards == []
+    assert node.selective_sync_namespace_ids == []
+    assert node.minimum_reverification_interval == 7
+    assert node.sync_object_storage is False
+    assert node.internal_url is None
+    assert node.effective_internal_url == "https://tokyo.example.com/"
+
+
+def test_urls_are_stored_with_a_trailing_slash(store: NodeStore) -> None:
+    node = store.add("tokyo", "http://127.0.0.1:8080", internal_url="http://127.0.0.1:9090")
+    assert node.url == "http://127.0.0.1:8080/"
+    assert node.internal_url == "http://127.0.0.1:9090/"
+    assert node.effective_internal_url == "http://127.0.0.1:9090/"
+    assert store.add("paris", "http://127.0.0.1:8081/").url == "http://127.0.0.1:8081/"
+    updated = store.update(node.id, url="http://127.0.0.1:7070", internal_url="http://127.0.0.1:6")
+    assert (updated.url, updated.internal_url) == ("http://127.0.0.1:7070/", "http://127.0.0.1:6/")
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "127.0.0.1:8080", "http://", ""])
+def test_a_url_that_is_not_http_is_refused(store: NodeStore, url: str) -> None:
+    with pytest.raises(ValidationError, match=r"url must be an http:// or https:// URL"):
+        store.add("tokyo", url)
+
+
+def test_there_can_be_only_one_primary(sites: SitePair, store: NodeStore) -> None:
+    with pytest.raises(ValidationError, match=r"node 'primary' is already the primary"):
+        store.add("other", "http://127.0.0.1:3/", primary=True)
+    with pytest.raises(ValidationError, match=r"node 'primary' is already the primary"):
+        store.update(sites.secondary_node.id, primary=True)
+    assert [n.name for n in store.list() if n.primary] == ["primary"]
+
+
+def test_the_primary_can_be_moved_after_it_was_demoted(sites: SitePair, store: NodeStore) -> None:
+    store.update(sites.primary_node.id, primary=False)
+    promoted = store.update(sites.secondary_node.id, primary=True)
+    assert promoted.primary
+    assert [n.name for n in store.list()] == ["secondary", "primary"]
+
+
+def test_names_are_unique(sites: SitePair, store: NodeStore) -> None:
+    with pytest.raises(ValidationError, match=r"a node named 'secondary' already exists"):
+        store.add(" secondary ", "http://127.0.0.1:3/")
+    other = store.add("other", "http://127.0.0.1:3/")
+    with pytest.raises(ValidationError, match=r"a node named 'primary' already exists"):
+        store.update(other.id, name="primary")
+    assert store.update(other.id, name="other").name == "other"
+
+
+def test_an_empty_name_is_refused(store: NodeStore) -> None:
+    with pytest.raises(ValidationError, match="name must not be empty"):
+        store.add("  ", "http://127.0.0.1:3/")
+
+
+def test_keys_are_generated_and_the_secret_is_stored_encrypted(
+    sites: SitePair, store: NodeStore
+) -> None:
+    node = store.add("tokyo", "http://127.0.0.1:3/")
+    secret_key_base = sites.primary.settings.secret_key_base.get_secret_value()
+    secret = node.secret(secret_key_base)
+    assert len(node.access_key) == 20
+    assert len(secret) == 40
+    stored = raw_row(store.connection, node.id)
+    assert all(secret not in str(value) for value in stored.values())
+    assert stored["encrypted_secret_access_key"] != secret
+    assert secret not in repr(node)
+    assert "encrypted_secret_access_key" not in node.as_dict()
+    other = store.add("paris", "http://127.0.0.1:4/")
+    assert other.access_key != node.access_key
+    assert other.secret(secret_key_base) != secret
+
+
+def test_a_secret_cannot_be_read_with_another_secret_key_base(sites: SitePair) -> None:
+    with pytest.raises(ConfigurationError, match=r"setting 'secret_key_base': cannot decrypt"):
+        sites.secondary_node.secret("x" * 40)
+
+
+def test_the_current_node_is_the_one_named_in_the_settings(sites: SitePair) -> None:
+    primary = sites.primary.current_node()
+    secondary = sites.secondary.current_node()
+    assert primary is not None and primary.name == "primary" and primary.primary
+    assert secondary is not None and secondary.name == "secondary" and secondary.secondary
+    assert sites.primary.is_primary()
+    assert not sites.secondary.is_primary()
+    found = sites.secondary.primary_node()
+    assert found is not None and found.id == sites.primary_node.id
+
+
+def test_settings_can_be_updated_and_are_checked(sites: SitePair, store: NodeStore) -> None:
+    node = store.update(
+        sites.secondary_node.id,
+        enabled=False,
+        files_max_capacity=3,
+        selective_sync_type="namespaces",
+        selective_sync_namespace_ids=["5", 2, 5],
+        minimum_reverification_interval=30,
+    )
+    assert node.enabled is False
+    assert node.files_max_capacity == 3
+    assert node.selective_sync_type == "namespaces"
+    assert node.selective_sync_namespace_ids == [2, 5]
+    assert node.minimum_reverification_interval == 30
+    assert node.updated_at == sites.primary.clock.now()
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"files_max_capacity": -1}, "files_max_capacity must be a whole number"),
+        ({"repos_max_capacity": "many"}, "repos_max_capacity must be a whole number"),
+        ({"minimum_reverification_interval": 0}, "minimum_reverification_interval must be"),
+        ({"selective_sync_type": "everything"}, "selective_sync_type must be empty"),
+        ({"selective_sync_namespace_ids": ["x"]}, "selective_sync_namespace_ids must be whole"),
+        ({"colour": "blue"}, r"unknown node setting\(s\): colour"),
+        ({"internal_url": "gopher://x"}, "internal_url must be an http"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(
+    sites: SitePair, store: NodeStore, changes: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        store.update(sites.secondary_node.id, **changes)
+    with pytest.raises(ValidationError, match=problem):
+        store.add("tokyo", "http://127.0.0.1:3/", **changes)
+
+
+def test_nodes_are_found_by_name_or_id_and_removed(sites: SitePair, store: NodeStore) -> None:
+    node = store.add("tokyo", "http://127.0.0.1:3/")
+    assert store.by_name_or_id("tokyo").id == node.id
+    assert store.by_name_or_id(str(node.id)).name == "tokyo"
+    assert store.by_access_key(node.access_key) == node
+    assert store.secondary_count() == 2
+    store.remove(node.id)
+    assert store.find("tokyo") is None
+    assert store.secondary_count() == 1
+    with pytest.raises(NotFound, match=f"node {node.id} not found"):
+        store.remove(node.id)
+    with pytest.raises(NotFound, match="node 'tokyo' not found"):
+        store.by_name_or_id("tokyo")
+
+
+def test_a_node_reads_back_equal_from_its_row(store: NodeStore) -> None:
+    node = store.add("tokyo", "http://127.0.0.1:3/", selective_sync_shards=["default"])
+    assert Node.from_row(raw_row(store.connection, node.id)) == node
+    assert node.selective_sync_shards == ["default"]

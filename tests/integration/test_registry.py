@@ -1,0 +1,322 @@
+"""The registry state machine (ARCHITECTURE.md §5) on a secondary's tracking database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from geosync import InvalidTransition, NotFound, SyncState, VerificationState
+from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
+from geosync.registry import Registry, RegistryRow
+from geosync.testing import SitePair
+
+ID = 7
+
+
+@pytest.fixture
+def registry(sites: SitePair) -> Registry:
+    """The upload registry of the secondary, with one pending row for upload `ID`."""
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [ID])
+    return registry
+
+
+def row(registry: Registry, model_record_id: int = ID) -> RegistryRow:
+    """The current row."""
+    with registry.geo.tracking() as conn:
+        return registry.require(conn, model_record_id)
+
+
+def start(registry: Registry, model_record_id: int = ID) -> datetime:
+    """Start a sync; returns its start time."""
+    with registry.geo.tracking() as conn:
+        return registry.start(conn, model_record_id)
+
+
+def synced(registry: Registry, started_at: datetime, **options: object) -> bool:
+    """Finish the sync begun at `started_at`."""
+    with registry.geo.tracking() as conn:
+        return registry.synced(conn, ID, started_at, **options)  # type: ignore[arg-type]
+
+
+def pending(registry: Registry) -> None:
+    """A newer event moves the row to pending."""
+    with registry.geo.tracking() as conn:
+        registry.pending(conn, ID)
+
+
+def fail(registry: Registry, message: str = "boom", **options: object) -> datetime:
+    """Fail the row; returns its retry time."""
+    with registry.geo.tracking() as conn:
+        return registry.failed(conn, ID, message, **options)  # type: ignore[arg-type]
+
+
+def put_in(registry: Registry, state: SyncState) -> None:
+    """Move the pending row to `state` through allowed transitions."""
+    if state is SyncState.PENDING:
+        return
+    started_at = start(registry)
+    if state is SyncState.SYNCED:
+        assert synced(registry, started_at)
+    elif state is SyncState.FAILED:
+        fail(registry)
+
+
+def test_a_new_row_is_pending_with_clean_fields(registry: Registry, sites: SitePair) -> None:
+    current = row(registry)
+    assert current.sync_state is SyncState.PENDING
+    assert current.upload_id == ID
+    assert current.created_at == sites.secondary.clock.now()
+    assert (current.retry_count, current.retry_at, current.last_synced_at) == (0, None, None)
+    assert current.missing_on_primary is False
+    assert current.verification is VerificationState.DISABLED
+
+
+@pytest.mark.parametrize("state", list(SyncState))
+def test_pending_is_allowed_from_every_state_and_clears_retry_fields(
+    registry: Registry, sites: SitePair, state: SyncState
+) -> None:
+    put_in(registry, state)
+    sites.secondary.clock.advance(60)  # type: ignore[attr-defined]
+    pending(registry)
+    current = row(registry)
+    assert current.sync_state is SyncState.PENDING
+    assert (current.retry_count, current.retry_at, current.last_synced_at) == (0, None, None)
+    assert current.verification is VerificationState.DISABLED
+    assert current.pending_since == sites.secondary.clock.now()
+
+
+@pytest.mark.parametrize("state", [SyncState.PENDING, SyncState.SYNCED, SyncState.FAILED])
+def test_start_is_allowed_from_pending_synced_and_failed(
+    registry: Registry, sites: SitePair, state: SyncState
+) -> None:
+    put_in(registry, state)
+    sites.secondary.clock.advance(5)  # type: ignore[attr-defined]
+    started_at = start(registry)
+    current = row(registry)
+    assert current.sync_state is SyncState.STARTED
+    assert current.last_synced_at == started_at == sites.secondary.clock.now()
+
+
+def test_start_is_refused_while_started(registry: Registry) -> None:
+    started_at = start(registry)
+    with pytest.raises(InvalidTransition, match=r"cannot start upload registry 7: it is started"):
+        start(registry)
+    assert row(registry).last_synced_at == started_at
+
+
+def test_synced_from_started_clears_retry_and_failure_fields(registry: Registry) -> None:
+    fail(registry, "first try failed")
+    started_at = start(registry)
+    assert synced(
+        registry,
+        started_at,
+        verification=VerificationState.SUCCEEDED,
+        checksum="ab" * 32,
+        missing_on_primary=False,
+    )
+    current = row(registry)
+    assert current.sync_state is SyncState.SYNCED
+    assert (current.retry_count, current.retry_at, current.last_sync_failure) == (0, None, None)
+    assert current.verification is VerificationState.SUCCEEDED
+    assert current.verification_checksum == "ab" * 32
+    assert current.last_synced_at == started_at
+
+
+def test_synced_leaves_verification_disabled_when_the_primary_has_no_checksum(
+    registry: Registry,
+) -> None:
+    assert synced(registry, start(registry), verification=VerificationState.DISABLED)
+    assert row(registry).verification is VerificationState.DISABLED
+
+
+def test_synced_makes_verification_pending_when_the_primary_checksum_succeeded(
+    registry: Registry,
+) -> None:
+    assert synced(registry, start(registry), verification=VerificationState.PENDING)
+    assert row(registry).verification is VerificationState.PENDING
+
+
+def test_synced_can_record_a_resource_missing_on_the_primary(registry: Registry) -> None:
+    assert synced(registry, start(registry), missing_on_primary=True)
+    assert row(registry).missing_on_primary is True
+
+
+@pytest.mark.parametrize("state", [SyncState.PENDING, SyncState.SYNCED, SyncState.FAILED])
+def test_synced_changes_nothing_unless_started(registry: Registry, state: SyncState) -> None:
+    put_in(registry, state)
+    before = row(registry)
+    assert not synced(registry, before.last_synced_at or datetime.now().astimezone())
+    assert row(registry) == before
+
+
+def test_synced_loses_to_a_newer_event(registry: Registry, sites: SitePair) -> None:
+    started_at = start(registry)
+    sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
+    pending(registry)
+    assert not synced(registry, started_at)
+    assert row(registry).sync_state is SyncState.PENDING
+
+
+def test_synced_of_an_old_sync_loses_after_the_row_was_claimed_again(
+    registry: Registry, sites: SitePair
+) -> None:
+    first = start(registry)
+    sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
+    pending(registry)
+    sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        ((claimed_id, second),) = registry.claim(conn, 10)
+    assert claimed_id == ID and second != first
+    assert not synced(registry, first)
+    assert row(registry).sync_state is SyncState.STARTED
+    assert synced(registry, second)
+    assert row(registry).sync_state is SyncState.SYNCED
+
+
+def test_synced_of_a_timed_out_sync_loses_to_its_retry(registry: Registry, sites: SitePair) -> None:
+    first = start(registry)
+    sites.secondary.clock.advance(timedelta(hours=9))  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        assert registry.fail_stuck(conn) == 1
+    second = start(registry)
+    assert not synced(registry, first)
+    assert synced(registry, second)
+
+
+@pytest.mark.parametrize("state", list(SyncState))
+def test_failed_is_allowed_from_every_state_and_counts_retries(
+    registry: Registry, sites: SitePair, state: SyncState
+) -> None:
+    put_in(registry, state)
+    count = row(registry).retry_count
+    retry_at = fail(registry, "Download failed", error="connection reset")
+    current = row(registry)
+    assert current.sync_state is SyncState.FAILED
+    assert current.retry_count == count + 1
+    assert current.retry_at == retry_at > sites.secondary.clock.now()
+    assert current.last_sync_failure == "Download failed: connection reset"
+
+
+def test_repeated_failures_back_off_further(registry: Registry, sites: SitePair) -> None:
+    now = sites.secondary.clock.now()
+    delays = [(fail(registry) - now).total_seconds() for _ in range(6)]
+    assert row(registry).retry_count == 6
+    for n, delay in enumerate(delays, start=1):
+        assert n**4 + 15 <= delay <= n**4 + 15 + 29 * (n + 1)
+
+
+def test_a_long_failure_message_is_cut_to_255_characters(registry: Registry) -> None:
+    fail(registry, "x" * 200, error="y" * 200)
+    message = row(registry).last_sync_failure
+    assert len(message) == 255
+    assert message.startswith("x" * 200 + ": yy")
+    assert message.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("missing", "cap_seconds"), [(False, 3600), (True, 4 * 3600)], ids=["present", "missing"]
+)
+def test_many_failures_are_capped(
+    registry: Registry, sites: SitePair, missing: bool, cap_seconds: int
+) -> None:
+    retry_at = fail(registry, "gone", missing_on_primary=missing, retry_count=12)
+    delay = (retry_at - sites.secondary.clock.now()).total_seconds()
+    assert cap_seconds + 16 <= delay <= cap_seconds + 16 + 58
+    current = row(registry)
+    assert current.missing_on_primary is missing
+    assert current.retry_count == 12
+
+
+@pytest.mark.parametrize("state", [SyncState.SYNCED, SyncState.FAILED])
+def test_resync_moves_synced_and_failed_rows_to_pending(
+    registry: Registry, state: SyncState
+) -> None:
+    put_in(registry, state)
+    with registry.geo.tracking() as conn:
+        registry.resync(conn, ID)
+    current = row(registry)
+    assert current.sync_state is SyncState.PENDING
+    assert (current.retry_count, current.retry_at, current.last_synced_at) == (0, None, None)
+
+
+@pytest.mark.parametrize("state", [SyncState.PENDING, SyncState.STARTED])
+def test_resync_is_refused_for_pending_and_started_rows(
+    registry: Registry, state: SyncState
+) -> None:
+    put_in(registry, state)
+    with pytest.raises(
+        InvalidTransition, match=f"cannot resync upload registry 7: it is {state.name.lower()}"
+    ):
+        with registry.geo.tracking() as conn:
+            registry.resync(conn, ID)
+    assert row(registry).sync_state is state
+
+
+def test_a_transition_of_a_missing_row_is_not_found(registry: Registry) -> None:
+    with pytest.raises(NotFound, match="upload registry 99 not found"):
+        with registry.geo.tracking() as conn:
+            registry.start(conn, 99)
+
+
+def test_the_stuck_sweep_fails_rows_started_longer_than_the_timeout(
+    registry: Registry, sites: SitePair
+) -> None:
+    clock = sites.secondary.clock
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [8, 9])
+    start(registry, ID)
+    clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
+    start(registry, 8)
+    clock.advance(timedelta(hours=7))  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        assert registry.fail_stuck(conn) == 0  # exactly 8 hours is not yet too long
+    clock.advance(1)  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        assert registry.fail_stuck(conn) == 1
+    stuck = row(registry, ID)
+    assert stuck.sync_state is SyncState.FAILED
+    assert stuck.retry_count == 1
+    assert stuck.last_sync_failure == "Sync timed out after 8 hours"
+    assert 16 <= (stuck.retry_at - clock.now()).total_seconds() <= 74
+    assert row(registry, 8).sync_state is SyncState.STARTED
+    assert row(registry, 9).sync_state is SyncState.PENDING
+
+
+def test_claims_take_pending_rows_first_then_failed_rows_that_are_due(
+    registry: Registry, sites: SitePair
+) -> None:
+    clock = sites.secondary.clock
+    fail(registry)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [8, 9])
+        first = registry.claim(conn, 10)
+    assert sorted(model_id for model_id, _ in first) == [8, 9]
+    assert {started for _, started in first} == {clock.now()}
+    clock.advance(timedelta(minutes=5))  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        assert registry.claim(conn, 10) == [(ID, clock.now())]
+        assert registry.claim(conn, 10) == []
+        assert registry.started_count(conn) == 3
+
+
+def test_ensure_pending_creates_or_resets_a_row(registry: Registry, sites: SitePair) -> None:
+    put_in(registry, SyncState.SYNCED)
+    with sites.secondary.tracking() as conn:
+        registry.ensure_pending(conn, ID)
+        registry.ensure_pending(conn, 8)
+        counts = registry.count_by_state(conn)
+    assert counts[SyncState.PENDING] == 2
+    assert counts[SyncState.SYNCED] == 0
+
+
+def test_registries_of_different_types_are_separate(registry: Registry, sites: SitePair) -> None:
+    packages = Registry(sites.secondary, PackageFileReplicator)
+    with sites.secondary.tracking() as conn:
+        assert packages.get(conn, ID) is None
+        packages.insert_pending(conn, [ID])
+    put_in(registry, SyncState.SYNCED)
+    with sites.secondary.tracking() as conn:
+        assert packages.require(conn, ID).sync_state is SyncState.PENDING

@@ -1,0 +1,434 @@
+"""The primary's verification with real files, real git repositories and both databases:
+checksumming, publishing `checksum_succeeded`, capacity, re-verification, backfill and the CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select, update
+from typer.testing import CliRunner
+
+from geosync.cli import app as cli_app
+from geosync.clock import FrozenClock
+from geosync.demo.models import Upload
+from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
+from geosync.flags import set_flag
+from geosync.git import init_bare, repository_checksum
+from geosync.nodes import NodeStore
+from geosync.primary.verification import (
+    PrimaryVerificationLoop,
+    PrimaryVerificationSweepLoop,
+    backfill_all,
+    requeue_stale,
+)
+from geosync.registry import VerificationState
+from geosync.testing import SitePair
+
+try:
+    from tests import gitutil
+    from tests import verifyutil as vu
+except ModuleNotFoundError:  # tests/ is not a package and the project root is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests import gitutil
+    from tests import verifyutil as vu
+
+S = VerificationState
+
+
+@pytest.fixture
+def loop(sites: SitePair) -> Iterator[PrimaryVerificationLoop]:
+    verification = PrimaryVerificationLoop(sites.primary, threads=2)
+    yield verification
+    verification.close()
+
+
+def run_until_idle(loop: PrimaryVerificationLoop) -> None:
+    for _ in range(100):
+        if loop.run_once() > 0:
+            return
+    raise AssertionError("verification never ran out of work")
+
+
+def upload_state(sites: SitePair, record_id: int) -> dict[str, object]:
+    state = vu.state_of(sites.primary, UploadReplicator, record_id)
+    assert state is not None
+    return state
+
+
+# -- checksums ------------------------------------------------------------------------------------
+
+
+def test_uploads_are_checksummed_with_sha256_and_announced(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    content = b"hello world" * 100_000
+    record_id = vu.add_upload(sites.primary, content)
+    run_until_idle(loop)
+    state = upload_state(sites, record_id)
+    assert state["verification_state"] == S.SUCCEEDED
+    assert state["verification_checksum"] == vu.sha256(content)
+    assert ("upload", "checksum_succeeded", record_id) in vu.event_names(sites.primary)
+
+
+def test_an_empty_file_has_the_sha256_of_nothing(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"")
+    run_until_idle(loop)
+    assert upload_state(sites, record_id)["verification_checksum"] == vu.EMPTY_SHA256
+
+
+def test_a_missing_file_fails_with_a_clear_message(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    record_id = vu.add_upload(sites.primary, None)
+    run_until_idle(loop)
+    state = upload_state(sites, record_id)
+    assert state["verification_state"] == S.FAILED
+    assert state["verification_failure"] == "File is missing"
+    assert ("upload", "checksum_succeeded", record_id) not in vu.event_names(sites.primary)
+
+
+def test_package_files_keep_their_checksum_on_their_own_row(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    record_id = vu.add_package_file(sites.primary, b"package")
+    run_until_idle(loop)
+    state = vu.state_of(sites.primary, PackageFileReplicator, record_id)
+    assert state is not None
+    assert (state["verification_state"], state["verification_checksum"]) == (
+        S.SUCCEEDED,
+        vu.sha256(b"package"),
+    )
+
+
+def test_repositories_are_checksummed_from_their_refs(
+    sites: SitePair, loop: PrimaryVerificationLoop, tmp_path: Path
+) -> None:
+    empty_id = vu.add_snippet(sites.primary)
+    full_id = vu.add_snippet(sites.primary)
+    root = sites.primary.settings.repository_storage_root
+    assert root is not None
+    init_bare(root / f"snippets/000/{empty_id}.git")
+    full = root / f"snippets/000/{full_id}.git"
+    init_bare(full)
+    worktree = gitutil.make_worktree(full, tmp_path / "work")
+    gitutil.commit_file(worktree, "a.txt", "a")
+    gitutil.push(worktree)
+    run_until_idle(loop)
+    empty = vu.state_of(sites.primary, SnippetReplicator, empty_id)
+    assert empty is not None and empty["verification_checksum"] == "0" * 40
+    state = vu.state_of(sites.primary, SnippetReplicator, full_id)
+    assert state is not None
+    assert state["verification_checksum"] == repository_checksum(full) != "0" * 40
+
+
+def test_a_missing_repository_fails_with_a_clear_message(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    record_id = vu.add_snippet(sites.primary)
+    run_until_idle(loop)
+    state = vu.state_of(sites.primary, SnippetReplicator, record_id)
+    assert state is not None
+    assert state["verification_failure"] == "Repository is missing"
+
+
+# -- limits and switches ------------------------------------------------------------------------
+
+
+def test_claims_stay_within_the_primary_nodes_capacity(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    ids = [vu.add_upload(sites.primary, b"x") for _ in range(4)]
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).update(sites.primary_node.id, verification_max_capacity=3)
+        # Two checksums "running in another worker" leave room for one more.
+        target = vu.primary_states(sites.primary)
+        conn.execute(
+            update(target.table)
+            .where(target.key.in_(ids[:2]))
+            .values(verification_state=S.STARTED, verification_started_at=sites.primary.clock.now())
+        )
+    loop.run_once()
+    states = [upload_state(sites, i)["verification_state"] for i in ids]
+    assert states == [S.STARTED, S.STARTED, S.SUCCEEDED, S.PENDING]
+
+
+def test_nothing_is_checksummed_while_the_flag_is_off(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"x")
+    with sites.primary.main() as conn:
+        set_flag(
+            conn, sites.primary.catalog, "geo_upload_replication", False, sites.primary.clock.now()
+        )
+    run_until_idle(loop)
+    assert upload_state(sites, record_id)["verification_state"] == S.PENDING
+
+
+def test_a_site_that_is_not_the_primary_checksums_nothing(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"x")
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).update(sites.primary_node.id, primary=False)
+    assert loop.run_once() > 0
+    assert upload_state(sites, record_id)["verification_state"] == S.PENDING
+
+
+def test_a_result_for_a_record_changed_during_its_checksum_is_dropped(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    from geosync.primary.verification import verify_batch
+
+    record_id = vu.add_package_file(sites.primary, b"v1")
+    target = vu.package_states(sites.primary)
+    with sites.primary.main() as conn:
+        (claim,) = target.claim(conn, 10)
+    vu.write(vu.package_file_path(sites.primary, record_id), b"v2")
+    PackageFileReplicator(model_record_id=record_id, geo=sites.primary).handle_after_update()
+    assert verify_batch(sites.primary, target, [claim]) == 0
+    state = vu.state_of(sites.primary, PackageFileReplicator, record_id)
+    assert state is not None and state["verification_state"] == S.PENDING
+
+
+# -- re-verification ----------------------------------------------------------------------------
+
+
+def test_reverification_waits_for_the_nodes_interval(
+    sites: SitePair, loop: PrimaryVerificationLoop, clock: FrozenClock
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"x")
+    run_until_idle(loop)
+    clock.advance(timedelta(days=6, hours=23))
+    with sites.primary.main() as conn:
+        node = sites.primary.current_node(conn)
+        assert node is not None and node.minimum_reverification_interval == 7
+        assert requeue_stale(sites.primary, conn, node, UploadReplicator) == 0
+    clock.advance(timedelta(hours=2))
+    with sites.primary.main() as conn:
+        assert requeue_stale(sites.primary, conn, node, UploadReplicator) == 1
+    assert upload_state(sites, record_id)["verification_state"] == S.PENDING
+    run_until_idle(loop)
+    assert upload_state(sites, record_id)["verification_state"] == S.SUCCEEDED
+
+
+def test_a_shorter_interval_on_the_node_reverifies_sooner(
+    sites: SitePair, loop: PrimaryVerificationLoop, clock: FrozenClock
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"x")
+    run_until_idle(loop)
+    with sites.primary.main() as conn:
+        node = NodeStore(sites.primary, conn).update(
+            sites.primary_node.id, minimum_reverification_interval=1
+        )
+    clock.advance(timedelta(days=1, seconds=1))
+    with sites.primary.main() as conn:
+        assert requeue_stale(sites.primary, conn, node, UploadReplicator) == 1
+    assert upload_state(sites, record_id)["verification_state"] == S.PENDING
+
+
+def test_a_file_changed_behind_geosyncs_back_fails_reverification(
+    sites: SitePair, loop: PrimaryVerificationLoop, clock: FrozenClock
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"original")
+    run_until_idle(loop)
+    vu.write(vu.upload_file(sites.primary, record_id), b"tampered")
+    clock.advance(timedelta(days=8))
+    PrimaryVerificationSweepLoop(sites.primary).run_once()
+    run_until_idle(loop)
+    state = upload_state(sites, record_id)
+    assert state["verification_state"] == S.FAILED
+    failure = str(state["verification_failure"])
+    assert failure.startswith("Checksum does not match the last verified checksum")
+    assert "file changed without an update" in failure
+    assert vu.sha256(b"original") in failure and vu.sha256(b"tampered") in failure
+    # The corrupted file is never accepted on retry; restoring it heals the record.
+    clock.advance(timedelta(hours=2))
+    run_until_idle(loop)
+    assert upload_state(sites, record_id)["verification_state"] == S.FAILED
+    vu.write(vu.upload_file(sites.primary, record_id), b"original")
+    clock.advance(timedelta(hours=2))
+    run_until_idle(loop)
+    state = upload_state(sites, record_id)
+    assert state["verification_state"] == S.SUCCEEDED
+    assert state["verification_checksum"] == vu.sha256(b"original")
+
+
+def test_a_mutable_file_changed_without_an_update_fails_once_then_takes_the_new_content(
+    sites: SitePair, loop: PrimaryVerificationLoop, clock: FrozenClock
+) -> None:
+    record_id = vu.add_package_file(sites.primary, b"v1")
+    run_until_idle(loop)
+    vu.write(vu.package_file_path(sites.primary, record_id), b"v2")
+    clock.advance(timedelta(days=8))
+    PrimaryVerificationSweepLoop(sites.primary).run_once()
+    run_until_idle(loop)
+    state = vu.state_of(sites.primary, PackageFileReplicator, record_id)
+    assert state is not None and state["verification_state"] == S.FAILED
+    assert "the file changed without an update" in str(state["verification_failure"])
+    clock.advance(timedelta(hours=2))
+    run_until_idle(loop)
+    state = vu.state_of(sites.primary, PackageFileReplicator, record_id)
+    assert state is not None
+    assert (state["verification_state"], state["verification_checksum"]) == (
+        S.SUCCEEDED,
+        vu.sha256(b"v2"),
+    )
+    # Secondaries learn of the new checksum and re-verify their copies against it.
+    announced = vu.event_names(sites.primary).count(
+        ("package_file", "checksum_succeeded", record_id)
+    )
+    assert announced == 2
+
+
+def test_the_sweep_fails_checksums_running_for_over_eight_hours(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    record_id = vu.add_upload(sites.primary, b"x")
+    target = vu.primary_states(sites.primary)
+    with sites.primary.main() as conn:
+        target.claim(conn, 10)
+    clock.advance(timedelta(hours=8, seconds=1))
+    PrimaryVerificationSweepLoop(sites.primary).run_once()
+    state = upload_state(sites, record_id)
+    assert state["verification_state"] == S.FAILED
+    assert state["verification_failure"] == "Verification timed out after 8 hours"
+
+
+# -- backfill -------------------------------------------------------------------------------------
+
+
+def test_backfill_adds_missing_state_rows_across_id_ranges(sites: SitePair) -> None:
+    geo = sites.primary
+    target = vu.primary_states(geo)
+    with geo.main() as conn:  # rows written behind the ORM's back get no state row
+        conn.execute(
+            insert(Upload.__table__),
+            [{"id": i, "path": f"u/{i}", "namespace_id": 1, "size": 0} for i in (1, 2, 2500, 7001)],
+        )
+        conn.execute(insert(target.table), [{"upload_id": 1, "verification_state": S.SUCCEEDED}])
+    assert backfill_all(geo, UploadReplicator) == (3, 0)
+    with geo.main_engine.connect() as conn:
+        rows = dict(conn.execute(select(target.key, target.table.c.verification_state)).all())
+    assert rows == {1: S.SUCCEEDED, 2: S.PENDING, 2500: S.PENDING, 7001: S.PENDING}
+    assert backfill_all(geo, UploadReplicator) == (0, 0)
+
+
+def test_backfill_removes_state_rows_of_records_deleted_without_a_cascade(
+    sites: SitePair, backend: str
+) -> None:
+    geo = sites.primary
+    record_id = vu.add_upload(geo, b"x")
+    # Delete the model row with foreign keys not enforced (as on SQLite without the pragma).
+    raw = geo.main_engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if backend == "postgres":
+            cursor.execute("SET session_replication_role = replica")
+        else:
+            cursor.execute("PRAGMA foreign_keys = OFF")
+        cursor.execute(f"DELETE FROM uploads WHERE id = {record_id}")
+        raw.commit()
+    finally:
+        raw.close()
+    assert vu.state_of(geo, UploadReplicator, record_id) is not None
+    assert backfill_all(geo, UploadReplicator) == (0, 1)
+    assert vu.state_of(geo, UploadReplicator, record_id) is None
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def cli_config(sites: SitePair, tmp_path: Path, secondary: bool = False) -> Path:
+    geo = sites.secondary if secondary else sites.primary
+    settings = geo.settings.model_copy(update={"replicators": "geosync.demo.replicators"})
+    path = tmp_path / ("secondary.toml" if secondary else "primary.toml")
+    path.write_text(settings.to_toml())
+    return path
+
+
+def test_reverify_all_failed_requeues_only_failed_records(
+    sites: SitePair, loop: PrimaryVerificationLoop, tmp_path: Path
+) -> None:
+    good = vu.add_upload(sites.primary, b"x")
+    bad = vu.add_upload(sites.primary, None)
+    run_until_idle(loop)
+    config = cli_config(sites, tmp_path)
+    result = CliRunner().invoke(
+        cli_app, ["--config", str(config), "reverify", "uploads", "--all", "--failed"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 failed uploads queued for verification" in result.output
+    assert upload_state(sites, good)["verification_state"] == S.SUCCEEDED
+    assert upload_state(sites, bad)["verification_state"] == S.PENDING
+    assert upload_state(sites, bad)["verification_retry_count"] == 1
+
+
+def test_reverify_all_requeues_in_batches_and_one_id_alone(
+    sites: SitePair, loop: PrimaryVerificationLoop, tmp_path: Path
+) -> None:
+    ids = [vu.add_upload(sites.primary, b"x") for _ in range(3)]
+    run_until_idle(loop)
+    config = cli_config(sites, tmp_path)
+    one = CliRunner().invoke(
+        cli_app, ["--config", str(config), "reverify", "upload", "--id", str(ids[1])]
+    )
+    assert one.exit_code == 0, one.output
+    states = [upload_state(sites, i)["verification_state"] for i in ids]
+    assert states == [S.SUCCEEDED, S.PENDING, S.SUCCEEDED]
+    every = CliRunner().invoke(cli_app, ["--config", str(config), "reverify", "upload", "--all"])
+    assert every.exit_code == 0, every.output
+    assert {upload_state(sites, i)["verification_state"] for i in ids} == {S.PENDING}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["uploads"], "give exactly one of --id ID or --all"),
+        (["uploads", "--id", "1", "--all"], "give exactly one of --id ID or --all"),
+        (["uploads", "--id", "1", "--failed"], "--failed only goes with --all"),
+        (["nothing", "--all"], "unknown replicable 'nothing'"),
+        (["uploads", "--id", "999"], "upload 999 has no verification state here"),
+    ],
+)
+def test_reverify_reports_mistakes_in_one_line(
+    sites: SitePair, tmp_path: Path, args: list[str], message: str
+) -> None:
+    config = cli_config(sites, tmp_path)
+    result = CliRunner().invoke(cli_app, ["--config", str(config), "reverify", *args])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+# -- the worker -----------------------------------------------------------------------------------
+
+
+def test_the_primary_worker_checksums_new_uploads(live_sites: SitePair) -> None:
+    import time
+
+    from geosync.worker import Worker
+
+    worker = Worker(live_sites.primary)
+    assert {"primary_verification", "primary_verification_sweep"} <= {
+        loop.name for loop in worker.loops
+    }
+    record_id = vu.add_upload(live_sites.primary, b"worker")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = vu.state_of(live_sites.primary, UploadReplicator, record_id)
+            if state is not None and state["verification_state"] == S.SUCCEEDED:
+                break
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert state is not None
+    assert state["verification_checksum"] == vu.sha256(b"worker")
