@@ -1,0 +1,101 @@
+"""Claims: pending before retry-due failed, round-robin across replicators, capacity held."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from geosync.clock import FrozenClock
+from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
+from geosync.registry import Registry, SyncState
+from geosync.secondary.scheduler import claim_round_robin
+from geosync.testing import SitePair
+
+
+def registries(sites: SitePair) -> tuple[Registry, Registry]:
+    return Registry(sites.secondary, UploadReplicator), Registry(
+        sites.secondary, PackageFileReplicator
+    )
+
+
+def test_pending_rows_come_before_failed_ones_and_failed_wait_for_retry_at(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    uploads, _ = registries(sites)
+    with sites.secondary.tracking() as conn:
+        uploads.insert_pending(conn, [1, 2, 3])
+        for model_id in (1, 2):
+            started = uploads.start(conn, model_id)
+            uploads.failed(conn, model_id, "boom")
+        assert started
+    with sites.secondary.tracking() as conn:
+        claimed = [model_id for model_id, _ in uploads.claim(conn, 10)]
+    assert claimed == [3], "failed rows are not due before their retry_at"
+    clock.advance(timedelta(hours=2))
+    with sites.secondary.tracking() as conn:
+        uploads.pending(conn, 3)
+        first = [model_id for model_id, _ in uploads.claim(conn, 1)]
+        rest = sorted(model_id for model_id, _ in uploads.claim(conn, 10))
+    assert (first, rest) == ([3], [1, 2]), "pending first, then failed rows that are due"
+
+
+def test_capacity_is_shared_round_robin_and_counts_started_rows(sites: SitePair) -> None:
+    uploads, packages = registries(sites)
+    with sites.secondary.tracking() as conn:
+        uploads.insert_pending(conn, list(range(1, 11)))
+        packages.insert_pending(conn, list(range(1, 11)))
+    with sites.secondary.tracking() as conn:
+        first = claim_round_robin(conn, [uploads, packages], 6, "w1")
+    by_type = {r.replicator.replicable_name: 0 for r in (uploads, packages)}
+    for registry, _, _ in first:
+        by_type[registry.replicator.replicable_name] += 1
+    assert by_type == {"upload": 3, "package_file": 3}
+    with sites.secondary.tracking() as conn:
+        assert claim_round_robin(conn, [uploads, packages], 6, "w2") == []
+        assert claim_round_robin(conn, [uploads, packages], 8, "w2").__len__() == 2
+
+
+def test_one_type_with_no_work_leaves_its_share_to_the_others(sites: SitePair) -> None:
+    uploads, packages = registries(sites)
+    with sites.secondary.tracking() as conn:
+        uploads.insert_pending(conn, list(range(1, 11)))
+    with sites.secondary.tracking() as conn:
+        claimed = claim_round_robin(conn, [packages, uploads], 5, "w1")
+    assert len(claimed) == 5
+    assert {r.replicator.replicable_name for r, _, _ in claimed} == {"upload"}
+
+
+def test_concurrent_claims_never_exceed_capacity_nor_overlap(sites: SitePair) -> None:
+    uploads, packages = registries(sites)
+    with sites.secondary.tracking() as conn:
+        uploads.insert_pending(conn, list(range(1, 201)))
+    results: list[list[int]] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        for _ in range(5):
+            with sites.secondary.tracking() as conn:
+                got = claim_round_robin(conn, [uploads, packages], 30, name)
+            with lock:
+                results.append([model_id for _, model_id, _ in got])
+
+    threads = [threading.Thread(target=claimer, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [i for batch in results for i in batch]
+    assert len(claimed) == len(set(claimed)) == 30
+    with sites.secondary.tracking_engine.connect() as conn:
+        assert uploads.count_by_state(conn)[SyncState.STARTED] == 30
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_claiming_nothing_changes_nothing(sites: SitePair, limit: int) -> None:
+    uploads, _ = registries(sites)
+    with sites.secondary.tracking() as conn:
+        uploads.insert_pending(conn, [1])
+        assert uploads.claim(conn, limit) == []
+        assert uploads.require(conn, 1).sync_state == SyncState.PENDING
