@@ -381,6 +381,29 @@ def _reverify_all(geo: Geo, replicator: Any, failed: bool) -> int:
     return done
 
 
+# -- explain --------------------------------------------------------------------------------
+
+
+@app.command("explain")
+def explain(
+    name: Annotated[str, typer.Argument(help="Replicable name, e.g. upload or uploads.")],
+    record_id: Annotated[int, typer.Argument(help="The model record's id.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Why one item is or is not replicated on this secondary, and what to do next."""
+    from geosync.explain import explain as explain_item
+    from geosync.explain_view import render_explanation
+
+    def action() -> None:
+        explanation = explain_item(load_geo(), name, record_id)
+        if as_json:
+            print_json(explanation.as_dict())
+        else:
+            render_explanation(explanation, console)
+
+    run(action)
+
+
 # -- services ---------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from geosync.errors import ConfigurationError
 
 
+@functools.lru_cache(maxsize=8)
 def _fernet(secret_key_base: str) -> Fernet:
     key = HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"geosync node secrets"
@@ -25,6 +27,7 @@ def encrypt_secret(secret: str, secret_key_base: str) -> str:
     return _fernet(secret_key_base).encrypt(secret.encode()).decode()
 
 
+@functools.lru_cache(maxsize=256)
 def decrypt_secret(token: str, secret_key_base: str) -> str:
     """Decrypt a stored secret; a different `secret_key_base` is a configuration error."""
     try:

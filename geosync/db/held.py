@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
+from geosync.db.engines import WRITE_OPTION
+
 
 class HeldConnection:
     """One connection of `engine`, opened on first use; each `transaction()` is one BEGIN."""
@@ -24,6 +26,8 @@ class HeldConnection:
         """A transaction on the held connection; an error closes it (the next opens afresh)."""
         if self._conn is None:
             self._conn = self.engine.connect()
+            # Loops write through held connections: take SQLite's write lock at BEGIN.
+            self._conn.execution_options(**{WRITE_OPTION: True})
         try:
             with self._conn.begin():
                 yield self._conn

@@ -20,6 +20,7 @@ from geosync.errors import ConfigurationError
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.secondary.handlers import Event, HandlerContext, SkipEvent, handle_event
+from geosync.secondary.pruned_log import skip_pruned_events
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -77,6 +78,7 @@ class LogCursor:
             cursor = self.position(tracking)
             if cursor is None:
                 cursor = self._first_start(tracking, main)
+            cursor = skip_pruned_events(self.geo, tracking, main, cursor)
             ctx = HandlerContext(self.geo, node, main, tracking)
             handled = self._fill_gaps(ctx)
             events = self._read(main, cursor)

@@ -1,0 +1,355 @@
+"""`explain`: why one replicable is (or is not) replicated on this secondary, and what to do.
+
+It gathers every fact an operator would otherwise dig out of two databases — the feature flag,
+the selective sync scope, the record on the primary and its checksum, the registry row, the
+retry time and the attempt history — and turns them into one diagnosis and one next step.
+The result is a plain dataclass with a JSON form, shared by the CLI, the REST API and the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from geosync.attempts import Attempt, recent_attempts
+from geosync.errors import ConfigurationError, ValidationError
+from geosync.flags import flag_enabled
+from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
+from geosync.scope import describe_scope, ids_in_scope
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.nodes import Node
+    from geosync.replicator import Replicator
+
+#: Registry columns shown, in this order.
+REGISTRY_FIELDS = (
+    "state",
+    "retry_count",
+    "retry_at",
+    "last_synced_at",
+    "last_sync_failure",
+    "missing_on_primary",
+    "created_at",
+    "pending_since",
+    "local_path",
+    "verification_state",
+    "verification_started_at",
+    "verification_retry_count",
+    "verification_retry_at",
+    "verified_at",
+    "verification_checksum",
+    "verification_failure",
+    "checksum_mismatch",
+    "verification_checksum_mismatched",
+)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Everything known about one replicable on this secondary, with a diagnosis."""
+
+    replicable_name: str
+    model_record_id: int
+    node_name: str
+    flag_name: str
+    flag_enabled: bool
+    scope: str
+    #: Whether the record is in this secondary's scope; None when it does not exist.
+    in_scope: bool | None
+    exists_on_primary: bool
+    #: The primary's verification state (`succeeded`, ...) and checksum, when it has one.
+    primary_verification_state: str | None
+    primary_checksum: str | None
+    #: The registry row (states as lower-case names), or None when there is none.
+    registry: dict[str, Any] | None
+    next_retry_at: datetime | None
+    attempts: list[Attempt] = field(default_factory=list)
+    #: One or two sentences: what the situation is and why.
+    summary: str = ""
+    #: What an operator should do next ("Nothing to do." when all is well).
+    next_step: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form (timestamps as ISO 8601 strings)."""
+        data = {name: _jsonable(getattr(self, name)) for name in self.__dataclass_fields__}
+        data["attempts"] = [
+            {name: _jsonable(getattr(a, name)) for name in a.__dataclass_fields__}
+            for a in self.attempts
+        ]
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    return value
+
+
+# -- gathering the facts ----------------------------------------------------------------------
+
+
+def explain(geo: Geo, name: str, model_record_id: int) -> Explanation:
+    """Explain replicable `name` (singular or plural) number `model_record_id` on this site."""
+    if model_record_id < 1:
+        raise ValidationError(f"id must be a positive integer, got {model_record_id}")
+    replicator = geo.catalog.get(name)
+    if not geo.has_tracking_database:
+        raise ConfigurationError(
+            "explain describes replication on a secondary; this site has no tracking database"
+            " (run it with a secondary's configuration)"
+        )
+    with geo.main_engine.connect() as main:
+        node = geo.current_node(main)
+        if node is None or node.primary:
+            raise ConfigurationError(
+                f"node {geo.settings.node_name!r} is not registered as a secondary"
+            )
+        enabled = flag_enabled(main, replicator)
+        id_column = replicator.model.__table__.c.id
+        exists = main.execute(select(id_column).where(id_column == model_record_id)).first()
+        in_scope = bool(ids_in_scope(main, replicator, node, [model_record_id])) if exists else None
+        primary_state = _primary_state(geo, main, replicator, model_record_id)
+    with geo.tracking_engine.connect() as tracking:
+        row = Registry(geo, replicator).get(tracking, model_record_id)
+        attempts = recent_attempts(tracking, replicator.replicable_name, model_record_id)
+    facts = Explanation(
+        replicable_name=replicator.replicable_name,
+        model_record_id=model_record_id,
+        node_name=node.name,
+        flag_name=replicator.replication_flag_name,
+        flag_enabled=enabled,
+        scope=describe_scope(node),
+        in_scope=in_scope,
+        exists_on_primary=exists is not None,
+        primary_verification_state=primary_state[0],
+        primary_checksum=primary_state[1],
+        registry=_registry_view(row),
+        next_retry_at=_next_retry(row),
+        attempts=attempts,
+    )
+    summary, next_step = diagnose(facts, node, row, geo.clock.now())
+    return replace(facts, summary=summary, next_step=next_step)
+
+
+def _primary_state(
+    geo: Geo, main: Any, replicator: type[Replicator], model_record_id: int
+) -> tuple[str | None, str | None]:
+    if not replicator.verification_enabled:
+        return None, None
+    from geosync.verification import primary_verifiable
+
+    state = primary_verifiable(geo, replicator).get(main, model_record_id)
+    if state is None:
+        return None, None
+    verification = VerificationState(state["verification_state"])
+    checksum = (
+        state["verification_checksum"] if verification == VerificationState.SUCCEEDED else None
+    )
+    return verification.name.lower(), checksum
+
+
+def _registry_view(row: RegistryRow | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    view = {name: row.values.get(name) for name in REGISTRY_FIELDS}
+    view["state"] = row.sync_state.name.lower()
+    view["verification_state"] = row.verification.name.lower()
+    return view
+
+
+def _next_retry(row: RegistryRow | None) -> datetime | None:
+    if row is None:
+        return None
+    if row.sync_state == SyncState.FAILED:
+        return row.retry_at  # type: ignore[no-any-return]
+    if row.verification == VerificationState.FAILED:
+        return row.verification_retry_at  # type: ignore[no-any-return]
+    return None
+
+
+# -- the diagnosis ----------------------------------------------------------------------------
+
+
+def diagnose(
+    facts: Explanation, node: Node, row: RegistryRow | None, now: datetime
+) -> tuple[str, str]:
+    """The summary and next step for `facts`, checked from the most fundamental cause down."""
+    what = f"{facts.replicable_name} {facts.model_record_id}"
+    if not facts.exists_on_primary:
+        return _gone(what, row)
+    if not facts.flag_enabled:
+        return _flag_off(facts, row)
+    if not facts.in_scope:
+        return _out_of_scope(facts, node, row)
+    if row is None:
+        return (
+            f"{what} is in scope but has no registry row yet.",
+            "The consistency sweep (or the record's `created` event) creates it; make sure"
+            " `geosync worker` runs on this secondary.",
+        )
+    if row.sync_state == SyncState.PENDING:
+        return (
+            f"{what} is queued for sync (pending since {_at(row.pending_since)}).",
+            "Wait: workers take pending rows first, within the node's capacity; make sure"
+            " `geosync worker` runs on this secondary.",
+        )
+    if row.sync_state == SyncState.STARTED:
+        return (
+            f"{what} is being synced right now (started {_at(row.last_synced_at)}).",
+            "Wait for the sync to finish; one that hangs is failed and retried automatically.",
+        )
+    if row.sync_state == SyncState.FAILED:
+        return _failed(facts, row, now)
+    return _synced(facts, row, now)
+
+
+def _gone(what: str, row: RegistryRow | None) -> tuple[str, str]:
+    if row is None:
+        return (
+            f"{what} does not exist on the primary (deleted, or never created):"
+            " there is nothing to replicate.",
+            "Nothing to do; check the id if you expected it to exist.",
+        )
+    return (
+        f"{what} no longer exists on the primary, but this secondary still has its registry"
+        " row (an orphan, e.g. its `deleted` event was pruned before it was read).",
+        "Nothing to do: the consistency sweep removes the row and the local copy on its next"
+        " pass (make sure `geosync worker` runs on this secondary).",
+    )
+
+
+def _flag_off(facts: Explanation, row: RegistryRow | None) -> tuple[str, str]:
+    kept = " Its registry row and local copy are kept, but not synced." if row else ""
+    return (
+        f"Replication of {facts.replicable_name} is turned off (feature flag"
+        f" {facts.flag_name}).{kept}",
+        f"Turn it on, on the primary: `geosync flags enable {facts.flag_name}`.",
+    )
+
+
+def _out_of_scope(facts: Explanation, node: Node, row: RegistryRow | None) -> tuple[str, str]:
+    removal = (
+        " Its registry row and local copy are removed by the next consistency sweep." if row else ""
+    )
+    return (
+        f"{facts.replicable_name} {facts.model_record_id} is out of scope: this secondary"
+        f" replicates {facts.scope}, and the record is not part of it.{removal}",
+        "If this secondary should hold it, widen its selective sync on the primary, e.g."
+        f" `geosync node update {node.name} --selective-sync-namespace-ids ...` or"
+        " `--selective-sync-type none`.",
+    )
+
+
+def _last_failure(facts: Explanation) -> Attempt | None:
+    return next((a for a in facts.attempts if a.outcome == "failed"), None)
+
+
+def _failed(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, str]:
+    what = f"{facts.replicable_name} {facts.model_record_id}"
+    retry = _retry_phrase(row.retry_at, now)
+    failure = row.last_sync_failure or "no reason recorded"
+    attempt = _last_failure(facts)
+    error_class = attempt.error_class if attempt is not None else None
+    resync = f"`geosync resync {facts.replicable_name} --id {facts.model_record_id}`"
+    if row.missing_on_primary:
+        return (
+            f"Sync of {what} failed: the primary has the record but not its data ({failure});"
+            f" {retry}.",
+            "Restore the data on the primary (the source of truth); retries back off to every"
+            f" 4 hours, and {resync} retries at once.",
+        )
+    if row.checksum_mismatch or error_class == "checksum_mismatch":
+        local = row.verification_checksum_mismatched
+        checksums = f" (this copy {local}, primary {facts.primary_checksum})" if local else ""
+        return (
+            f"The copy of {what} did not match the primary's checksum{checksums}; it is"
+            f" downloaded again: {retry}.",
+            "If the mismatch comes back, the primary's data changed without an `updated` event"
+            " or a storage corrupts data: re-verify on the primary"
+            f" (`geosync reverify {facts.replicable_name} --id {facts.model_record_id}` there).",
+        )
+    if error_class == "auth":
+        step = (
+            "Check that every site uses the primary's secret_key_base, that this node is"
+            " enabled and that the clocks agree (`geosync check`)."
+        )
+    elif error_class == "config":
+        step = "Fix the configuration the error names (`geosync check` lists problems)."
+    else:
+        step = (
+            "Transient errors retry by themselves with a growing backoff; if it keeps failing,"
+            f" check the connection to the primary (`geosync check`), or retry now with {resync}."
+        )
+    label = f" ({error_class})" if error_class else ""
+    return (
+        f"Sync of {what} failed{label} after {row.retry_count} attempt(s): {failure}; {retry}.",
+        step,
+    )
+
+
+def _synced(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, str]:
+    what = f"{facts.replicable_name} {facts.model_record_id}"
+    if row.missing_on_primary:
+        return (
+            f"{what} is synced, but the primary has no data for it (missing on the primary).",
+            "Restore it on the primary and publish an update; the secondary follows.",
+        )
+    verification = row.verification
+    if verification == VerificationState.SUCCEEDED:
+        return (
+            f"{what} is synced and verified: its checksum matches the primary's"
+            f" (verified {_at(row.verified_at)}).",
+            "Nothing to do.",
+        )
+    if verification in (VerificationState.PENDING, VerificationState.STARTED):
+        return (
+            f"{what} is synced; its verification against the primary's checksum is"
+            f" {verification.name.lower()}.",
+            "Wait: the verification workers check it shortly.",
+        )
+    if verification == VerificationState.FAILED:
+        return (
+            f"{what} is synced, but its verification failed: {row.verification_failure};"
+            f" {_retry_phrase(row.verification_retry_at, now)}.",
+            "It is re-verified automatically; if it keeps failing, resync it.",
+        )
+    if facts.primary_checksum is None:
+        state = facts.primary_verification_state or "not started"
+        return (
+            f"{what} is synced but not verified: the primary has no checksum for it yet"
+            f" (primary verification: {state}).",
+            "Wait for the primary's verification (its worker must run); this copy is verified"
+            " when the primary publishes the checksum.",
+        )
+    return (
+        f"{what} is synced; it has not been verified against the primary's checksum yet.",
+        f"Verify it now: `geosync reverify {facts.replicable_name} --id"
+        f" {facts.model_record_id}` on this secondary.",
+    )
+
+
+def _retry_phrase(retry_at: datetime | None, now: datetime) -> str:
+    if retry_at is None:
+        return "no retry is scheduled"
+    if retry_at <= now:
+        return "the retry is due now (a worker takes it when capacity is free)"
+    return f"next retry at {_at(retry_at)} (in {_duration(retry_at - now)})"
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _at(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else "an unknown time"

@@ -1,0 +1,97 @@
+"""Changed records need new checksums: the hook that keeps the primary's verification current.
+
+`publish_events` calls `on_published` inside the transaction that writes the events (or would,
+when nothing is published), so a record's verification state changes atomically with it:
+`created`/`updated` make it pending and forget its checksum (an immutable blob that already has
+one keeps it: its content cannot have changed); `deleted` removes its state row.
+Registered on import; `geosync.app` imports this module, so every site has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, and_, delete, insert, select
+
+from geosync.events import published_hooks
+from geosync.registry import VerificationState
+from geosync.replicator import CREATED, DELETED, UPDATED
+from geosync.verification import Verifiable, in_chunks, primary_verifiable
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+    from geosync.events import EventRow
+    from geosync.replicator import Replicator
+
+
+def on_published(geo: Geo, conn: Connection, rows: Sequence[EventRow]) -> None:
+    """Called by `publish_events` in the publishing transaction: changed records need checksums.
+
+    It runs wherever the main database is writable, whether or not events are published (no
+    secondary yet, flag off), so a record's state never claims a checksum its content lost.
+    """
+    if geo.main_readonly:
+        return
+    changed: dict[type[Replicator], list[int]] = {}
+    deleted: dict[type[Replicator], list[int]] = {}
+    for replicator, event_name, payload in rows:
+        if not replicator.verification_enabled or replicator not in geo.catalog:
+            continue
+        model_record_id = payload.get("model_record_id") if isinstance(payload, dict) else None
+        if not isinstance(model_record_id, int):
+            continue
+        if event_name in (CREATED, UPDATED):
+            changed.setdefault(replicator, []).append(model_record_id)
+        elif event_name == DELETED:
+            deleted.setdefault(replicator, []).append(model_record_id)
+    for replicator, ids in changed.items():
+        mark_changed(geo, conn, replicator, ids)
+    for replicator, ids in deleted.items():
+        forget_records(geo, conn, replicator, ids)
+
+
+def mark_changed(geo: Geo, conn: Connection, replicator: type[Replicator], ids: list[int]) -> None:
+    """Make the records' verification pending (creating state rows); immutable blobs that
+    already have a checksum keep it, since their content cannot have changed.
+    """
+    target = primary_verifiable(geo, replicator)
+    c = target.table.c
+    keep_checksum = replicator.strategy == "blob" and not replicator.mutable
+    for chunk in in_chunks(sorted(set(ids))):
+        where: Any = target.key.in_(chunk)
+        if keep_checksum:
+            where = and_(where, c.verification_checksum.is_(None))
+        target.pending_where(conn, where, changed=True)
+        if target.table is not replicator.model.__table__:
+            _insert_missing_states(conn, target, chunk)
+
+
+def _insert_missing_states(conn: Connection, target: Verifiable, ids: Sequence[int]) -> int:
+    existing = set(conn.execute(select(target.key).where(target.key.in_(ids))).scalars())
+    missing = [i for i in ids if i not in existing]
+    if missing:
+        conn.execute(
+            insert(target.table),
+            [
+                {target.key.name: i, "verification_state": VerificationState.PENDING}
+                for i in missing
+            ],
+        )
+    return len(missing)
+
+
+def forget_records(
+    geo: Geo, conn: Connection, replicator: type[Replicator], ids: list[int]
+) -> None:
+    """Delete the state rows of deleted records (the foreign key cascades too, where enforced)."""
+    states = geo.tables.state(replicator)
+    if states is None:
+        return
+    key = states.c[replicator.registry_foreign_key]
+    for chunk in in_chunks(sorted(set(ids))):
+        conn.execute(delete(states).where(key.in_(chunk)))
+
+
+if on_published not in published_hooks:
+    published_hooks.append(on_published)

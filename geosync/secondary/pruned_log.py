@@ -1,0 +1,82 @@
+"""A secondary whose cursor fell behind the primary's pruned event log (ARCHITECTURE.md §4).
+
+The primary never keeps events older than `event_log_max_age`, even for a secondary that was
+down. Such a secondary must say so in its status, and its log cursor must not wait for events
+that will never come: it skips to the oldest event still in the log and marks the history
+(`pruned_behind`) as owed to the consistency sweep, which restores what the events would have.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, func, select, update
+
+from geosync.db.tables import geo_event_log_state, geo_events
+from geosync.log import get_logger
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+
+log = get_logger("log_cursor")
+
+#: Holes younger than this may be transactions still in flight: the gap tracking of the log
+#: cursor waits for them as long (and no longer), so skipping older holes loses nothing more.
+IN_FLIGHT_HORIZON = timedelta(hours=1)
+
+
+def stored_cursor(tracking: Connection) -> int | None:
+    """The log cursor's stored position, or None before its first start."""
+    return tracking.execute(
+        select(geo_event_log_state.c.event_id).where(geo_event_log_state.c.id == 1)
+    ).scalar_one_or_none()
+
+
+def oldest_event_id(main: Connection) -> int | None:
+    """The id of the oldest event still in the primary's log, or None when it is empty."""
+    value = main.execute(select(func.min(geo_events.c.id))).scalar()
+    return int(value) if value is not None else None
+
+
+def fell_behind_pruned_log(geo: Geo) -> bool:
+    """Whether events after this secondary's cursor were pruned before it read them.
+
+    True when the cursor is below the oldest remaining event minus one; the status shows it.
+    """
+    with geo.tracking_engine.connect() as tracking:
+        cursor = stored_cursor(tracking)
+    if cursor is None:
+        return False
+    with geo.main_engine.connect() as main:
+        oldest = oldest_event_id(main)
+    return oldest is not None and cursor < oldest - 1
+
+
+def skip_pruned_events(geo: Geo, tracking: Connection, main: Connection, cursor: int) -> int:
+    """Called by the log cursor before each batch: the position to read on from.
+
+    When the events after `cursor` were pruned, moves the cursor to just before the oldest
+    remaining event (not to the newest: the events still in the log are read, so their updates
+    and deletions are not lost) and sets `pruned_behind`.
+    """
+    oldest = main.execute(
+        select(geo_events.c.id, geo_events.c.created_at).order_by(geo_events.c.id).limit(1)
+    ).first()
+    if oldest is None or cursor >= int(oldest.id) - 1:
+        return cursor
+    now = geo.clock.now()
+    if oldest.created_at > now - IN_FLIGHT_HORIZON:
+        return cursor  # the hole may still commit; the cursor's gap tracking covers it
+    position = int(oldest.id) - 1
+    tracking.execute(
+        update(geo_event_log_state)
+        .where(geo_event_log_state.c.id == 1)
+        .values(event_id=position, pruned_behind=True, updated_at=now)
+    )
+    log.warning(
+        "log cursor fell behind the pruned event log; the consistency sweep restores the rest",
+        cursor=cursor,
+        oldest_event_id=int(oldest.id),
+    )
+    return position
