@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -334,16 +335,19 @@ def admin_token(
 # -- verification -----------------------------------------------------------------------------
 
 
-@app.command("reverify")
-def reverify(
-    name: Annotated[str, typer.Argument(help="Replicable name, e.g. upload or uploads.")],
-    record_id: Annotated[int | None, typer.Option("--id", help="One record's id.")] = None,
-    all_records: Annotated[bool, typer.Option("--all", help="Every record of the type.")] = False,
-    failed: Annotated[
-        bool, typer.Option("--failed", help="With --all: only failed verifications.")
-    ] = False,
+@dataclass(frozen=True)
+class Requeue:
+    """One kind of operator re-queue (`reverify` or `resync`): its functions and its words."""
+
+    one: Callable[[Geo, Any, int], None]
+    count: Callable[[Geo, Any, bool], int]
+    all: Callable[[Geo, Any, bool], Iterator[int]]
+    outcome: str
+
+
+def _requeue(
+    kind: Requeue, name: str, record_id: int | None, all_records: bool, failed: bool
 ) -> None:
-    """Queue verification again: the primary's checksums, or this secondary's copies."""
     from geosync.errors import ValidationError
 
     def action() -> None:
@@ -354,31 +358,74 @@ def reverify(
         geo = load_geo()
         replicator = geo.catalog.get(name)
         if record_id is not None:
-            from geosync.reverification import reverify_one
-
-            reverify_one(geo, replicator, record_id)
-            console.print(f"{replicator.replicable_name} {record_id} queued for verification")
+            kind.one(geo, replicator, record_id)
+            console.print(f"{replicator.replicable_name} {record_id} queued for {kind.outcome}")
             return
-        count = _reverify_all(geo, replicator, failed)
+        total = kind.count(geo, replicator, failed)
+        label = f"re-queueing {replicator.replicable_name_plural}"
+        count = _with_progress(label, total, kind.all(geo, replicator, failed))
         what = "failed " if failed else ""
-        console.print(f"{count} {what}{replicator.replicable_name_plural} queued for verification")
+        plural = replicator.replicable_name_plural
+        console.print(f"{count} {what}{plural} queued for {kind.outcome}")
 
     run(action)
 
 
-def _reverify_all(geo: Geo, replicator: Any, failed: bool) -> int:
+def _with_progress(label: str, total: int, batches: Iterator[int]) -> int:
+    """Drain `batches` (counts per batch) behind a progress bar; returns the sum."""
     from rich.progress import Progress
 
-    from geosync.reverification import reverify_all, reverify_count
-
-    total = reverify_count(geo, replicator, failed)
     done = 0
     with Progress(console=err_console, transient=True) as progress:
-        task = progress.add_task(f"re-queueing {replicator.replicable_name_plural}", total=total)
-        for changed in reverify_all(geo, replicator, failed):
+        task = progress.add_task(label, total=total)
+        for changed in batches:
             done += changed
             progress.update(task, advance=changed)
     return done
+
+
+NameArgument = Annotated[str, typer.Argument(help="Replicable name, e.g. upload or uploads.")]
+IdOption = Annotated[int | None, typer.Option("--id", help="One record's id.")]
+AllOption = Annotated[bool, typer.Option("--all", help="Every record of the type.")]
+FailedOption = Annotated[bool, typer.Option("--failed", help="With --all: only failed ones.")]
+
+
+@app.command("reverify")
+def reverify(
+    name: NameArgument,
+    record_id: IdOption = None,
+    all_records: AllOption = False,
+    failed: FailedOption = False,
+) -> None:
+    """Queue verification again: the primary's checksums, or this secondary's copies."""
+    from geosync import reverification as r
+
+    _requeue(
+        Requeue(r.reverify_one, r.reverify_count, r.reverify_all, "verification"),
+        name,
+        record_id,
+        all_records,
+        failed,
+    )
+
+
+@app.command("resync")
+def resync(
+    name: NameArgument,
+    record_id: IdOption = None,
+    all_records: AllOption = False,
+    failed: FailedOption = False,
+) -> None:
+    """Sync again on this secondary: one registry, or all synced (or failed) ones."""
+    from geosync import resync as r
+
+    _requeue(
+        Requeue(r.resync_one, r.resync_count, r.resync_all, "sync"),
+        name,
+        record_id,
+        all_records,
+        failed,
+    )
 
 
 # -- explain --------------------------------------------------------------------------------
