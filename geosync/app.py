@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
-import geosync.verification  # noqa: F401  (registers the hook keeping checksums current)
+import geosync.primary.changes  # noqa: F401  (registers the hook keeping checksums current)
 from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables

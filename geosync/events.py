@@ -60,12 +60,11 @@ def publish_events(geo: Geo, connection: Connection, rows: Sequence[EventRow]) -
                     "created_at": now,
                 }
             )
-    ids = []
-    for value in values:
-        ids.append(
-            connection.execute(insert(geo_events).returning(geo_events.c.id), value).scalar_one()
-        )
-    return ids
+    if not values:
+        return []
+    # One multi-row INSERT ... RETURNING for the whole flush, ids in parameter order.
+    statement = insert(geo_events).returning(geo_events.c.id, sort_by_parameter_order=True)
+    return [int(i) for i in connection.execute(statement, values).scalars()]
 
 
 def publish_event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path, PurePosixPath
 
 from geosync.errors import ValidationError
@@ -18,8 +19,14 @@ def resolve_inside(root: Path, relative: str) -> Path:
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts:
         raise ValidationError(f"Path must be relative and stay inside the root: {relative!r}")
-    base = root.resolve()
+    base = _resolved(root)
     target = (base / pure).resolve()
     if target == base or not target.is_relative_to(base):
         raise ValidationError(f"Path is outside the root: {relative!r}")
     return target
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> Path:
+    """A storage root resolved once: roots do not move while a process runs."""
+    return root.resolve()

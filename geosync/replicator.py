@@ -198,6 +198,10 @@ class Replicator:
         joins_session = session is not None and session.in_transaction()
         payload = self.payload_for(event_name)
         if connection is not None:
+            if self._geo is None:
+                from geosync.app import geo_for_engine
+
+                self._geo = geo_for_engine(connection.engine)
             return publish_event(self.geo, connection, type(self), event_name, payload)
         if session is not None and joins_session:
             return publish_event(self.geo, session.connection(), type(self), event_name, payload)

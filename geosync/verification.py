@@ -7,11 +7,13 @@ a row re-queued while its checksum was computed stays pending and the stale resu
 
 Where the state lives: on the primary either a `<name>_states` table keyed by the model id
 (option 2, the default) or columns on the model's own table (option 1, `VerificationStateMixin`);
-on a secondary the registry row. `Verifiable` hides the difference.
+on a secondary the registry row. `Verifiable` hides the difference. `geosync.primary.changes`
+makes a changed record pending; the loops live in `geosync.primary` and `geosync.secondary`.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,9 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    delete,
     func,
-    insert,
     select,
     text,
     true,
@@ -35,14 +35,12 @@ from sqlalchemy import (
 )
 
 from geosync.db.engines import is_sqlite
+from geosync.db.types import UTCDateTime
 from geosync.errors import GeoError
-from geosync.events import published_hooks
 from geosync.registry import Backoff, SyncState, VerificationState, cut
-from geosync.replicator import CREATED, DELETED, UPDATED
 
 if TYPE_CHECKING:
     from geosync.app import Geo
-    from geosync.events import EventRow
     from geosync.replicator import Replicator
 
 BATCH_SIZE = 10
@@ -113,34 +111,17 @@ class Verifiable:
         """Mark up to `limit` rows started: pending ones first, topped up with failed ones due."""
         if limit <= 0:
             return []
-        c = self.table.c
         now = self.geo.clock.now()
-        pending = c.verification_state == VerificationState.PENDING
-        claims = self._claim(conn, pending, c.verified_at.asc().nulls_first(), limit, now)
+        claims = self._claim(conn, "pending", limit, now)
         if len(claims) < limit:
-            due = and_(
-                c.verification_state == VerificationState.FAILED, c.verification_retry_at <= now
-            )
-            order = c.verification_retry_at.asc()
-            claims += self._claim(conn, due, order, limit - len(claims), now)
+            claims += self._claim(conn, "failed", limit - len(claims), now)
         return claims
 
-    def _claim(
-        self, conn: Connection, where: Any, order: Any, limit: int, now: datetime
-    ) -> list[Claim]:
-        # One statement: PostgreSQL skips rows another worker's claim holds; SQLite serialises
-        # writers with BEGIN IMMEDIATE, so two claims can never pick the same row.
-        candidates = (
-            select(self.key).where(self.eligible(), where).order_by(order, self.key).limit(limit)
+    def _claim(self, conn: Connection, which: str, limit: int, now: datetime) -> list[Claim]:
+        statement = _claim_statement(
+            self.table, self.key.name, self.registry, which, not is_sqlite(conn.engine)
         )
-        if not is_sqlite(conn.engine):
-            candidates = candidates.with_for_update(skip_locked=True)
-        claimed = conn.execute(
-            update(self.table)
-            .where(self.key.in_(candidates.scalar_subquery()))
-            .values(verification_state=VerificationState.STARTED, verification_started_at=now)
-            .returning(self.key, self.table.c.verification_checksum)
-        )
+        claimed = conn.execute(statement, {"now": now, "limit": limit})
         claims = [Claim(int(key), now, checksum) for key, checksum in claimed]
         return sorted(claims, key=lambda claim: claim.model_record_id)
 
@@ -351,6 +332,55 @@ class Verifiable:
         return [int(key) for key in conn.execute(query).scalars()]
 
 
+@functools.lru_cache(maxsize=256)
+def _claim_statement(
+    table: Table, key_name: str, registry: bool, which: str, skip_locked: bool
+) -> Any:
+    """The claim of ARCHITECTURE.md §6 as one statement, built once per table and kind.
+
+    `UPDATE … SET started WHERE key IN (SELECT key … ORDER BY … LIMIT n FOR UPDATE SKIP LOCKED)
+    RETURNING key`: PostgreSQL skips rows another worker's claim holds; SQLite serialises
+    writers with BEGIN IMMEDIATE, so two claims can never pick the same row.
+    """
+    c = table.c
+    key = c[key_name]
+    now = bindparam("now", type_=UTCDateTime())
+    if which == "pending":
+        where: Any = c.verification_state == VerificationState.PENDING
+        order: Any = c.verified_at.asc().nulls_first()
+    else:
+        where = and_(
+            c.verification_state == VerificationState.FAILED, c.verification_retry_at <= now
+        )
+        order = c.verification_retry_at.asc()
+    if registry:
+        where = and_(c.state == SyncState.SYNCED, where)
+    candidates = select(key).where(where).order_by(order, key).limit(bindparam("limit"))
+    if skip_locked:
+        candidates = candidates.with_for_update(skip_locked=True)
+    return (
+        update(table)
+        .where(key.in_(candidates.scalar_subquery()))
+        .values(verification_state=VerificationState.STARTED, verification_started_at=now)
+        .returning(key, c.verification_checksum)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _started_statement(tables: tuple[Table, ...]) -> Any:
+    counts = [
+        select(func.count())
+        .select_from(table)
+        .where(table.c.verification_state == VerificationState.STARTED)
+        .scalar_subquery()
+        for table in tables
+    ]
+    total: Any = counts[0]
+    for count in counts[1:]:
+        total = total + count
+    return select(total)
+
+
 # -- where the state lives ----------------------------------------------------------------------
 
 
@@ -393,17 +423,8 @@ def started_total(conn: Connection, targets: Sequence[Verifiable]) -> int:
     """Rows being checksummed right now across `targets`, in one query."""
     if not targets:
         return 0
-    counts = [
-        select(func.count())
-        .select_from(target.table)
-        .where(target.table.c.verification_state == VerificationState.STARTED)
-        .scalar_subquery()
-        for target in targets
-    ]
-    total: Any = counts[0]
-    for count in counts[1:]:
-        total = total + count
-    return int(conn.execute(select(total)).scalar_one())
+    statement = _started_statement(tuple(target.table for target in targets))
+    return int(conn.execute(statement).scalar_one())
 
 
 def claim_within(
@@ -438,7 +459,7 @@ def primary_checksums(
     target = primary_verifiable(geo, replicator)
     c = target.table.c
     found: dict[int, str] = {}
-    for chunk in _chunks(list(ids)):
+    for chunk in in_chunks(list(ids)):
         rows = main_conn.execute(
             select(target.key, c.verification_checksum).where(
                 target.key.in_(chunk),
@@ -457,83 +478,10 @@ def primary_checksum(
     return primary_checksums(geo, main_conn, replicator, [model_record_id]).get(model_record_id)
 
 
-# -- created / updated / deleted on the primary -------------------------------------------------
-
-
-def _on_published(geo: Geo, conn: Connection, rows: Sequence[EventRow]) -> None:
-    """Called by `publish_events` in the publishing transaction: changed records need checksums.
-
-    It runs wherever the main database is writable, whether or not events are published (no
-    secondary yet, flag off), so a record's state never claims a checksum its content lost.
-    """
-    if geo.main_readonly:
-        return
-    changed: dict[type[Replicator], list[int]] = {}
-    deleted: dict[type[Replicator], list[int]] = {}
-    for replicator, event_name, payload in rows:
-        if not replicator.verification_enabled or replicator not in geo.catalog:
-            continue
-        model_record_id = payload.get("model_record_id") if isinstance(payload, dict) else None
-        if not isinstance(model_record_id, int):
-            continue
-        if event_name in (CREATED, UPDATED):
-            changed.setdefault(replicator, []).append(model_record_id)
-        elif event_name == DELETED:
-            deleted.setdefault(replicator, []).append(model_record_id)
-    for replicator, ids in changed.items():
-        mark_changed(geo, conn, replicator, ids)
-    for replicator, ids in deleted.items():
-        forget_records(geo, conn, replicator, ids)
-
-
-def mark_changed(geo: Geo, conn: Connection, replicator: type[Replicator], ids: list[int]) -> None:
-    """Make the records' verification pending (creating state rows); immutable blobs that
-    already have a checksum keep it, since their content cannot have changed.
-    """
-    target = primary_verifiable(geo, replicator)
-    c = target.table.c
-    keep_checksum = replicator.strategy == "blob" and not replicator.mutable
-    for chunk in _chunks(sorted(set(ids))):
-        where: Any = target.key.in_(chunk)
-        if keep_checksum:
-            where = and_(where, c.verification_checksum.is_(None))
-        target.pending_where(conn, where, changed=True)
-        if target.table is not replicator.model.__table__:
-            _insert_missing_states(conn, target, chunk)
-
-
-def _insert_missing_states(conn: Connection, target: Verifiable, ids: Sequence[int]) -> int:
-    existing = set(conn.execute(select(target.key).where(target.key.in_(ids))).scalars())
-    missing = [i for i in ids if i not in existing]
-    if missing:
-        conn.execute(
-            insert(target.table),
-            [
-                {target.key.name: i, "verification_state": VerificationState.PENDING}
-                for i in missing
-            ],
-        )
-    return len(missing)
-
-
-def forget_records(
-    geo: Geo, conn: Connection, replicator: type[Replicator], ids: list[int]
-) -> None:
-    """Delete the state rows of deleted records (the foreign key cascades too, where enforced)."""
-    states = geo.tables.state(replicator)
-    if states is None:
-        return
-    key = states.c[replicator.registry_foreign_key]
-    for chunk in _chunks(sorted(set(ids))):
-        conn.execute(delete(states).where(key.in_(chunk)))
-
-
-published_hooks.append(_on_published)
-
-
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
+def in_chunks(ids: Sequence[int]) -> Iterator[list[int]]:
+    """`ids` in slices small enough for an IN list on every database."""
     for start in range(0, len(ids), _IN_CHUNK):
         yield list(ids[start : start + _IN_CHUNK])
