@@ -27,6 +27,8 @@ SCHEME = "GL-Geo"
 LEEWAY = timedelta(seconds=60)
 BLOB_TOKEN_TTL = timedelta(minutes=1)
 REPOSITORY_TOKEN_TTL = timedelta(minutes=10)
+#: A signer cannot mint a longer-lived token than the longest geosync itself issues.
+MAX_TOKEN_TTL = REPOSITORY_TOKEN_TTL
 ADMIN_TOKEN_PREFIX = "geo-"
 
 
@@ -81,6 +83,8 @@ def _decode(token: str, secret: str, now: datetime) -> dict[str, Any]:
         raise AuthenticationError("Token has expired")
     if int(claims["iat"]) - LEEWAY.total_seconds() > now.timestamp():
         raise AuthenticationError("Token is not valid yet")
+    if int(claims["exp"]) - int(claims["iat"]) > MAX_TOKEN_TTL.total_seconds():
+        raise AuthenticationError("Token lifetime is longer than allowed")
     return claims
 
 

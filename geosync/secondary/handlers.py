@@ -115,10 +115,42 @@ def local_copy_path(geo: Geo, replicator: type[Replicator], payload: Any) -> Pat
 def delete_local_copy(geo: Geo, replicator: type[Replicator], payload: Any) -> bool:
     """Remove the local file or mirror named by `payload`; missing is fine. Returns if removed."""
     try:
+        mirror = _mirror_location(geo, replicator, payload)
+        if mirror is not None:
+            return remove_mirror(*mirror)
         path = local_copy_path(geo, replicator, payload)
     except ValidationError as exc:
         raise SkipEvent("unsafe_path", str(exc)) from None
     return remove_path(path) if path is not None else False
+
+
+def _mirror_location(
+    geo: Geo, replicator: type[Replicator], payload: Any
+) -> tuple[Path, str] | None:
+    root = geo.settings.repository_storage_root
+    if replicator.strategy != "repository" or root is None or not isinstance(payload, dict):
+        return None
+    relative = payload.get("repository_path")
+    return (root, str(relative)) if relative else None
+
+
+def remove_mirror(root: Path, relative: str) -> bool:
+    """Delete the mirror `root/relative`; missing is fine. Returns whether it was removed.
+
+    Only a git directory is deleted (a path naming a directory of many mirrors is refused with
+    `ValidationError`); a symlinked mirror loses the link, never what it points to.
+    """
+    from geosync.git import remove_repository
+
+    target = resolve_inside(root, relative)
+    linked = (root.resolve() / relative).is_symlink()
+    if not linked and target.is_dir() and not _is_git_directory(target):
+        raise ValidationError(f"Not a repository, not removed: {relative!r}")
+    return remove_repository(root, relative)
+
+
+def _is_git_directory(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
 
 
 def remove_path(path: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,23 @@ if TYPE_CHECKING:
 
 log = get_logger("sync")
 GIT_TIMEOUT = 3600.0
+
+_mirror_locks: weakref.WeakValueDictionary[Path, threading.Lock] = weakref.WeakValueDictionary()
+_mirror_locks_guard = threading.Lock()
+
+
+def mirror_lock(dest: Path) -> threading.Lock:
+    """The lock that serialises this process's syncs of the mirror at `dest`.
+
+    A sync superseded by an `updated` event is still running when the scheduler claims the row
+    again; two clones or fetches into one mirror at once would let the older one win.
+    """
+    with _mirror_locks_guard:
+        lock = _mirror_locks.get(dest)
+        if lock is None:
+            lock = threading.Lock()
+            _mirror_locks[dest] = lock
+        return lock
 
 
 class RecordGone(GeoError):
@@ -181,11 +199,13 @@ class SyncService:
         relative = replicator.repository_path()
         base = repository_base_path(self.replicator.replicable_name, self.model_record_id)
         url = self.geo.primary_internal_url().rstrip("/") + base
-        header = node_header(self.geo, base, REPOSITORY_TOKEN_TTL)
-        try:
-            mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
-        except PrimaryMissing:
-            return Outcome(relative, missing_on_primary=True)
+        with mirror_lock(dest):
+            # Signed only now: waiting for an older sync of this mirror may take long.
+            header = node_header(self.geo, base, REPOSITORY_TOKEN_TTL)
+            try:
+                mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
+            except PrimaryMissing:
+                return Outcome(relative, missing_on_primary=True)
         if expected is None:
             return Outcome(relative)
         actual = repository_checksum(dest)
@@ -210,9 +230,34 @@ class SyncService:
                 local_path=outcome.local_path,
             )
             self._record(conn, finished, "synced" if done else "superseded", bytes_=outcome.bytes)
+            # Read again after the UPDATE: on PostgreSQL it waited for a deletion in flight.
+            gone = not done and self.registry.get(conn, self.model_record_id) is None
+        if gone:
+            self._drop_orphan(outcome)
         if done and row is not None:
             self._observe_lag(row.pending_since, finished, outcome)
         return done
+
+    def _drop_orphan(self, outcome: Outcome) -> None:
+        """The row was deleted while this sync ran (a `deleted` event, or the record left this
+        secondary's scope): the copy this sync just put in place must not outlive it.
+        """
+        from geosync.secondary.handlers import SkipEvent, delete_local_copy
+
+        key = "blob_path" if self.replicator.strategy == "blob" else "repository_path"
+        payload = {
+            "model_record_id": self.model_record_id,
+            key: outcome.local_path,
+            "storage": getattr(self.replicator, "storage", None),
+        }
+        try:
+            delete_local_copy(self.geo, self.replicator, payload)
+        except (SkipEvent, GeoError, OSError):
+            log.exception(
+                "cannot remove the copy of a deleted item",
+                replicable=self.replicator.replicable_name,
+                id=self.model_record_id,
+            )
 
     def _fail(self, exc: BaseException) -> None:
         missing = isinstance(exc, PrimaryMissing | RecordGone)

@@ -6,7 +6,34 @@ classes (`BlobReplicatorContract`, ...) run the full replication cycle against t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from geosync.testing.databases import DatabaseFactory
 from geosync.testing.sites import SitePair, build_site_pair
 
-__all__ = ["DatabaseFactory", "SitePair", "build_site_pair"]
+if TYPE_CHECKING:
+    from geosync.testing.contracts import (
+        BlobReplicatorContract,
+        ReplicatorFactory,
+        RepositoryReplicatorContract,
+    )
+
+__all__ = [
+    "BlobReplicatorContract",
+    "DatabaseFactory",
+    "ReplicatorFactory",
+    "RepositoryReplicatorContract",
+    "SitePair",
+    "build_site_pair",
+]
+
+_CONTRACTS = ("BlobReplicatorContract", "ReplicatorFactory", "RepositoryReplicatorContract")
+
+
+def __getattr__(name: str) -> Any:
+    """The contract suites load on first use: they need pytest, which sites and servers do not."""
+    if name in _CONTRACTS:
+        from geosync.testing import contracts
+
+        return getattr(contracts, name)
+    raise AttributeError(f"module 'geosync.testing' has no attribute {name!r}")

@@ -77,7 +77,9 @@ class SiteProcesses:
             self.stop(role)
 
 
-def site_processes(pair: SitePair, root: Path, replicators: str) -> tuple[SiteProcesses, SiteProcesses]:
+def site_processes(
+    pair: SitePair, root: Path, replicators: str
+) -> tuple[SiteProcesses, SiteProcesses]:
     """Write config files for both sites of `pair` and point the primary's node at its port."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -79,11 +79,12 @@ def retrieve(replicable_name: str, model_record_id: int, request: Request, geo: 
     return FileResponse(path, media_type="application/octet-stream")
 
 
-@router.api_route(
-    "/repositories/{replicable_name}/{model_record_id:int}.git/{rest:path}",
-    methods=["GET", "POST"],
-    response_model=None,
-)
+_GIT_PATH = "/repositories/{replicable_name}/{model_record_id:int}.git/{rest:path}"
+
+
+# One route per method: a single GET+POST route gives OpenAPI a duplicate operation id.
+@router.get(_GIT_PATH, response_model=None, operation_id="geo_repository_get")
+@router.post(_GIT_PATH, response_model=None, operation_id="geo_repository_post")
 async def repository(
     replicable_name: str, model_record_id: int, rest: str, request: Request
 ) -> Response:

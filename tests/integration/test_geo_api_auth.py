@@ -76,6 +76,7 @@ def test_bad_tokens_are_refused(served: tuple[SitePair, str, int]) -> None:
             node, secret, request_data(retrieve_path("upload", upload_id + 1)), now, BLOB_TOKEN_TTL
         ),
         "unknown key": "GL-Geo nokey:abc.def.ghi",
+        "too long-lived": sign_request(node, secret, request_data(path), now, timedelta(hours=1)),
     }
     with sites.primary_served() as base:
         for name, header in cases.items():
