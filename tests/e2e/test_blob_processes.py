@@ -23,8 +23,8 @@ from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.nodes import NodeStore
 from geosync.registry import Registry, SyncState
 from geosync.testing.servers import serve_in_thread
+from geosync.testing.workers import wait_for
 from tests.e2e.conftest import ProcessSites
-from tests.replication import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.registry import Registry, SyncState
 from geosync.testing import SitePair
-from tests.replication import secondary_worker, wait_for
+from geosync.testing.workers import secondary_worker, wait_for
 
 
 def create_upload(sites: SitePair, name: str, content: bytes, namespace: int = 1) -> int:

@@ -21,10 +21,10 @@ from geosync.git import repository_checksum
 from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
 from geosync.reverification import reverify_one
 from geosync.testing import SitePair
+from geosync.testing.workers import primary_worker, secondary_worker, wait_for
 from geosync.verification import primary_verifiable
 from geosync.web.geo_api import repository_base_path
 from tests import gitutil
-from tests.replication import primary_worker, secondary_worker, wait_for
 
 
 @dataclass
