@@ -54,6 +54,7 @@ from sqlalchemy import select
 
 from geosync.app import Geo
 from geosync.db.tables import geo_events
+from geosync.errors import UnsupportedEvent
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
 from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
@@ -331,13 +332,15 @@ class BlobReplicatorContract(_ReplicatorContract):
         """Failed, flagged missing on the primary (and retried with the 4-hour cap)."""
         return row.state == SyncState.FAILED and row.missing_on_primary is True
 
-    def test_rewritten_mutable_blob_is_synced_again(
+    def test_rewritten_blob_is_synced_again_or_refused_when_immutable(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
-        if not factory.replicator.mutable:
-            pytest.skip("immutable blobs are never rewritten")
         record_id = factory(sites.primary)
+        if not factory.replicator.mutable:
+            with pytest.raises(UnsupportedEvent):
+                self.on_primary(sites, factory, record_id).handle_after_update()
+            return
         with self.running(sites):
             wait_for(self.replicated(sites, factory, record_id), TIMEOUT, "first sync")
             source = self.on_primary(sites, factory, record_id)
