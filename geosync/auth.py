@@ -44,9 +44,12 @@ def sign_request(node: Node, secret: str, data: str, now: datetime, ttl: timedel
     return f"{SCHEME} {node.access_key}:{token}"
 
 
-def node_header(geo: Geo, path: str, ttl: timedelta = BLOB_TOKEN_TTL) -> str:
-    """The header this site (a secondary) sends to the primary to request `path`."""
-    node = geo.current_node()
+def node_header(
+    geo: Geo, path: str, ttl: timedelta = BLOB_TOKEN_TTL, node: Node | None = None
+) -> str:
+    """The header this site (a secondary) sends to the primary to request `path`; `node` is
+    this site's node when the caller already has it (saves a query per request)."""
+    node = node or geo.current_node()
     if node is None:
         raise AuthenticationError(f"node {geo.settings.node_name!r} is not registered")
     secret = node.secret(geo.settings.secret_key_base.get_secret_value())

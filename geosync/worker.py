@@ -92,10 +92,16 @@ class Worker:
         if callable(closer):
             closer()
 
-    def notify(self) -> None:
-        """New work exists: wake every idle loop."""
-        for wakeup in self.wakeups.values():
-            wakeup.set()
+    def notify(self, *loop_names: str) -> None:
+        """New work exists: wake the named loops (every loop when none is named).
+
+        Finished syncs wake only the scheduler: waking every loop on each file made the status,
+        sweep and verification loops run hundreds of times a minute for nothing.
+        """
+        for name in loop_names or tuple(self.wakeups):
+            wakeup = self.wakeups.get(name)
+            if wakeup is not None:
+                wakeup.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let loops finish their round, and wait for them."""

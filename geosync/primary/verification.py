@@ -361,4 +361,4 @@ class PrimaryVerificationSweepLoop:
 
     def _wake(self) -> None:
         if self.worker is not None:
-            self.worker.notify()
+            self.worker.notify(PrimaryVerificationLoop.name)

@@ -289,5 +289,5 @@ class ConsistencySweepLoop:
                 return self.pause
         results = self.sweep.step(node)
         if any(r.created for r in results) and self.worker is not None:
-            self.worker.notify()
+            self.worker.notify("scheduler")
         return self.pause if self.sweep.pass_complete else 0.0

@@ -78,7 +78,7 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
         raise SkipEvent("unknown_event", f"event {event.id}: unknown event {event.event_name!r}")
     model_record_id = event.model_record_id()
     if event.event_name in (CREATED, UPDATED):
-        _changed(ctx, replicator, model_record_id, event.created_at)
+        _changed(ctx, replicator, model_record_id, event.created_at, event.event_name)
     elif event.event_name == DELETED:
         delete_local_copy(ctx.geo, replicator, event.payload)
         delete_registry(ctx.tracking, ctx.geo, replicator, model_record_id)
@@ -89,13 +89,22 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
 
 
 def _changed(
-    ctx: HandlerContext, replicator: type[Replicator], model_record_id: int, at: datetime
+    ctx: HandlerContext,
+    replicator: type[Replicator],
+    model_record_id: int,
+    at: datetime,
+    event_name: str,
 ) -> None:
+    registry = Registry(ctx.geo, replicator)
+    if event_name == CREATED and registry.get(ctx.tracking, model_record_id) is not None:
+        # The consistency sweep got there first: the row already stands for this record, and
+        # re-queueing it would throw away a sync in flight or done. Only `updated` forces work.
+        return
     if not flag_enabled(ctx.main, replicator):
         raise SkipEvent("flag_disabled", f"{replicator.replication_flag_name} is off")
     if not ids_in_scope(ctx.main, replicator, ctx.node, [model_record_id]):
         raise SkipEvent("out_of_scope", f"{replicator.replicable_name} {model_record_id}")
-    Registry(ctx.geo, replicator).ensure_pending(ctx.tracking, model_record_id, at)
+    registry.ensure_pending(ctx.tracking, model_record_id, at)
     ctx.new_work = True
 
 

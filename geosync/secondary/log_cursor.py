@@ -184,7 +184,7 @@ class LogCursorLoop:
 
     def __init__(self, geo: Geo, worker: Worker) -> None:
         self.cursor = LogCursor(geo)
-        self.cursor.notify = worker.notify  # type: ignore[method-assign]
+        self.cursor.notify = lambda: worker.notify("scheduler")  # type: ignore[method-assign]
         self.geo = geo
 
     def run_once(self) -> float:

@@ -23,7 +23,7 @@ from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.registry import Registry
-from geosync.secondary.sync import SyncService
+from geosync.secondary.sync import Route, SyncService
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -89,6 +89,7 @@ class SchedulerLoop:
         self.inflight: dict[str, int] = dict.fromkeys(STRATEGY_CAPACITY, 0)
         self._lock = threading.Lock()
         self._offset = 0
+        self._route: Route | None = None
         self.client = httpx.Client(
             timeout=httpx.Timeout(60.0, connect=10.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
@@ -99,6 +100,7 @@ class SchedulerLoop:
         node = self.geo.current_node()
         if node is None:
             return self.geo.settings.poll_interval
+        self._route = Route(self.geo.primary_internal_url(), node)
         started = 0
         full = False
         for strategy in STRATEGY_CAPACITY:
@@ -140,7 +142,7 @@ class SchedulerLoop:
 
     def _run(self, replicator: type[Replicator], model_id: int, started_at: datetime) -> bool:
         return SyncService(
-            self.geo, replicator, model_id, started_at, self.client, self.cancel
+            self.geo, replicator, model_id, started_at, self.client, self.cancel, self._route
         ).execute()
 
     def _done(self, future: Future[bool], *, strategy: str) -> None:
@@ -148,7 +150,7 @@ class SchedulerLoop:
             self.inflight[strategy] -= 1
         if future.exception() is not None:
             log.error("sync thread failed", error=repr(future.exception()))
-        self.worker.notify()
+        self.worker.notify(self.name)
 
     def close(self) -> None:
         """Stop: let running syncs finish for a grace period, then interrupt the rest."""
@@ -196,5 +198,5 @@ class StuckSweepLoop:
                 self._last_stuck = now
         if recovered or stuck:
             log.warning("recovered abandoned syncs", abandoned=recovered, timed_out=stuck)
-            self.worker.notify()
+            self.worker.notify(SchedulerLoop.name)
         return self.ttl.total_seconds() / 3

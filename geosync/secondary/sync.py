@@ -36,6 +36,7 @@ from geosync.web.geo_api import repository_base_path, retrieve_path
 
 if TYPE_CHECKING:
     from geosync.app import Geo
+    from geosync.nodes import Node
     from geosync.replicator import Replicator
 
 log = get_logger("sync")
@@ -57,6 +58,19 @@ def mirror_lock(dest: Path) -> threading.Lock:
             lock = threading.Lock()
             _mirror_locks[dest] = lock
         return lock
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the primary is and who this site is: looked up once per scheduler round."""
+
+    primary_url: str
+    node: Node | None = None
+
+    @classmethod
+    def lookup(cls, geo: Geo) -> Route:
+        """The current route, from the database."""
+        return cls(geo.primary_internal_url(), geo.current_node())
 
 
 class RecordGone(GeoError):
@@ -101,6 +115,7 @@ class SyncService:
         started_at: datetime,
         client: httpx.Client,
         cancel: threading.Event | None = None,
+        route: Route | None = None,
     ) -> None:
         self.geo = geo
         self.replicator = replicator
@@ -109,6 +124,7 @@ class SyncService:
         self.client = client
         self.cancel = cancel
         self.registry = Registry(geo, replicator)
+        self._route = route
 
     def execute(self) -> bool:
         """Run the sync; True when the row ended synced by this sync."""
@@ -133,6 +149,12 @@ class SyncService:
         return done
 
     # -- the work ------------------------------------------------------------------------------
+
+    def route(self) -> Route:
+        """The route given by the scheduler, else looked up now."""
+        if self._route is None:
+            self._route = Route.lookup(self.geo)
+        return self._route
 
     def _sync(self) -> Outcome:
         record = self.geo.load_record(self.replicator.model, self.model_record_id)
@@ -159,11 +181,12 @@ class SyncService:
         relative = replicator.blob_path()
         if self._can_skip_download(replicator, dest, expected):
             return Outcome(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
-        base = self.geo.primary_internal_url()
+        route = self.route()
+        base = route.primary_url
         path = retrieve_path(self.replicator.replicable_name, self.model_record_id)
 
         def auth() -> dict[str, str]:
-            return {"Authorization": node_header(self.geo, path, BLOB_TOKEN_TTL)}
+            return {"Authorization": node_header(self.geo, path, BLOB_TOKEN_TTL, route.node)}
 
         download = download_blob(
             self.client,
@@ -198,10 +221,11 @@ class SyncService:
         dest = replicator.repository_dir()
         relative = replicator.repository_path()
         base = repository_base_path(self.replicator.replicable_name, self.model_record_id)
-        url = self.geo.primary_internal_url().rstrip("/") + base
+        route = self.route()
+        url = route.primary_url.rstrip("/") + base
         with mirror_lock(dest):
             # Signed only now: waiting for an older sync of this mirror may take long.
-            header = node_header(self.geo, base, REPOSITORY_TOKEN_TTL)
+            header = node_header(self.geo, base, REPOSITORY_TOKEN_TTL, route.node)
             try:
                 mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
             except PrimaryMissing:

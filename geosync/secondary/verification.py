@@ -266,7 +266,7 @@ class SecondaryVerificationLoop:
             failed += counts["failed"]
         self._sweep()
         if failed and self.worker is not None:
-            self.worker.notify()  # failed syncs are work for the scheduler
+            self.worker.notify("scheduler")  # failed syncs are work for the scheduler
         return 0.0 if batches else poll
 
     def _rotated(self, targets: list[Verifiable]) -> list[Verifiable]:
