@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, insert, select
 
 from geosync.db.tables import geo_events, geo_nodes
 from geosync.flags import flag_enabled
@@ -26,15 +26,10 @@ published_hooks: list[Callable[[Geo, Connection, Sequence[EventRow]], None]] = [
 
 def publishing_site(geo: Geo, connection: Connection) -> bool:
     """Whether this site publishes events: it is the primary and has a secondary."""
-    current = connection.execute(
-        select(geo_nodes.c.primary).where(geo_nodes.c.name == geo.settings.node_name)
-    ).scalar_one_or_none()
-    if not current:
-        return False
-    secondaries = connection.execute(
-        select(func.count()).select_from(geo_nodes).where(geo_nodes.c.primary.is_(False))
-    ).scalar_one()
-    return bool(secondaries)
+    # Nodes are few: one query answers both questions.
+    nodes = connection.execute(select(geo_nodes.c.name, geo_nodes.c.primary)).all()
+    is_primary = any(n.primary and n.name == geo.settings.node_name for n in nodes)
+    return is_primary and any(not n.primary for n in nodes)
 
 
 def publish_events(geo: Geo, connection: Connection, rows: Sequence[EventRow]) -> list[int]:
