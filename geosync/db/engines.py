@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from geosync.errors import ConfigurationError
 
@@ -54,7 +54,12 @@ def _sqlite_engine(url: URL, readonly: bool, setting: str, writes_by_default: bo
     if readonly:
         url = url.set(database=f"file:{database}?mode=ro", query={"uri": "true"})
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        # Pooled: opening a SQLite connection (with its pragmas) costs more than a small query.
+        poolclass=QueuePool,
+        pool_size=5,
+        max_overflow=60,
     )
 
     @event.listens_for(engine, "connect")
