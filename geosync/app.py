@@ -126,9 +126,12 @@ class Geo:
         with write_transaction(self.tracking_engine) as connection:
             yield connection
 
-    def load_record(self, model: type[Any], record_id: int) -> Any | None:
-        """Load one model record from the main database, detached, or None."""
-        with Session(self.main_engine, expire_on_commit=False) as session:
+    def load_record(
+        self, model: type[Any], record_id: int, connection: Connection | None = None
+    ) -> Any | None:
+        """Load one model record from the main database (or `connection`), detached, or None."""
+        bind = connection if connection is not None else self.main_engine
+        with Session(bind, expire_on_commit=False) as session:
             record = session.get(model, record_id)
             if record is not None:
                 session.expunge(record)

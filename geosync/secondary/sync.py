@@ -157,24 +157,21 @@ class SyncService:
         return self._route
 
     def _sync(self) -> Outcome:
-        record = self.geo.load_record(self.replicator.model, self.model_record_id)
-        if record is None:
-            raise RecordGone(
-                f"{self.replicator.model.__name__} {self.model_record_id} no longer exists"
-            )
+        from geosync.verification import primary_checksum
+
+        with self.geo.main_engine.connect() as main:
+            record = self.geo.load_record(self.replicator.model, self.model_record_id, main)
+            if record is None:
+                raise RecordGone(
+                    f"{self.replicator.model.__name__} {self.model_record_id} no longer exists"
+                )
+            expected = primary_checksum(self.geo, main, self.replicator, self.model_record_id)
         replicator = self.replicator(record, geo=self.geo)
-        expected = self._primary_checksum()
         if isinstance(replicator, BlobReplicator):
             return self._sync_blob(replicator, expected)
         if isinstance(replicator, RepositoryReplicator):
             return self._sync_repository(replicator, expected)
         raise ConfigurationError(f"{self.replicator.__name__} has no known strategy")
-
-    def _primary_checksum(self) -> str | None:
-        from geosync.verification import primary_checksum
-
-        with self.geo.main_engine.connect() as conn:
-            return primary_checksum(self.geo, conn, self.replicator, self.model_record_id)
 
     def _sync_blob(self, replicator: BlobReplicator, expected: str | None) -> Outcome:
         dest = replicator.file_path()
