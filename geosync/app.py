@@ -20,7 +20,7 @@ import geosync.primary.changes  # noqa: F401  (registers the hook keeping checks
 from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables
-from geosync.db.engines import make_engine, write_transaction
+from geosync.db.engines import WRITE_OPTION, make_engine, write_transaction
 from geosync.errors import ConfigurationError
 from geosync.replicator import Replicator
 from geosync.settings import Settings
@@ -118,6 +118,15 @@ class Geo:
     def main(self) -> Iterator[Connection]:
         """A transaction on the main database."""
         with self.main_engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def main_reads(self) -> Iterator[Connection]:
+        """A main-database connection that only reads: on SQLite it never takes the write
+        lock, so concurrent readers (the primary serving blobs) do not queue behind each other.
+        """
+        with self.main_engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: False})
             yield connection
 
     @contextmanager

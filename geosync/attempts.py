@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, tuple_
 
 from geosync.db.tables import geo_sync_attempts
 from geosync.registry import cut
@@ -36,8 +37,35 @@ class Attempt:
 
 def record_attempt(conn: Connection, attempt: Attempt) -> None:
     """Append `attempt` and keep only the newest `KEEP` of its item."""
+    record_attempts(conn, [attempt])
+
+
+def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
+    """Append `attempts` in one statement, then keep only the newest `KEEP` of each item.
+
+    Syncs settle in groups; one insert and one prune per group keep the attempt history from
+    costing more round trips than the registry updates themselves.
+    """
+    if not attempts:
+        return
     t = geo_sync_attempts
-    values: dict[str, Any] = {
+    conn.execute(insert(t), [_values(attempt) for attempt in attempts])
+    items = sorted({(a.replicable_name, a.model_record_id) for a in attempts})
+    ranked = (
+        select(
+            t.c.id,
+            func.row_number()
+            .over(partition_by=(t.c.replicable_name, t.c.model_record_id), order_by=t.c.id.desc())
+            .label("rank"),
+        )
+        .where(tuple_(t.c.replicable_name, t.c.model_record_id).in_(items))
+        .subquery()
+    )
+    conn.execute(delete(t).where(t.c.id.in_(select(ranked.c.id).where(ranked.c.rank > KEEP))))
+
+
+def _values(attempt: Attempt) -> dict[str, Any]:
+    return {
         "replicable_name": attempt.replicable_name,
         "model_record_id": attempt.model_record_id,
         "kind": attempt.kind,
@@ -48,12 +76,6 @@ def record_attempt(conn: Connection, attempt: Attempt) -> None:
         "message": cut(attempt.message) if attempt.message else None,
         "bytes": attempt.bytes,
     }
-    conn.execute(insert(t), values)
-    item = (t.c.replicable_name == attempt.replicable_name) & (
-        t.c.model_record_id == attempt.model_record_id
-    )
-    keep = select(t.c.id).where(item).order_by(t.c.id.desc()).limit(KEEP).scalar_subquery()
-    conn.execute(delete(t).where(item, t.c.id.not_in(keep)))
 
 
 def recent_attempts(

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from geosync.crypto import token_digest
 from geosync.db.tables import geo_admin_tokens
-from geosync.errors import AuthenticationError
+from geosync.errors import AuthenticationError, ConfigurationError
 from geosync.nodes import Node, NodeStore
 
 if TYPE_CHECKING:
@@ -56,13 +56,28 @@ def node_header(
     return sign_request(node, secret, request_data(path), geo.clock.now(), ttl)
 
 
-def authenticate_node(geo: Geo, conn: Connection, header: str | None, path: str) -> Node:
-    """The enabled node that signed `header` for exactly `path`, or `AuthenticationError`."""
-    if not header or not header.startswith(SCHEME + " "):
+def authenticate_node(
+    geo: Geo, conn: Connection, header: str | None, path: str, *, on_primary: bool = False
+) -> Node:
+    """The enabled node that signed `header` for exactly `path`, or `AuthenticationError`.
+
+    With `on_primary`, this site must also be the primary (`ConfigurationError` if not); both
+    nodes come from one query, since every blob request asks it.
+    """
+    well_formed = header is not None and header.startswith(SCHEME + " ")
+    access_key, token = "", ""
+    if header is not None and well_formed:
+        access_key, _, token = header[len(SCHEME) + 1 :].partition(":")
+    store = NodeStore(geo, conn)
+    if on_primary:
+        current, node = store.named_and_keyed(geo.settings.node_name, access_key)
+        if current is None or not current.primary:
+            raise ConfigurationError("this site is not the primary")
+    if not well_formed:
         raise AuthenticationError("Missing or malformed GL-Geo authorization header")
-    access_key, _, token = header[len(SCHEME) + 1 :].partition(":")
-    node = NodeStore(geo, conn).by_access_key(access_key) if access_key and token else None
-    if node is None or not node.enabled:
+    if not on_primary:
+        node = store.by_access_key(access_key) if access_key and token else None
+    if node is None or not node.enabled or not token:
         raise AuthenticationError("Invalid or disabled Geo node")
     secret = node.secret(geo.settings.secret_key_base.get_secret_value())
     claims = _decode(token, secret, geo.clock.now())

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from geosync.crypto import decrypt_secret, encrypt_secret
 from geosync.db.tables import geo_nodes
@@ -146,6 +146,21 @@ class NodeStore:
             select(geo_nodes).where(geo_nodes.c.access_key == access_key)
         ).first()
         return Node.from_row(row._mapping) if row else None
+
+    def named_and_keyed(self, name: str, access_key: str) -> tuple[Node | None, Node | None]:
+        """The node called `name` and the node owning `access_key`, in one query.
+
+        The primary answers every node request with both: who it is, and who is asking.
+        """
+        rows = self.connection.execute(
+            select(geo_nodes).where(
+                or_(geo_nodes.c.name == name, geo_nodes.c.access_key == access_key)
+            )
+        )
+        nodes = [Node.from_row(row._mapping) for row in rows]
+        named = next((n for n in nodes if n.name == name), None)
+        keyed = next((n for n in nodes if n.access_key == access_key), None)
+        return named, keyed
 
     def add(self, name: str, url: str, *, primary: bool = False, **settings: Any) -> Node:
         """Register a node; its keys are generated and its secret encrypted."""

@@ -214,6 +214,29 @@ class Registry:
 
         Returns False (and changes nothing) when a newer event moved the row on meanwhile.
         """
+        row = self.synced_row(
+            conn,
+            model_record_id,
+            started_at,
+            verification=verification,
+            checksum=checksum,
+            missing_on_primary=missing_on_primary,
+            local_path=local_path,
+        )
+        return row is not None
+
+    def synced_row(
+        self,
+        conn: Connection,
+        model_record_id: int,
+        started_at: datetime,
+        *,
+        verification: VerificationState = VerificationState.DISABLED,
+        checksum: str | None = None,
+        missing_on_primary: bool = False,
+        local_path: str | None = None,
+    ) -> RegistryRow | None:
+        """`synced`, returning the row's `pending_since` as it was, or None if superseded."""
         now = self.geo.clock.now()
         values: dict[str, Any] = {
             "state": SyncState.SYNCED,
@@ -230,7 +253,7 @@ class Registry:
             values.update(verification_checksum=checksum, verified_at=now)
         if local_path is not None:
             values["local_path"] = local_path
-        result = conn.execute(
+        row = conn.execute(
             update(self.table)
             .where(
                 self.key == model_record_id,
@@ -238,8 +261,9 @@ class Registry:
                 self.table.c.last_synced_at == started_at,
             )
             .values(**values)
-        )
-        return result.rowcount == 1
+            .returning(self.table.c.pending_since)
+        ).first()
+        return RegistryRow(dict(row._mapping)) if row is not None else None
 
     def _verification_after_sync(self, verification: VerificationState) -> dict[str, Any]:
         # A `checksum_succeeded` that arrived during the sync left the row's verification

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy import Connection, select, text
 
 from geosync.db.engines import is_sqlite
@@ -23,7 +22,9 @@ from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.registry import Registry
-from geosync.secondary.sync import Route, SyncService
+from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.settlement import Settler
+from geosync.secondary.sync import Prefetched, Route, SyncService, prefetch
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -90,10 +91,8 @@ class SchedulerLoop:
         self._lock = threading.Lock()
         self._offset = 0
         self._route: Route | None = None
-        self.client = httpx.Client(
-            timeout=httpx.Timeout(60.0, connect=10.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-        )
+        self.client = BlobClient()
+        self.settler = Settler(geo)
 
     def run_once(self) -> float:
         """Claim and start as much work as the capacities allow."""
@@ -126,12 +125,37 @@ class SchedulerLoop:
         with self.geo.tracking() as conn:
             claims = claim_round_robin(conn, registries, capacity, self.worker.holder, self._offset)
         pool = self._pool(strategy, capacity)
+        prefetched = self._prefetch(claims)
         for registry, model_id, started_at in claims:
             with self._lock:
                 self.inflight[strategy] += 1
-            future = pool.submit(self._run, registry.replicator, model_id, started_at)
+            future = pool.submit(
+                self._run,
+                registry.replicator,
+                model_id,
+                started_at,
+                prefetched.get((registry.replicator, model_id)),
+            )
             future.add_done_callback(partial(self._done, strategy=strategy))
         return len(claims)
+
+    def _prefetch(
+        self, claims: list[tuple[Registry, int, datetime]]
+    ) -> dict[tuple[type[Replicator], int], Prefetched]:
+        """Records and primary checksums of a whole claim (a query or two per replicator)."""
+        by_registry: dict[type[Replicator], list[int]] = {}
+        for registry, model_id, _ in claims:
+            by_registry.setdefault(registry.replicator, []).append(model_id)
+        found: dict[tuple[type[Replicator], int], Prefetched] = {}
+        for replicator, ids in by_registry.items():
+            try:
+                records = prefetch(self.geo, replicator, ids)
+                found.update(((replicator, i), record) for i, record in records.items())
+            except Exception:  # each sync reads its own then, and reports what fails
+                log.exception(
+                    "cannot prefetch claimed records", replicable=replicator.replicable_name
+                )
+        return found
 
     def _pool(self, strategy: str, capacity: int) -> ThreadPoolExecutor:
         pool = self.pools.get(strategy)
@@ -140,9 +164,23 @@ class SchedulerLoop:
             self.pools[strategy] = pool
         return pool
 
-    def _run(self, replicator: type[Replicator], model_id: int, started_at: datetime) -> bool:
+    def _run(
+        self,
+        replicator: type[Replicator],
+        model_id: int,
+        started_at: datetime,
+        prefetched: Prefetched | None,
+    ) -> bool:
         return SyncService(
-            self.geo, replicator, model_id, started_at, self.client, self.cancel, self._route
+            self.geo,
+            replicator,
+            model_id,
+            started_at,
+            self.client,
+            self.cancel,
+            self._route,
+            self.settler,
+            prefetched,
         ).execute()
 
     def _done(self, future: Future[bool], *, strategy: str) -> None:

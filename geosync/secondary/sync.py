@@ -15,9 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from geosync.attempts import Attempt, record_attempt
 from geosync.auth import BLOB_TOKEN_TTL, REPOSITORY_TOKEN_TTL, node_header
 from geosync.errors import (
     AuthenticationError,
@@ -29,6 +26,16 @@ from geosync.errors import (
 )
 from geosync.log import get_logger
 from geosync.registry import Registry, VerificationState
+from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.settlement import (
+    Failure,
+    Finished,
+    Settled,
+    Settler,
+    Success,
+    failure_of,
+    settle_group,
+)
 from geosync.secondary.transfer import download_blob
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
@@ -73,20 +80,33 @@ class Route:
         return cls(geo.primary_internal_url(), geo.current_node())
 
 
+#: A claimed row's model record (None if gone) and the primary's checksum of it (None if none).
+Prefetched = tuple[Any, str | None]
+
+
+def prefetch(geo: Geo, replicator: type[Replicator], ids: list[int]) -> dict[int, Prefetched]:
+    """The records and primary checksums of `ids`, in two queries on one connection.
+
+    The scheduler reads them for a whole claim at once; a sync run alone reads its own.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from geosync.verification import primary_checksums
+
+    model = replicator.model
+    mapper = model.__mapper__
+    with geo.main_reads() as main:
+        with Session(main, expire_on_commit=False) as session:
+            found = session.scalars(select(model).where(mapper.primary_key[0].in_(ids)))
+            records = {int(mapper.primary_key_from_instance(r)[0]): r for r in found}
+            session.expunge_all()
+        checksums = primary_checksums(geo, main, replicator, records) if records else {}
+    return {i: (records.get(i), checksums.get(i)) for i in ids}
+
+
 class RecordGone(GeoError):
     """The model record no longer exists on the primary."""
-
-
-@dataclass
-class Outcome:
-    """What a successful sync established."""
-
-    local_path: str
-    verification: VerificationState = VerificationState.DISABLED
-    checksum: str | None = None
-    missing_on_primary: bool = False
-    bytes: int | None = None
-    skipped_download: bool = False
 
 
 def error_class(exc: BaseException) -> str:
@@ -113,9 +133,11 @@ class SyncService:
         replicator: type[Replicator],
         model_record_id: int,
         started_at: datetime,
-        client: httpx.Client,
+        client: BlobClient,
         cancel: threading.Event | None = None,
         route: Route | None = None,
+        settler: Settler | None = None,
+        prefetched: Prefetched | None = None,
     ) -> None:
         self.geo = geo
         self.replicator = replicator
@@ -125,6 +147,8 @@ class SyncService:
         self.cancel = cancel
         self.registry = Registry(geo, replicator)
         self._route = route
+        self.settler = settler
+        self.prefetched = prefetched
 
     def execute(self) -> bool:
         """Run the sync; True when the row ended synced by this sync."""
@@ -136,9 +160,13 @@ class SyncService:
             if not isinstance(exc, Exception):
                 raise
             return False
-        done = self._succeed(outcome)
+        settled = self._settle(outcome)
+        if settled.gone:
+            self._drop_orphan(outcome)
+        if settled.done:
+            self._observe_lag(settled.pending_since, self.geo.clock.now(), outcome)
         log.info(
-            "sync finished" if done else "sync superseded by a newer change",
+            "sync finished" if settled.done else "sync superseded by a newer change",
             replicable=self.replicator.replicable_name,
             id=self.model_record_id,
             bytes=outcome.bytes,
@@ -146,7 +174,7 @@ class SyncService:
             verified=outcome.verification == VerificationState.SUCCEEDED,
             skipped_download=outcome.skipped_download,
         )
-        return done
+        return settled.done
 
     # -- the work ------------------------------------------------------------------------------
 
@@ -156,16 +184,14 @@ class SyncService:
             self._route = Route.lookup(self.geo)
         return self._route
 
-    def _sync(self) -> Outcome:
-        from geosync.verification import primary_checksum
-
-        with self.geo.main_engine.connect() as main:
-            record = self.geo.load_record(self.replicator.model, self.model_record_id, main)
-            if record is None:
-                raise RecordGone(
-                    f"{self.replicator.model.__name__} {self.model_record_id} no longer exists"
-                )
-            expected = primary_checksum(self.geo, main, self.replicator, self.model_record_id)
+    def _sync(self) -> Success:
+        record, expected = self.prefetched or prefetch(
+            self.geo, self.replicator, [self.model_record_id]
+        ).get(self.model_record_id, (None, None))
+        if record is None:
+            raise RecordGone(
+                f"{self.replicator.model.__name__} {self.model_record_id} no longer exists"
+            )
         replicator = self.replicator(record, geo=self.geo)
         if isinstance(replicator, BlobReplicator):
             return self._sync_blob(replicator, expected)
@@ -173,11 +199,11 @@ class SyncService:
             return self._sync_repository(replicator, expected)
         raise ConfigurationError(f"{self.replicator.__name__} has no known strategy")
 
-    def _sync_blob(self, replicator: BlobReplicator, expected: str | None) -> Outcome:
+    def _sync_blob(self, replicator: BlobReplicator, expected: str | None) -> Success:
         dest = replicator.file_path()
         relative = replicator.blob_path()
         if self._can_skip_download(replicator, dest, expected):
-            return Outcome(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
+            return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
         route = self.route()
         base = route.primary_url
         path = retrieve_path(self.replicator.replicable_name, self.model_record_id)
@@ -194,7 +220,7 @@ class SyncService:
             cancel=self.cancel,
         )
         verified = expected is not None
-        return Outcome(
+        return Success(
             relative,
             VerificationState.SUCCEEDED if verified else VerificationState.DISABLED,
             download.sha256 if verified else None,
@@ -212,7 +238,7 @@ class SyncService:
             row = self.registry.get(conn, self.model_record_id)
         return row is not None and skip_download_possible(replicator, row, expected)
 
-    def _sync_repository(self, replicator: RepositoryReplicator, expected: str | None) -> Outcome:
+    def _sync_repository(self, replicator: RepositoryReplicator, expected: str | None) -> Success:
         from geosync.git import mirror_repository, repository_checksum
 
         dest = replicator.repository_dir()
@@ -226,40 +252,25 @@ class SyncService:
             try:
                 mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
             except PrimaryMissing:
-                return Outcome(relative, missing_on_primary=True)
+                return Success(relative, missing_on_primary=True)
         if expected is None:
-            return Outcome(relative)
+            return Success(relative)
         actual = repository_checksum(dest)
         if actual != expected:
             # The primary may have moved on since its checksum; let verification decide later.
-            return Outcome(relative, VerificationState.PENDING)
-        return Outcome(relative, VerificationState.SUCCEEDED, actual)
+            return Success(relative, VerificationState.PENDING)
+        return Success(relative, VerificationState.SUCCEEDED, actual)
 
     # -- settling the row ----------------------------------------------------------------------
 
-    def _succeed(self, outcome: Outcome) -> bool:
-        finished = self.geo.clock.now()
+    def _settle(self, result: Success | Failure) -> Settled:
+        item = Finished(self.registry, self.model_record_id, self.started_at, result)
+        if self.settler is not None:
+            return self.settler.settle(item)
         with self.geo.tracking() as conn:
-            row = self.registry.get(conn, self.model_record_id)
-            done = self.registry.synced(
-                conn,
-                self.model_record_id,
-                self.started_at,
-                verification=outcome.verification,
-                checksum=outcome.checksum,
-                missing_on_primary=outcome.missing_on_primary,
-                local_path=outcome.local_path,
-            )
-            self._record(conn, finished, "synced" if done else "superseded", bytes_=outcome.bytes)
-            # Read again after the UPDATE: on PostgreSQL it waited for a deletion in flight.
-            gone = not done and self.registry.get(conn, self.model_record_id) is None
-        if gone:
-            self._drop_orphan(outcome)
-        if done and row is not None:
-            self._observe_lag(row.pending_since, finished, outcome)
-        return done
+            return settle_group(conn, [item], self.geo.clock.now())[0]
 
-    def _drop_orphan(self, outcome: Outcome) -> None:
+    def _drop_orphan(self, outcome: Success) -> None:
         """The row was deleted while this sync ran (a `deleted` event, or the record left this
         secondary's scope): the copy this sync just put in place must not outlive it.
         """
@@ -281,9 +292,7 @@ class SyncService:
             )
 
     def _fail(self, exc: BaseException) -> None:
-        missing = isinstance(exc, PrimaryMissing | RecordGone)
-        message = str(exc) if isinstance(exc, GeoError) else "Sync failed unexpectedly"
-        detail = None if isinstance(exc, GeoError) else f"{type(exc).__name__}: {exc}"
+        failure = failure_of(exc, error_class(exc))
         if not isinstance(exc, GeoError):
             log.exception(
                 "sync crashed", replicable=self.replicator.replicable_name, id=self.model_record_id
@@ -293,44 +302,12 @@ class SyncService:
                 "sync failed",
                 replicable=self.replicator.replicable_name,
                 id=self.model_record_id,
-                error=message,
-                error_class=error_class(exc),
+                error=failure.message,
+                error_class=failure.error_class,
             )
-        with self.geo.tracking() as conn:
-            row = self.registry.get(conn, self.model_record_id)
-            if row is None or row.state != 1 or row.last_synced_at != self.started_at:
-                return  # deleted or superseded meanwhile: nothing of ours to settle
-            self.registry.failed(
-                conn, self.model_record_id, message, detail, missing_on_primary=missing
-            )
-            self._record(conn, self.geo.clock.now(), "failed", exc=exc, message=message)
+        self._settle(failure)
 
-    def _record(
-        self,
-        conn: Any,
-        finished: datetime,
-        outcome: str,
-        *,
-        exc: BaseException | None = None,
-        message: str | None = None,
-        bytes_: int | None = None,
-    ) -> None:
-        record_attempt(
-            conn,
-            Attempt(
-                self.replicator.replicable_name,
-                self.model_record_id,
-                "sync",
-                self.started_at,
-                finished,
-                outcome,
-                error_class(exc) if exc is not None else None,
-                message,
-                bytes_,
-            ),
-        )
-
-    def _observe_lag(self, since: datetime | None, finished: datetime, outcome: Outcome) -> None:
+    def _observe_lag(self, since: datetime | None, finished: datetime, outcome: Success) -> None:
         if since is None:
             return
         try:

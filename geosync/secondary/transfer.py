@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import httpx
-
 from geosync.errors import AuthenticationError, ChecksumMismatch, PrimaryMissing, TransferError
+from geosync.secondary.blob_client import BlobClient, BlobResponse, TransportFailure
 
 CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
@@ -55,7 +54,7 @@ class _Partial:
 
 
 def download_blob(
-    client: httpx.Client,
+    client: BlobClient,
     url: str,
     auth: Callable[[], dict[str, str]],
     dest: Path,
@@ -76,7 +75,7 @@ def download_blob(
                 try:
                     _stream(client, url, auth(), partial, cancel)
                     break
-                except httpx.TransportError as exc:
+                except TransportFailure as exc:
                     if attempt == RESUME_ATTEMPTS - 1:
                         raise TransferError(f"Connection to the primary failed: {exc}") from exc
             handle.flush()
@@ -92,7 +91,7 @@ def download_blob(
 
 
 def _stream(
-    client: httpx.Client,
+    client: BlobClient,
     url: str,
     headers: dict[str, str],
     partial: _Partial,
@@ -100,7 +99,7 @@ def _stream(
 ) -> None:
     if partial.written:
         headers = {**headers, "Range": f"bytes={partial.written}-"}
-    with client.stream("GET", url, headers=headers) as response:
+    with client.get(url, headers) as response:
         _check_response(response)
         if partial.written and response.status_code == 200:
             partial.restart()
@@ -112,7 +111,7 @@ def _stream(
             partial.written += len(chunk)
 
 
-def _check_response(response: httpx.Response) -> None:
+def _check_response(response: BlobResponse) -> None:
     if response.status_code in (200, 206):
         return
     response.read()
@@ -130,7 +129,7 @@ def _check_response(response: httpx.Response) -> None:
     raise TransferError(f"The primary answered {response.status_code}: {message}")
 
 
-def _json_message(response: httpx.Response) -> str:
+def _json_message(response: BlobResponse) -> str:
     try:
         return str(response.json().get("message", ""))[:200]
     except ValueError:

@@ -6,25 +6,28 @@ before anything about the item is revealed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from geosync.app import Geo
 from geosync.auth import authenticate_node
-from geosync.errors import AuthenticationError, ConfigurationError, NotFound
+from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
-from geosync.web.deps import get_geo
 from geosync.web.git_http import git_http_backend
 
 router = APIRouter(prefix="/api/v4/geo", tags=["geo"])
-GeoDep = Annotated[Geo, Depends(get_geo)]
 FILE_NOT_FOUND = "FILE_NOT_FOUND"
+BLOB_MEDIA_TYPE = "application/octet-stream"
+#: Blobs up to this size are read whole and sent in one body; larger ones are streamed.
+WHOLE_READ_LIMIT = 1024 * 1024
 
 
 def repository_base_path(replicable_name: str, model_record_id: int) -> str:
@@ -42,11 +45,10 @@ def _unauthorized(exc: AuthenticationError) -> JSONResponse:
 
 
 def _authorize(geo: Geo, request: Request, scope_path: str) -> None:
-    with geo.main_engine.connect() as conn:
-        current = geo.current_node(conn)
-        if current is None or not current.primary:
-            raise ConfigurationError("this site is not the primary")
-        authenticate_node(geo, conn, request.headers.get("authorization"), scope_path)
+    with geo.main_reads() as conn:
+        authenticate_node(
+            geo, conn, request.headers.get("authorization"), scope_path, on_primary=True
+        )
 
 
 class BlobResponse(FileResponse):
@@ -55,35 +57,67 @@ class BlobResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-def _replicator(geo: Geo, name: str, strategy: type[Replicator], record_id: int) -> Replicator:
+def _replicator(
+    geo: Geo,
+    name: str,
+    strategy: type[Replicator],
+    record_id: int,
+    conn: Connection | None = None,
+) -> Replicator:
     try:
         replicator_class = geo.catalog.get(name)
     except NotFound:
         raise NotFound(f"{name} not found") from None
     if not issubclass(replicator_class, strategy):
         raise NotFound(f"{name} not found")
-    record = geo.load_record(replicator_class.model, record_id)
+    record = geo.load_record(replicator_class.model, record_id, conn)
     if record is None:
         raise NotFound(f"{name} not found")
     return replicator_class(record, geo=geo)
 
 
-@router.get("/retrieve/{replicable_name}/{model_record_id}", response_model=None)
-def retrieve(replicable_name: str, model_record_id: int, request: Request, geo: GeoDep) -> Response:
-    """Stream one blob to an authenticated secondary (HTTP Range supported for resumes)."""
-    try:
-        _authorize(geo, request, request.url.path)
-    except AuthenticationError as exc:
-        return _unauthorized(exc)
-    replicator = _replicator(geo, replicable_name, BlobReplicator, model_record_id)
+def _blob_response(
+    geo: Geo, header: str | None, path: str, name: str, record_id: int, ranged: bool
+) -> Response:
+    """Authenticate, find the file and answer, all on one connection and one thread hop.
+
+    A file up to `WHOLE_READ_LIMIT` is read in one call and sent in one body: most blobs are
+    small, and streaming them costs several event-loop turns and thread hops each.
+    """
+    with geo.main_reads() as conn:
+        try:
+            authenticate_node(geo, conn, header, path, on_primary=True)
+        except AuthenticationError as exc:
+            return _unauthorized(exc)
+        replicator = _replicator(geo, name, BlobReplicator, record_id, conn)
     assert isinstance(replicator, BlobReplicator)
-    path = replicator.file_path()
-    if not path.is_file():
+    file_path = replicator.file_path()
+    try:
+        handle = file_path.open("rb")
+    except OSError:
         return JSONResponse(
-            {"message": f"{replicable_name} file not found", "geo_code": FILE_NOT_FOUND},
-            status_code=404,
+            {"message": f"{name} file not found", "geo_code": FILE_NOT_FOUND}, status_code=404
         )
-    return BlobResponse(path, media_type="application/octet-stream")
+    with handle:
+        stat = os.fstat(handle.fileno())
+        if not ranged and stat.st_size <= WHOLE_READ_LIMIT:
+            return Response(handle.read(), media_type=BLOB_MEDIA_TYPE)
+    return BlobResponse(file_path, media_type=BLOB_MEDIA_TYPE, stat_result=stat)
+
+
+@router.get("/retrieve/{replicable_name}/{model_record_id}", response_model=None)
+async def retrieve(replicable_name: str, model_record_id: int, request: Request) -> Response:
+    """Send one blob to an authenticated secondary (HTTP Range supported for resumes)."""
+    response: Response = await run_in_threadpool(
+        _blob_response,
+        request.app.state.geo,
+        request.headers.get("authorization"),
+        request.url.path,
+        replicable_name,
+        model_record_id,
+        "range" in request.headers,
+    )
+    return response
 
 
 _GIT_PATH = "/repositories/{replicable_name}/{model_record_id:int}.git/{rest:path}"

@@ -1,0 +1,218 @@
+"""Settling finished syncs: their registry rows and attempt history, in group commits.
+
+Every finished sync must write its outcome to the tracking database. One transaction per sync
+caps a secondary at the rate its database commits (and on SQLite, every sync thread queues for
+the one write lock). Instead, a thread that finishes a sync hands its outcome to the `Settler`:
+the first thread to arrive writes everything queued in one transaction while the others wait
+for their answer. A group that fails is retried one sync at a time, so one bad outcome cannot
+sink the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection
+
+from geosync.attempts import Attempt, record_attempts
+from geosync.errors import GeoError, PrimaryMissing
+from geosync.registry import Registry, VerificationState
+
+if TYPE_CHECKING:
+    from geosync.app import Geo
+
+#: At most this many syncs share one transaction.
+MAX_GROUP = 100
+
+
+@dataclass(frozen=True)
+class Success:
+    """What a successful sync established for its row."""
+
+    local_path: str
+    verification: VerificationState = VerificationState.DISABLED
+    checksum: str | None = None
+    missing_on_primary: bool = False
+    bytes: int | None = None
+    skipped_download: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a sync failed, as the row and the attempt history record it."""
+
+    message: str
+    detail: str | None
+    error_class: str
+    missing_on_primary: bool
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished sync, waiting to be written."""
+
+    registry: Registry
+    model_record_id: int
+    started_at: datetime
+    result: Success | Failure
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What writing a finished sync found.
+
+    `done`: the row is now synced by this sync. `gone`: the row was deleted while the sync ran.
+    `pending_since`: when the row's pending change was published (for the lag histogram).
+    """
+
+    done: bool
+    gone: bool = False
+    pending_since: datetime | None = None
+
+
+def failure_of(exc: BaseException, error_class: str) -> Failure:
+    """The recorded form of a failed sync's exception."""
+    from geosync.secondary.sync import RecordGone
+
+    missing = isinstance(exc, PrimaryMissing | RecordGone)
+    if isinstance(exc, GeoError):
+        return Failure(str(exc), None, error_class, missing)
+    return Failure("Sync failed unexpectedly", f"{type(exc).__name__}: {exc}", error_class, missing)
+
+
+def settle_group(conn: Connection, group: Sequence[Finished], now: datetime) -> list[Settled]:
+    """Write every finished sync of `group` in `conn`'s transaction; one answer per sync."""
+    answers: list[Settled] = []
+    attempts: list[Attempt] = []
+    for item in group:
+        answer, outcome = (
+            _settle_success(conn, item, item.result)
+            if isinstance(item.result, Success)
+            else _settle_failure(conn, item, item.result)
+        )
+        answers.append(answer)
+        if outcome is not None:
+            attempts.append(_attempt(item, now, outcome))
+    record_attempts(conn, attempts)
+    return answers
+
+
+def _settle_success(
+    conn: Connection, item: Finished, success: Success
+) -> tuple[Settled, str | None]:
+    registry = item.registry
+    row = registry.synced_row(
+        conn,
+        item.model_record_id,
+        item.started_at,
+        verification=success.verification,
+        checksum=success.checksum,
+        missing_on_primary=success.missing_on_primary,
+        local_path=success.local_path,
+    )
+    if row is not None:
+        return Settled(True, pending_since=row.pending_since), "synced"
+    # Read after the UPDATE: on PostgreSQL it waited for a deletion in flight.
+    gone = registry.get(conn, item.model_record_id) is None
+    return Settled(False, gone=gone), "superseded"
+
+
+def _settle_failure(
+    conn: Connection, item: Finished, failure: Failure
+) -> tuple[Settled, str | None]:
+    registry = item.registry
+    row = registry.get(conn, item.model_record_id)
+    if row is None or row.state != 1 or row.last_synced_at != item.started_at:
+        return Settled(False, gone=row is None), None  # deleted or superseded meanwhile
+    registry.failed(
+        conn,
+        item.model_record_id,
+        failure.message,
+        failure.detail,
+        missing_on_primary=failure.missing_on_primary,
+    )
+    return Settled(False), "failed"
+
+
+def _attempt(item: Finished, now: datetime, outcome: str) -> Attempt:
+    name = item.registry.replicator.replicable_name
+    result = item.result
+    if isinstance(result, Failure):
+        return Attempt(
+            name,
+            item.model_record_id,
+            "sync",
+            item.started_at,
+            now,
+            outcome,
+            result.error_class,
+            result.message,
+        )
+    return Attempt(
+        name, item.model_record_id, "sync", item.started_at, now, outcome, bytes=result.bytes
+    )
+
+
+class Settler:
+    """Group commit of finished syncs across the threads that ran them."""
+
+    def __init__(self, geo: Geo, max_group: int = MAX_GROUP) -> None:
+        self.geo = geo
+        self.max_group = max_group
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Finished, Future[Settled]]] = []
+        self._leading = False
+
+    def settle(self, item: Finished) -> Settled:
+        """Write `item` (with whatever else is waiting) and return what was found."""
+        future = self._enqueue(item)
+        with self._lock:
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._drain()
+        return future.result()
+
+    def _enqueue(self, item: Finished) -> Future[Settled]:
+        future: Future[Settled] = Future()
+        with self._lock:
+            self._queue.append((item, future))
+        return future
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = (
+                    self._queue[: self.max_group],
+                    self._queue[self.max_group :],
+                )
+                if not batch:
+                    self._leading = False
+                    return
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Finished, Future[Settled]]]) -> None:
+        try:
+            answers = self._transaction([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+                return
+            for one in batch:  # one at a time: only the bad one fails
+                self._write([one])
+            return
+        except BaseException as exc:  # interrupted: nobody may wait forever
+            for _, future in batch:
+                future.set_exception(exc)
+            raise
+        for (_, future), answer in zip(batch, answers, strict=True):
+            future.set_result(answer)
+
+    def _transaction(self, items: list[Finished]) -> list[Settled]:
+        with self.geo.tracking() as conn:
+            return settle_group(conn, items, self.geo.clock.now())
