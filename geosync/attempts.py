@@ -51,6 +51,16 @@ def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
     t = geo_sync_attempts
     conn.execute(insert(t), [_values(attempt) for attempt in attempts])
     items = sorted({(a.replicable_name, a.model_record_id) for a in attempts})
+    item = tuple_(t.c.replicable_name, t.c.model_record_id)
+    # Most items are far from `KEEP` attempts: find the few that are over before deleting.
+    over = conn.execute(
+        select(t.c.replicable_name, t.c.model_record_id)
+        .where(item.in_(items))
+        .group_by(t.c.replicable_name, t.c.model_record_id)
+        .having(func.count() > KEEP)
+    ).all()
+    if not over:
+        return
     ranked = (
         select(
             t.c.id,
@@ -58,7 +68,7 @@ def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
             .over(partition_by=(t.c.replicable_name, t.c.model_record_id), order_by=t.c.id.desc())
             .label("rank"),
         )
-        .where(tuple_(t.c.replicable_name, t.c.model_record_id).in_(items))
+        .where(item.in_([tuple(row) for row in over]))
         .subquery()
     )
     conn.execute(delete(t).where(t.c.id.in_(select(ranked.c.id).where(ranked.c.rank > KEEP))))

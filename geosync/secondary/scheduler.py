@@ -8,20 +8,21 @@ the syncs running in every worker process of the site — never exceeds the capa
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text, union_all
 
 from geosync.db.engines import is_sqlite
 from geosync.db.tables import geo_leases
 from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
-from geosync.registry import Registry
+from geosync.registry import Registry, SyncState
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Prefetched, Route, SyncService, prefetch
@@ -37,6 +38,13 @@ log = get_logger("scheduler")
 Claim = tuple["type[Replicator]", int, datetime]
 STRATEGY_CAPACITY = {"blob": "files_max_capacity", "repository": "repos_max_capacity"}
 SHUTDOWN_GRACE = 20.0
+#: Claim for a strategy only once this fraction of its slots (1/n) is free locally.
+CLAIM_FRACTION = 3
+#: After a round found no work for a strategy, skip it for this long (seconds, at most the poll
+#: interval) even when woken: finished syncs wake the scheduler many times a second.
+DRAINED_RECHECK = 0.25
+#: How long the scheduler trusts its reading of this node and the primary's URL (seconds).
+ROUTE_TTL = 5.0
 
 
 def capacity_of(node: Node, strategy: str) -> int:
@@ -59,7 +67,7 @@ def claim_round_robin(
 ) -> list[tuple[Registry, int, datetime]]:
     """Claim up to the free capacity, sharing it across `registries` in turn."""
     _lock_claims(conn, registries[0].replicator.strategy if registries else "none")
-    free = capacity - sum(r.started_count(conn) for r in registries)
+    free = capacity - started_total(conn, registries)
     if not registries or free <= 0:
         return []
     active = registries[offset % len(registries) :] + registries[: offset % len(registries)]
@@ -77,6 +85,17 @@ def claim_round_robin(
     return claimed
 
 
+def started_total(conn: Connection, registries: list[Registry]) -> int:
+    """Rows in `started` across `registries` (every worker process of the site), one query."""
+    if not registries:
+        return 0
+    counts = [
+        select(func.count()).select_from(r.table).where(r.table.c.state == SyncState.STARTED)
+        for r in registries
+    ]
+    return sum(int(n) for n in conn.execute(union_all(*counts)).scalars())
+
+
 class SchedulerLoop:
     """Claims work for blobs and repositories and runs it on thread pools."""
 
@@ -91,27 +110,60 @@ class SchedulerLoop:
         self._lock = threading.Lock()
         self._offset = 0
         self._route: Route | None = None
+        self._route_read = 0.0
+        self._drained_at: dict[str, float | None] = {}
         self.client = BlobClient()
         self.settler = Settler(geo)
 
     def run_once(self) -> float:
         """Claim and start as much work as the capacities allow."""
-        node = self.geo.current_node()
+        route = self._current_route()
+        node = route.node
         if node is None:
             return self.geo.settings.poll_interval
-        self._route = Route(self.geo.primary_internal_url(), node)
         started = 0
         full = False
+        wait = self.geo.settings.poll_interval
         for strategy in STRATEGY_CAPACITY:
             capacity = capacity_of(node, strategy)
+            if not self._worth_a_round(strategy, capacity):
+                wait = min(wait, self._recheck_after())
+                continue
             started_now = self._schedule(strategy, capacity)
+            self._drained_at[strategy] = None if started_now else time.monotonic()
             started += started_now
             with self._lock:
                 full = full or self.inflight[strategy] >= capacity
         self._offset += 1
         if started and not full:
             return 0.0
-        return self.geo.settings.poll_interval
+        return wait
+
+    def _worth_a_round(self, strategy: str, capacity: int) -> bool:
+        """Whether claiming for `strategy` now is worth its queries.
+
+        Not while this worker's own syncs leave fewer than a third of the slots free (claims
+        come in groups, not one per finished sync), nor shortly after a round found nothing.
+        """
+        with self._lock:
+            inflight = self.inflight[strategy]
+        if inflight and capacity - inflight < max(1, capacity // CLAIM_FRACTION):
+            return False
+        drained_at = self._drained_at.get(strategy)
+        return drained_at is None or time.monotonic() - drained_at >= self._recheck_after()
+
+    def _recheck_after(self) -> float:
+        return min(self.geo.settings.poll_interval, DRAINED_RECHECK)
+
+    def _current_route(self) -> Route:
+        """This node and the primary's URL, read again every `ROUTE_TTL` seconds: a round
+        runs after every finished sync, and these change only when an operator edits a node."""
+        now = time.monotonic()
+        if self._route is None or self._route.node is None or now - self._route_read > ROUTE_TTL:
+            node = self.geo.current_node()
+            self._route = Route(self.geo.primary_internal_url() if node else "", node)
+            self._route_read = now
+        return self._route
 
     def _schedule(self, strategy: str, capacity: int) -> int:
         replicators = self.geo.catalog.of_strategy(strategy)
