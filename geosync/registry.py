@@ -8,13 +8,25 @@ the very sync that was started (same `last_synced_at`), so it loses to any newer
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, and_, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from geosync.db.engines import is_sqlite
 from geosync.errors import InvalidTransition, NotFound
@@ -95,6 +107,10 @@ class RegistryRow:
         return VerificationState(self.values["verification_state"])
 
 
+#: Hot statements, built once: by registry table name and what varies in their shape.
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
 class Registry:
     """The registry of one replicator on this secondary: reads, transitions and claims."""
 
@@ -167,6 +183,78 @@ class Registry:
         )
         return len(ids)
 
+    # -- set-wise (many rows a statement, for the log cursor) --------------------------------
+
+    def existing_ids(self, conn: Connection, ids: Iterable[int]) -> set[int]:
+        """The subset of `ids` that have a row, in one query."""
+        wanted = list(ids)
+        if not wanted:
+            return set()
+        return {
+            int(i) for i in conn.execute(select(self.key).where(self.key.in_(wanted))).scalars()
+        }
+
+    def insert_pending_since(self, conn: Connection, since: Mapping[int, datetime]) -> int:
+        """Bulk-insert new pending rows, each with its own `pending_since` (rows must not exist).
+
+        Like `insert_pending`, but for events of different times in one statement.
+        """
+        if not since:
+            return 0
+        now = self.geo.clock.now()
+        fk = self.replicator.registry_foreign_key
+        conn.execute(
+            insert(self.table),
+            [
+                {
+                    fk: i,
+                    "created_at": now,
+                    "state": SyncState.PENDING,
+                    "verification_state": VerificationState.DISABLED,
+                    "pending_since": at,
+                }
+                for i, at in since.items()
+            ],
+        )
+        return len(since)
+
+    def pending_many(self, conn: Connection, since: Mapping[int, datetime]) -> None:
+        """The `pending` transition (any state → pending) of many rows in one statement.
+
+        Each row gets its own `pending_since`. Raises `InvalidTransition` when a row is missing,
+        as `pending` does, and then changes nothing (the caller's savepoint rolls it back).
+        """
+        if not since:
+            return
+        pending_since_type = self.table.c.pending_since.type
+        times = set(since.values())
+        pending_since: Any = (
+            literal(next(iter(times)), pending_since_type)
+            if len(times) == 1
+            else case(
+                {i: literal(at, pending_since_type) for i, at in since.items()}, value=self.key
+            )
+        )
+        changed = conn.execute(
+            update(self.table)
+            .where(self.key.in_(list(since)))
+            .values(
+                state=SyncState.PENDING,
+                retry_at=None,
+                retry_count=0,
+                last_synced_at=None,
+                verification_state=VerificationState.DISABLED,
+                pending_since=pending_since,
+            )
+            .returning(self.key)
+        )
+        missing = set(since) - {int(i) for i in changed.scalars()}
+        if missing:
+            raise InvalidTransition(
+                f"cannot make {self.replicator.replicable_name} registries {sorted(missing)}"
+                " pending: they do not exist"
+            )
+
     # -- transitions -------------------------------------------------------------------------
 
     def pending(
@@ -238,32 +326,59 @@ class Registry:
     ) -> RegistryRow | None:
         """`synced`, returning the row's `pending_since` as it was, or None if superseded."""
         now = self.geo.clock.now()
+        succeeded = verification == VerificationState.SUCCEEDED
+        row = conn.execute(
+            self._synced_statement(verification),
+            {
+                "b_key": model_record_id,
+                "b_started_at": started_at,
+                "b_missing": missing_on_primary,
+                "b_checksum": checksum if succeeded else None,
+                "b_verified_at": now if succeeded else None,
+                "b_local_path": local_path,
+            },
+        ).first()
+        return RegistryRow(dict(row._mapping)) if row is not None else None
+
+    def _synced_statement(self, verification: VerificationState) -> Any:
+        """The `synced` UPDATE, built once per registry table and outcome: building it costs
+        more than running it, and every finished sync runs it."""
+        cache_key = (self.table.name, "synced", verification)
+        statement = _STATEMENTS.get(cache_key)
+        if statement is not None and statement.table is self.table:
+            return statement
+        c = self.table.c
         values: dict[str, Any] = {
             "state": SyncState.SYNCED,
             "retry_count": 0,
             "retry_at": None,
             "last_sync_failure": None,
-            "missing_on_primary": missing_on_primary,
+            "missing_on_primary": bindparam("b_missing"),
             **self._verification_after_sync(verification),
             "verification_failure": None,
             "checksum_mismatch": False,
             "verification_checksum_mismatched": None,
+            "local_path": func.coalesce(
+                bindparam("b_local_path", type_=c.local_path.type), c.local_path
+            ),
         }
         if verification == VerificationState.SUCCEEDED:
-            values.update(verification_checksum=checksum, verified_at=now)
-        if local_path is not None:
-            values["local_path"] = local_path
-        row = conn.execute(
+            values.update(
+                verification_checksum=bindparam("b_checksum", type_=c.verification_checksum.type),
+                verified_at=bindparam("b_verified_at", type_=c.verified_at.type),
+            )
+        statement = (
             update(self.table)
             .where(
-                self.key == model_record_id,
-                self.table.c.state == SyncState.STARTED,
-                self.table.c.last_synced_at == started_at,
+                self.key == bindparam("b_key"),
+                c.state == SyncState.STARTED,
+                c.last_synced_at == bindparam("b_started_at", type_=c.last_synced_at.type),
             )
             .values(**values)
-            .returning(self.table.c.pending_since)
-        ).first()
-        return RegistryRow(dict(row._mapping)) if row is not None else None
+            .returning(c.pending_since)
+        )
+        _STATEMENTS[cache_key] = statement
+        return statement
 
     def _verification_after_sync(self, verification: VerificationState) -> dict[str, Any]:
         # A `checksum_succeeded` that arrived during the sync left the row's verification
@@ -353,8 +468,9 @@ class Registry:
 
     # -- work --------------------------------------------------------------------------------
 
-    def due_condition(self, now: datetime) -> Any:
-        """Rows a worker may claim: pending, or failed with their retry due."""
+    def due_condition(self, now: datetime | Any) -> Any:
+        """Rows a worker may claim: pending, or failed with their retry due (`now`: a time or a
+        bound parameter)."""
         c = self.table.c
         return or_(
             c.state == SyncState.PENDING,
@@ -372,22 +488,36 @@ class Registry:
         if limit <= 0:
             return []
         now = self.geo.clock.now()
+        claimed = conn.execute(
+            self._claim_statement(not is_sqlite(conn.engine)),
+            {"b_now": now, "b_limit": limit, "b_holder": holder},
+        )
+        return [(int(model_id), now) for (model_id,) in claimed]
+
+    def _claim_statement(self, skip_locked: bool) -> Any:
+        """The claim UPDATE, built once per registry table (see `_synced_statement`)."""
+        cache_key = (self.table.name, "claim", skip_locked)
+        statement = _STATEMENTS.get(cache_key)
+        if statement is not None and statement.table is self.table:
+            return statement
         c = self.table.c
+        now = bindparam("b_now", type_=c.retry_at.type)
         candidates = (
             select(c.id)
             .where(self.due_condition(now))
             .order_by(c.retry_at.asc().nulls_first(), c.id)
-            .limit(limit)
+            .limit(bindparam("b_limit"))
         )
-        if not is_sqlite(conn.engine):
+        if skip_locked:
             candidates = candidates.with_for_update(skip_locked=True)
-        claimed = conn.execute(
+        statement = (
             update(self.table)
             .where(c.id.in_(candidates.scalar_subquery()))
-            .values(state=SyncState.STARTED, last_synced_at=now, claimed_by=holder)
+            .values(state=SyncState.STARTED, last_synced_at=now, claimed_by=bindparam("b_holder"))
             .returning(self.key)
         )
-        return [(int(model_id), now) for (model_id,) in claimed]
+        _STATEMENTS[cache_key] = statement
+        return statement
 
     def started_count(self, conn: Connection) -> int:
         """How many rows are being synced right now (across every worker of the site)."""

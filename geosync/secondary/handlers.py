@@ -7,7 +7,8 @@ secondary's verification. Local files are removed only inside their storage root
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,38 @@ class HandlerContext:
     tracking: Connection
     #: Set when a handler created sync work, so the scheduler is woken.
     new_work: bool = False
+    #: Replication flags read in this context, by replicable name (one read per batch).
+    flags: dict[str, bool] = field(default_factory=dict)
+
+    def flag_on(self, replicator: type[Replicator]) -> bool:
+        """Whether `replicator`'s flag is on, read once per context."""
+        name = replicator.replicable_name
+        if name not in self.flags:
+            self.flags[name] = flag_enabled(self.main, replicator)
+        return self.flags[name]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A well-formed `created` or `updated` event of a known replicator, ready to apply."""
+
+    event: Event
+    replicator: type[Replicator]
+    model_record_id: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The record the change is about: (replicable name, model record id)."""
+        return (self.replicator.replicable_name, self.model_record_id)
+
+    @property
+    def created(self) -> bool:
+        """Whether this is a `created` event (idempotent when the row exists)."""
+        return self.event.event_name == CREATED
+
+
+#: An event a set-wise step skipped, with the reason to log and count.
+Skipped = tuple[Event, SkipEvent]
 
 
 def handle_event(ctx: HandlerContext, event: Event) -> None:
@@ -100,12 +133,105 @@ def _changed(
         # The consistency sweep got there first: the row already stands for this record, and
         # re-queueing it would throw away a sync in flight or done. Only `updated` forces work.
         return
-    if not flag_enabled(ctx.main, replicator):
-        raise SkipEvent("flag_disabled", f"{replicator.replication_flag_name} is off")
-    if not ids_in_scope(ctx.main, replicator, ctx.node, [model_record_id]):
-        raise SkipEvent("out_of_scope", f"{replicator.replicable_name} {model_record_id}")
+    if not ctx.flag_on(replicator):
+        raise _flag_disabled(replicator)
+    if not _in_scope(ctx, replicator, [model_record_id]):
+        raise _out_of_scope(replicator, model_record_id)
     registry.ensure_pending(ctx.tracking, model_record_id, at)
     ctx.new_work = True
+
+
+def _in_scope(ctx: HandlerContext, replicator: type[Replicator], ids: list[int]) -> set[int]:
+    """`ids_in_scope`; on PostgreSQL in a savepoint, as a failed query (an id beyond the model's
+    integer range) would otherwise abort the main transaction and every later event with it."""
+    if ctx.main.dialect.name == "sqlite":
+        return ids_in_scope(ctx.main, replicator, ctx.node, ids)
+    with ctx.main.begin_nested():
+        return ids_in_scope(ctx.main, replicator, ctx.node, ids)
+
+
+def _flag_disabled(replicator: type[Replicator]) -> SkipEvent:
+    return SkipEvent("flag_disabled", f"{replicator.replication_flag_name} is off")
+
+
+def _out_of_scope(replicator: type[Replicator], model_record_id: int) -> SkipEvent:
+    return SkipEvent("out_of_scope", f"{replicator.replicable_name} {model_record_id}")
+
+
+def parse_change(ctx: HandlerContext, event: Event) -> Change | None:
+    """`event` as a `Change` if it is a well-formed `created`/`updated` the replicator declares.
+
+    Anything else (other events, unknown names, malformed payloads) gives None: those go through
+    `handle_event`, which applies them or says why they are skipped. Never raises.
+    """
+    if event.event_name not in (CREATED, UPDATED):
+        return None
+    try:
+        replicator = ctx.geo.catalog.get(event.replicable_name)
+        if event.event_name not in replicator.declared_events():
+            return None
+        return Change(event, replicator, event.model_record_id())
+    except Exception:
+        return None
+
+
+def event_key(event: Event) -> tuple[str, int] | None:
+    """The record an event is about, (replicable name, model record id), or None if malformed."""
+    try:
+        return (event.replicable_name, event.model_record_id())
+    except SkipEvent:
+        return None
+
+
+def handle_changes(ctx: HandlerContext, changes: Sequence[Change]) -> list[Skipped]:
+    """Apply `created`/`updated` events set-wise, with `_changed`'s per-event semantics.
+
+    The changes must be about distinct records (the order among them then does not matter).
+    Per replicator: one registry read, one flag read per context, one scope query, one
+    multi-row insert for new rows and one update for rows an `updated` makes pending again.
+    Returns the events skipped (flag off, out of scope) for the caller to log and count.
+    """
+    by_replicator: dict[str, list[Change]] = {}
+    for change in changes:
+        by_replicator.setdefault(change.replicator.replicable_name, []).append(change)
+    skipped: list[Skipped] = []
+    for group in by_replicator.values():
+        skipped.extend(_apply_changes(ctx, group[0].replicator, group))
+    return skipped
+
+
+def _apply_changes(
+    ctx: HandlerContext, replicator: type[Replicator], changes: list[Change]
+) -> list[Skipped]:
+    registry = Registry(ctx.geo, replicator)
+    existing = registry.existing_ids(ctx.tracking, [c.model_record_id for c in changes])
+    # As in `_changed`: `created` for a row that exists is a no-op; only `updated` forces work.
+    todo = [c for c in changes if not (c.created and c.model_record_id in existing)]
+    if not todo:
+        return []
+    if not ctx.flag_on(replicator):
+        return [(c.event, _flag_disabled(replicator)) for c in todo]
+    in_scope = _in_scope(ctx, replicator, [c.model_record_id for c in todo])
+    wanted = [c for c in todo if c.model_record_id in in_scope]
+    registry.insert_pending_since(
+        ctx.tracking,
+        {
+            c.model_record_id: c.event.created_at
+            for c in wanted
+            if c.model_record_id not in existing
+        },
+    )
+    registry.pending_many(
+        ctx.tracking,
+        {c.model_record_id: c.event.created_at for c in wanted if c.model_record_id in existing},
+    )
+    if wanted:
+        ctx.new_work = True
+    return [
+        (c.event, _out_of_scope(replicator, c.model_record_id))
+        for c in todo
+        if c.model_record_id not in in_scope
+    ]
 
 
 def local_copy_path(geo: Geo, replicator: type[Replicator], payload: Any) -> Path | None:

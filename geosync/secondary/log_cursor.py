@@ -19,7 +19,16 @@ from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events
 from geosync.errors import ConfigurationError
 from geosync.leases import acquire
 from geosync.log import get_logger
-from geosync.secondary.handlers import Event, HandlerContext, SkipEvent, handle_event
+from geosync.secondary.handlers import (
+    Change,
+    Event,
+    HandlerContext,
+    SkipEvent,
+    event_key,
+    handle_changes,
+    handle_event,
+    parse_change,
+)
 from geosync.secondary.pruned_log import skip_pruned_events
 
 if TYPE_CHECKING:
@@ -83,8 +92,7 @@ class LogCursor:
             handled = self._fill_gaps(ctx)
             events = self._read(main, cursor)
             self._record_gaps(tracking, cursor, events)
-            for event in events:
-                self._apply(ctx, event)
+            self._apply_all(ctx, events)
             if events:
                 self._store(tracking, events[-1].id)
             handled += len(events)
@@ -149,25 +157,67 @@ class LogCursor:
         found = [
             Event(r.id, r.replicable_name, r.event_name, r.payload, r.created_at) for r in rows
         ]
-        for event in found:
-            self._apply(ctx, event)
+        self._apply_all(ctx, found)
         if found:
             ctx.tracking.execute(
                 delete(geo_event_gaps).where(geo_event_gaps.c.event_id.in_([e.id for e in found]))
             )
         return len(found)
 
+    def _apply_all(self, ctx: HandlerContext, events: list[Event]) -> None:
+        """Apply `events` in order, `created`/`updated` in groups handled set-wise.
+
+        A group holds changes about distinct records. It is flushed before any event about a
+        record already in it, so every record sees its events in log order; events about
+        other records commute with the group and are applied at once.
+        """
+        group: dict[tuple[str, int], Change] = {}
+        for event in events:
+            change = parse_change(ctx, event)
+            key = change.key if change is not None else event_key(event)
+            if key is not None and key in group:
+                self._apply_group(ctx, list(group.values()))
+                group = {}
+            if change is not None:
+                group[change.key] = change
+            else:
+                self._apply(ctx, event)
+        self._apply_group(ctx, list(group.values()))
+
+    def _apply_group(self, ctx: HandlerContext, changes: list[Change]) -> None:
+        """Apply a group set-wise in one savepoint; if that fails, apply its events one by one."""
+        if not changes:
+            return
+        try:
+            with ctx.tracking.begin_nested():
+                skipped = handle_changes(ctx, changes)
+        except Exception as exc:  # one bad event must not sink the others of its group
+            log.warning(
+                "set-wise event handling failed, handling the events one by one",
+                first_event_id=changes[0].event.id,
+                events=len(changes),
+                error=f"{type(exc).__name__}: {exc}"[:500],
+            )
+            for change in changes:
+                self._apply(ctx, change.event)
+            return
+        for event, skip in skipped:
+            self._skipped(event, skip)
+
     def _apply(self, ctx: HandlerContext, event: Event) -> None:
         try:
             with ctx.tracking.begin_nested():
                 handle_event(ctx, event)
         except SkipEvent as skip:
-            level = log.debug if skip.reason in ("out_of_scope", "flag_disabled") else log.warning
-            level("event skipped", event_id=event.id, reason=skip.reason, detail=str(skip))
-            count_skipped(self.geo, skip.reason)
+            self._skipped(event, skip)
         except Exception:  # one bad event must never stop the cursor
             log.exception("event failed", event_id=event.id, event_name=event.event_name)
             count_skipped(self.geo, "handler_error")
+
+    def _skipped(self, event: Event, skip: SkipEvent) -> None:
+        level = log.debug if skip.reason in ("out_of_scope", "flag_disabled") else log.warning
+        level("event skipped", event_id=event.id, reason=skip.reason, detail=str(skip))
+        count_skipped(self.geo, skip.reason)
 
     def _store(self, tracking: Connection, event_id: int) -> None:
         tracking.execute(
