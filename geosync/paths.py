@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from geosync.errors import ValidationError
@@ -20,10 +22,26 @@ def resolve_inside(root: Path, relative: str) -> Path:
     if pure.is_absolute() or ".." in pure.parts:
         raise ValidationError(f"Path must be relative and stay inside the root: {relative!r}")
     base = _resolved(root)
+    if not _has_symlink(base, pure.parts):
+        return base.joinpath(*pure.parts)
     target = (base / pure).resolve()
     if target == base or not target.is_relative_to(base):
         raise ValidationError(f"Path is outside the root: {relative!r}")
     return target
+
+
+def _has_symlink(base: Path, parts: tuple[str, ...]) -> bool:
+    """Whether a component below the (resolved) `base` is a symlink. Only the existing part of
+    the path is checked: what does not exist yet cannot lead anywhere."""
+    current = str(base)
+    for part in parts:
+        current = os.path.join(current, part)
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+    return False
 
 
 @functools.lru_cache(maxsize=64)

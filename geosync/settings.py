@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         description="Lifetime of worker leases; a dead worker's work is"
         " taken over after this long.",
     )
+    blob_batches: bool = Field(
+        default=True,
+        description="A secondary fetches small blobs many per request (files over 1 MiB are"
+        " always fetched alone, with resumable downloads).",
+    )
     poll_interval: float = Field(
         default=2.0, gt=0, description="Seconds an idle worker waits before looking again."
     )

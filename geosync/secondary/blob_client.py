@@ -41,6 +41,13 @@ class BlobResponse:
         """A response header, or None."""
         return self.raw.getheader(name)
 
+    def read_chunk(self, size: int) -> bytes:
+        """Up to `size` bytes of the body (empty at its end)."""
+        try:
+            return self.raw.read(size)
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransportFailure(f"the body was cut short: {exc}") from exc
+
     def iter_bytes(self, size: int) -> Iterator[bytes]:
         """The body in chunks of at most `size` bytes."""
         try:

@@ -23,6 +23,7 @@ from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.registry import Registry, SyncState
+from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Prefetched, Route, SyncService, prefetch
@@ -43,6 +44,8 @@ CLAIM_FRACTION = 3
 #: After a round found no work for a strategy, skip it for this long (seconds, at most the poll
 #: interval) even when woken: finished syncs wake the scheduler many times a second.
 DRAINED_RECHECK = 0.25
+#: How long the scheduler trusts its reading of the replicators' flags (seconds).
+FLAGS_TTL = 1.0
 #: How long the scheduler trusts its reading of this node and the primary's URL (seconds).
 ROUTE_TTL = 5.0
 
@@ -64,10 +67,15 @@ def claim_round_robin(
     capacity: int,
     holder: str,
     offset: int = 0,
+    counted: list[Registry] | None = None,
 ) -> list[tuple[Registry, int, datetime]]:
-    """Claim up to the free capacity, sharing it across `registries` in turn."""
+    """Claim up to the free capacity, sharing it across `registries` in turn.
+
+    The capacity is shared by the syncs of `counted` (default: `registries`): every registry
+    of the strategy, when only some are worth a claim.
+    """
     _lock_claims(conn, registries[0].replicator.strategy if registries else "none")
-    free = capacity - started_total(conn, registries)
+    free = capacity - started_total(conn, counted if counted is not None else registries)
     if not registries or free <= 0:
         return []
     active = registries[offset % len(registries) :] + registries[: offset % len(registries)]
@@ -112,8 +120,13 @@ class SchedulerLoop:
         self._route: Route | None = None
         self._route_read = 0.0
         self._drained_at: dict[str, float | None] = {}
+        self._empty_at: dict[type[Replicator], float] = {}
+        self._flags: dict[type[Replicator], bool] = {}
+        self._flags_read = -FLAGS_TTL
         self.client = BlobClient()
         self.settler = Settler(geo)
+        #: Small blobs of one replicator travel in batch requests (`geosync.web.blob_batch`).
+        self.batch_blobs = geo.settings.blob_batches
 
     def run_once(self) -> float:
         """Claim and start as much work as the capacities allow."""
@@ -165,31 +178,74 @@ class SchedulerLoop:
             self._route_read = now
         return self._route
 
+    def _enabled(self, replicator: type[Replicator]) -> bool:
+        """The replicator's flag, read for all replicators at most every `FLAGS_TTL` seconds."""
+        now = time.monotonic()
+        if now - self._flags_read > FLAGS_TTL:
+            with self.geo.main_reads() as main:
+                self._flags = {r: flag_enabled(main, r) for r in self.geo.catalog}
+            self._flags_read = now
+        return self._flags.get(replicator, False)
+
     def _schedule(self, strategy: str, capacity: int) -> int:
         replicators = self.geo.catalog.of_strategy(strategy)
         if not replicators or capacity <= 0:
             return 0
-        with self.geo.main_engine.connect() as main:
-            enabled = [r for r in replicators if flag_enabled(main, r)]
-        registries = [Registry(self.geo, r) for r in enabled]
-        if not registries:
+        enabled = [Registry(self.geo, r) for r in replicators if self._enabled(r)]
+        now = time.monotonic()
+        worth = [
+            r for r in enabled if now - self._empty_at.get(r.replicator, 0.0) >= DRAINED_RECHECK
+        ]
+        if not worth:
             return 0
         with self.geo.tracking() as conn:
-            claims = claim_round_robin(conn, registries, capacity, self.worker.holder, self._offset)
+            claims = claim_round_robin(
+                conn, worth, capacity, self.worker.holder, self._offset, counted=enabled
+            )
+        claimed = {registry.replicator for registry, _, _ in claims}
+        for registry in worth:
+            if registry.replicator in claimed:
+                self._empty_at.pop(registry.replicator, None)
+            else:
+                self._empty_at[registry.replicator] = now
         pool = self._pool(strategy, capacity)
         prefetched = self._prefetch(claims)
-        for registry, model_id, started_at in claims:
+        for job in self._jobs(strategy, capacity, claims, prefetched):
             with self._lock:
-                self.inflight[strategy] += 1
-            future = pool.submit(
-                self._run,
+                self.inflight[strategy] += len(job)
+            future = pool.submit(self._run, job)
+            future.add_done_callback(partial(self._done, strategy=strategy, count=len(job)))
+        return len(claims)
+
+    def _jobs(
+        self,
+        strategy: str,
+        capacity: int,
+        claims: list[tuple[Registry, int, datetime]],
+        prefetched: dict[tuple[type[Replicator], int], Prefetched],
+    ) -> list[list[SyncService]]:
+        """The claimed syncs, as jobs for the pool: blobs of one replicator go in batches of up
+        to half the capacity (two batch requests in flight), everything else alone."""
+        size = max(1, -(-capacity // 2)) if strategy == "blob" and self.batch_blobs else 1
+        by_replicator: dict[type[Replicator], list[SyncService]] = {}
+        for registry, model_id, started_at in claims:
+            service = SyncService(
+                self.geo,
                 registry.replicator,
                 model_id,
                 started_at,
+                self.client,
+                self.cancel,
+                self._route,
+                self.settler,
                 prefetched.get((registry.replicator, model_id)),
             )
-            future.add_done_callback(partial(self._done, strategy=strategy))
-        return len(claims)
+            by_replicator.setdefault(registry.replicator, []).append(service)
+        return [
+            services[i : i + size]
+            for services in by_replicator.values()
+            for i in range(0, len(services), size)
+        ]
 
     def _prefetch(
         self, claims: list[tuple[Registry, int, datetime]]
@@ -216,28 +272,14 @@ class SchedulerLoop:
             self.pools[strategy] = pool
         return pool
 
-    def _run(
-        self,
-        replicator: type[Replicator],
-        model_id: int,
-        started_at: datetime,
-        prefetched: Prefetched | None,
-    ) -> bool:
-        return SyncService(
-            self.geo,
-            replicator,
-            model_id,
-            started_at,
-            self.client,
-            self.cancel,
-            self._route,
-            self.settler,
-            prefetched,
-        ).execute()
+    def _run(self, job: list[SyncService]) -> int:
+        if len(job) == 1:
+            return int(job[0].execute())
+        return BatchSync(job, self.client, self.cancel).execute()
 
-    def _done(self, future: Future[bool], *, strategy: str) -> None:
+    def _done(self, future: Future[int], *, strategy: str, count: int) -> None:
         with self._lock:
-            self.inflight[strategy] -= 1
+            self.inflight[strategy] -= count
         if future.exception() is not None:
             log.error("sync thread failed", error=repr(future.exception()))
         self.worker.notify(self.name)

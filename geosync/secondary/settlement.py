@@ -170,13 +170,17 @@ class Settler:
 
     def settle(self, item: Finished) -> Settled:
         """Write `item` (with whatever else is waiting) and return what was found."""
-        future = self._enqueue(item)
+        return self.settle_all([item])[0]
+
+    def settle_all(self, items: Sequence[Finished]) -> list[Settled]:
+        """Write `items` (and whatever else is waiting); one answer per item, in order."""
+        futures = [self._enqueue(item) for item in items]
         with self._lock:
             lead = not self._leading
             self._leading = True
         if lead:
             self._drain()
-        return future.result()
+        return [future.result() for future in futures]
 
     def _enqueue(self, item: Finished) -> Future[Settled]:
         future: Future[Settled] = Future()

@@ -154,13 +154,16 @@ class SyncService:
         """Run the sync; True when the row ended synced by this sync."""
         clock_start = time.monotonic()
         try:
-            outcome = self._sync()
+            outcome = self.transfer()
         except BaseException as exc:
-            self._fail(exc)
+            self._settle(self.failure(exc))
             if not isinstance(exc, Exception):
                 raise
             return False
-        settled = self._settle(outcome)
+        return self.conclude(outcome, self._settle(outcome), clock_start)
+
+    def conclude(self, outcome: Success, settled: Settled, clock_start: float) -> bool:
+        """After a successful sync was written: tidy up, measure, log; True if it counted."""
         if settled.gone:
             self._drop_orphan(outcome)
         if settled.done:
@@ -176,6 +179,10 @@ class SyncService:
         )
         return settled.done
 
+    def finished(self, result: Success | Failure) -> Finished:
+        """`result` as the settler takes it."""
+        return Finished(self.registry, self.model_record_id, self.started_at, result)
+
     # -- the work ------------------------------------------------------------------------------
 
     def route(self) -> Route:
@@ -184,7 +191,8 @@ class SyncService:
             self._route = Route.lookup(self.geo)
         return self._route
 
-    def _sync(self) -> Success:
+    def record(self) -> tuple[Any, str | None]:
+        """The model record and the primary's checksum; `RecordGone` if the record is."""
         record, expected = self.prefetched or prefetch(
             self.geo, self.replicator, [self.model_record_id]
         ).get(self.model_record_id, (None, None))
@@ -192,6 +200,11 @@ class SyncService:
             raise RecordGone(
                 f"{self.replicator.model.__name__} {self.model_record_id} no longer exists"
             )
+        return record, expected
+
+    def transfer(self) -> Success:
+        """Download or fetch the item; its outcome, not yet written to the registry."""
+        record, expected = self.record()
         replicator = self.replicator(record, geo=self.geo)
         if isinstance(replicator, BlobReplicator):
             return self._sync_blob(replicator, expected)
@@ -202,7 +215,7 @@ class SyncService:
     def _sync_blob(self, replicator: BlobReplicator, expected: str | None) -> Success:
         dest = replicator.file_path()
         relative = replicator.blob_path()
-        if self._can_skip_download(replicator, dest, expected):
+        if self.can_skip_download(replicator, dest, expected):
             return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
         route = self.route()
         base = route.primary_url
@@ -227,9 +240,10 @@ class SyncService:
             bytes=download.bytes,
         )
 
-    def _can_skip_download(
+    def can_skip_download(
         self, replicator: BlobReplicator, dest: Path, expected: str | None
     ) -> bool:
+        """Whether the file already in place can be taken as the copy (§6's skip-download)."""
         from geosync.secondary.verification import skip_download_possible
 
         if expected is None or not dest.is_file():
@@ -264,7 +278,7 @@ class SyncService:
     # -- settling the row ----------------------------------------------------------------------
 
     def _settle(self, result: Success | Failure) -> Settled:
-        item = Finished(self.registry, self.model_record_id, self.started_at, result)
+        item = self.finished(result)
         if self.settler is not None:
             return self.settler.settle(item)
         with self.geo.tracking() as conn:
@@ -291,11 +305,15 @@ class SyncService:
                 id=self.model_record_id,
             )
 
-    def _fail(self, exc: BaseException) -> None:
+    def failure(self, exc: BaseException) -> Failure:
+        """Log why this sync failed and return it as the row will record it."""
         failure = failure_of(exc, error_class(exc))
         if not isinstance(exc, GeoError):
-            log.exception(
-                "sync crashed", replicable=self.replicator.replicable_name, id=self.model_record_id
+            log.error(
+                "sync crashed",
+                replicable=self.replicator.replicable_name,
+                id=self.model_record_id,
+                exc_info=exc,
             )
         else:
             log.warning(
@@ -305,7 +323,7 @@ class SyncService:
                 error=failure.message,
                 error_class=failure.error_class,
             )
-        self._settle(failure)
+        return failure
 
     def _observe_lag(self, since: datetime | None, finished: datetime, outcome: Success) -> None:
         if since is None:

@@ -11,7 +11,8 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,6 +46,12 @@ class _Partial:
     digest: Any = field(default_factory=hashlib.sha256)
     written: int = 0
 
+    def add(self, chunk: bytes) -> None:
+        """Write and hash `chunk`."""
+        self.handle.write(chunk)
+        self.digest.update(chunk)
+        self.written += len(chunk)
+
     def restart(self) -> None:
         """Forget everything written (the server ignored a Range request)."""
         self.handle.seek(0)
@@ -66,28 +73,69 @@ def download_blob(
 
     `auth` makes fresh request headers for each (re)try, since tokens are short-lived.
     """
+    with _temp_file(dest) as (tmp, handle):
+        partial = _Partial(handle)
+        for attempt in range(RESUME_ATTEMPTS):
+            try:
+                _stream(client, url, auth(), partial, cancel)
+                break
+            except TransportFailure as exc:
+                if attempt == RESUME_ATTEMPTS - 1:
+                    raise TransferError(f"Connection to the primary failed: {exc}") from exc
+        return _commit(tmp, partial, dest, expected_sha256)
+
+
+def write_blob(
+    dest: Path,
+    chunks: Iterable[bytes],
+    *,
+    expected_sha256: str | None = None,
+    cancel: threading.Event | None = None,
+    sync_directory: bool = True,
+) -> Download:
+    """Write `chunks` to `dest` atomically, as `download_blob` does with a response body.
+
+    Without `sync_directory` the rename is not yet durable: the caller must `sync_directory`
+    of `dest.parent` before it records the file as synced (once for many files).
+    """
+    with _temp_file(dest) as (tmp, handle):
+        partial = _Partial(handle)
+        for chunk in chunks:
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("Sync interrupted: the worker is shutting down")
+            partial.add(chunk)
+        return _commit(tmp, partial, dest, expected_sha256, sync_directory)
+
+
+@contextmanager
+def _temp_file(dest: Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A new `tmp_<random>` beside `dest`, removed on the way out unless renamed into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     try:
         with tmp.open("wb") as handle:
-            partial = _Partial(handle)
-            for attempt in range(RESUME_ATTEMPTS):
-                try:
-                    _stream(client, url, auth(), partial, cancel)
-                    break
-                except TransportFailure as exc:
-                    if attempt == RESUME_ATTEMPTS - 1:
-                        raise TransferError(f"Connection to the primary failed: {exc}") from exc
-            handle.flush()
-            os.fsync(handle.fileno())
-        actual = partial.digest.hexdigest()
-        if expected_sha256 is not None and actual != expected_sha256:
-            raise ChecksumMismatch("Downloaded file checksum mismatch")
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-        return Download(dest, partial.written, actual)
+            yield tmp, handle
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _commit(
+    tmp: Path,
+    partial: _Partial,
+    dest: Path,
+    expected_sha256: str | None,
+    sync_directory_too: bool = True,
+) -> Download:
+    """Make the written bytes durable and, if their hash is right, visible under `dest`."""
+    partial.handle.flush()
+    os.fdatasync(partial.handle.fileno())
+    actual = partial.digest.hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise ChecksumMismatch("Downloaded file checksum mismatch")
+    os.replace(tmp, dest)
+    if sync_directory_too:
+        sync_directory(dest.parent)
+    return Download(dest, partial.written, actual)
 
 
 def _stream(
@@ -100,18 +148,17 @@ def _stream(
     if partial.written:
         headers = {**headers, "Range": f"bytes={partial.written}-"}
     with client.get(url, headers) as response:
-        _check_response(response)
+        check_response(response)
         if partial.written and response.status_code == 200:
             partial.restart()
         for chunk in response.iter_bytes(CHUNK):
             if cancel is not None and cancel.is_set():
                 raise Interrupted("Sync interrupted: the worker is shutting down")
-            partial.handle.write(chunk)
-            partial.digest.update(chunk)
-            partial.written += len(chunk)
+            partial.add(chunk)
 
 
-def _check_response(response: BlobResponse) -> None:
+def check_response(response: BlobResponse) -> None:
+    """Raise the error a non-success answer of the primary means (401, 404, 5xx, ...)."""
     if response.status_code in (200, 206):
         return
     response.read()
@@ -136,7 +183,8 @@ def _json_message(response: BlobResponse) -> str:
         return response.text[:200]
 
 
-def _fsync_dir(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
+    """Make the entries of `directory` (a rename into it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

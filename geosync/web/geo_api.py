@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +21,7 @@ from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
+from geosync.web.blob_batch import BATCH_MEDIA_TYPE, BatchSource, parse_ids
 from geosync.web.git_http import git_http_backend
 
 router = APIRouter(prefix="/api/v4/geo", tags=["geo"])
@@ -118,6 +119,33 @@ async def retrieve(replicable_name: str, model_record_id: int, request: Request)
         "range" in request.headers,
     )
     return response
+
+
+def _batch_source(
+    geo: Geo, header: str | None, scope: str, name: str, raw_ids: str | None
+) -> BatchSource | Response:
+    with geo.main_reads() as conn:
+        try:
+            authenticate_node(geo, conn, header, scope, on_primary=True)
+        except AuthenticationError as exc:
+            return _unauthorized(exc)
+        return BatchSource.load(geo, name, parse_ids(raw_ids), conn)
+
+
+@router.get("/retrieve/{replicable_name}", response_model=None)
+async def retrieve_batch(replicable_name: str, request: Request) -> Response:
+    """Send many small blobs in one framed response (format: `geosync.web.blob_batch`)."""
+    found = await run_in_threadpool(
+        _batch_source,
+        request.app.state.geo,
+        request.headers.get("authorization"),
+        f"{request.url.path}?{request.url.query}",
+        replicable_name,
+        request.query_params.get("ids"),
+    )
+    if isinstance(found, Response):
+        return found
+    return StreamingResponse(found.pieces(), media_type=BATCH_MEDIA_TYPE)
 
 
 _GIT_PATH = "/repositories/{replicable_name}/{model_record_id:int}.git/{rest:path}"

@@ -77,8 +77,9 @@ def test_demo_times_out_with_a_clear_message(tmp_path: Path) -> None:
             *DEMO,
             "--dir",
             str(tmp_path / "demo"),
+            # More than a secondary syncs and verifies in the shortest timeout on this machine.
             "--blobs",
-            "400",
+            "5000",
             "--repos",
             "0",
             "--exit-when-synced",

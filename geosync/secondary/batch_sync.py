@@ -1,0 +1,229 @@
+"""Syncing several blobs of one replicator with one request (`geosync.web.blob_batch`).
+
+Each item is still its own sync: its own claim, checksum check, atomic write, registry outcome,
+attempt row and log line, exactly as `SyncService` does alone. Only the transfer is shared, and
+an item the primary sends `separate` (too large to inline) is synced alone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from geosync.auth import BLOB_TOKEN_TTL, node_header
+from geosync.errors import PrimaryMissing, TransferError
+from geosync.registry import VerificationState
+from geosync.secondary.blob_client import BlobResponse, TransportFailure
+from geosync.secondary.settlement import Failure, Settled, Success
+from geosync.secondary.sync import SyncService
+from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
+from geosync.strategies.blob import BlobReplicator
+from geosync.web.blob_batch import HEADER, MAX_HEADER, batch_path
+
+if TYPE_CHECKING:
+    from geosync.secondary.blob_client import BlobClient
+
+
+@dataclass
+class _Item:
+    """One blob of the batch: its sync, where it goes and what the primary says it is."""
+
+    service: SyncService
+    replicator: BlobReplicator
+    dest: Path
+    relative: str
+    expected: str | None
+
+
+class BatchSync:
+    """Runs the syncs of `services` (all blobs of one replicator) over one batch request."""
+
+    def __init__(
+        self, services: list[SyncService], client: BlobClient, cancel: threading.Event | None
+    ) -> None:
+        self.services = services
+        self.client = client
+        self.cancel = cancel
+
+    def execute(self) -> int:
+        """Run every sync; returns how many rows ended synced."""
+        clock_start = time.monotonic()
+        results: dict[int, Success | BaseException] = {}
+        wanted: dict[int, _Item] = {}
+        for service in self.services:
+            try:
+                item = self._plan(service)
+            except Exception as exc:
+                results[service.model_record_id] = exc
+                continue
+            if isinstance(item, Success):
+                results[service.model_record_id] = item
+            else:
+                wanted[service.model_record_id] = item
+        interrupted: BaseException | None = None
+        if wanted:
+            try:
+                results.update(self._transfer(wanted))
+            except BaseException as exc:  # every row still gets its outcome written
+                results.update((model_id, exc) for model_id in wanted if model_id not in results)
+                interrupted = exc
+        done = self._settle(results, clock_start)
+        if interrupted is not None and not isinstance(interrupted, Exception):
+            raise interrupted
+        return done
+
+    def _plan(self, service: SyncService) -> _Item | Success:
+        record, expected = service.record()
+        replicator = service.replicator(record, geo=service.geo)
+        assert isinstance(replicator, BlobReplicator)
+        dest = replicator.file_path()
+        relative = replicator.blob_path()
+        if service.can_skip_download(replicator, dest, expected):
+            return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
+        return _Item(service, replicator, dest, relative, expected)
+
+    def _transfer(self, wanted: dict[int, _Item]) -> dict[int, Success | BaseException]:
+        first = next(iter(wanted.values())).service
+        route = first.route()
+        path = batch_path(first.replicator.replicable_name, list(wanted))
+        headers = {"Authorization": node_header(first.geo, path, BLOB_TOKEN_TTL, route.node)}
+        results: dict[int, Success | BaseException] = {}
+        separate: list[int] = []
+        try:
+            with self.client.get(route.primary_url.rstrip("/") + path, headers) as response:
+                check_response(response)
+                for _ in wanted:
+                    model_id, outcome = self._receive(response, wanted)
+                    if outcome is None:
+                        separate.append(model_id)
+                    else:
+                        results[model_id] = outcome
+        except TransportFailure as exc:
+            failure = TransferError(f"Connection to the primary failed: {exc}")
+            for model_id in wanted:
+                results.setdefault(model_id, failure)
+        except TransferError as exc:
+            for model_id in wanted:
+                results.setdefault(model_id, exc)
+        self._sync_directories(wanted, results)
+        for model_id in separate:  # too large for a batch: the single, resumable endpoint
+            results[model_id] = self._alone(wanted[model_id].service)
+        return results
+
+    def _sync_directories(
+        self, wanted: dict[int, _Item], results: dict[int, Success | BaseException]
+    ) -> None:
+        """One directory sync per directory written, before any row is recorded synced."""
+        written: dict[Path, list[int]] = {}
+        for model_id, result in results.items():
+            if isinstance(result, Success) and model_id in wanted:
+                written.setdefault(wanted[model_id].dest.parent, []).append(model_id)
+        for directory, ids in written.items():
+            try:
+                sync_directory(directory)
+            except OSError as exc:
+                for model_id in ids:
+                    results[model_id] = TransferError(f"Cannot make the copy durable: {exc}")
+
+    def _receive(
+        self, response: BlobResponse, wanted: dict[int, _Item]
+    ) -> tuple[int, Success | BaseException | None]:
+        header = _read_header(response)
+        model_id = header.get("id")
+        item = wanted.get(model_id) if isinstance(model_id, int) else None
+        if item is None or not isinstance(model_id, int):
+            raise TransferError(f"the primary's batch answered for an unrequested id {model_id!r}")
+        status = header.get("status")
+        if status == "separate":
+            return model_id, None
+        if status == "file_not_found":
+            return model_id, PrimaryMissing(f"File is missing on the primary: {header['message']}")
+        if status == "not_found":
+            return model_id, TransferError(
+                f"The primary does not know this record: {header['message']}"
+            )
+        size = header.get("size")
+        if status != "ok" or not isinstance(size, int) or size < 0:
+            raise TransferError(f"the primary's batch sent a malformed frame: {header!r}")
+        chunks = _exactly(response, size)
+        try:
+            download = write_blob(
+                item.dest,
+                chunks,
+                expected_sha256=item.expected,
+                cancel=self.cancel,
+                sync_directory=False,
+            )
+        except TransportFailure:
+            raise
+        except Exception as exc:  # this item failed (checksum, disk): the stream goes on
+            for _ in chunks:
+                pass
+            return model_id, exc
+        verified = item.expected is not None
+        return model_id, Success(
+            item.relative,
+            VerificationState.SUCCEEDED if verified else VerificationState.DISABLED,
+            download.sha256 if verified else None,
+            bytes=download.bytes,
+        )
+
+    def _alone(self, service: SyncService) -> Success | BaseException:
+        try:
+            return service.transfer()
+        except Exception as exc:
+            return exc
+
+    def _settle(self, results: dict[int, Success | BaseException], clock_start: float) -> int:
+        finished = []
+        for service in self.services:
+            result = results[service.model_record_id]
+            outcome = service.failure(result) if isinstance(result, BaseException) else result
+            finished.append((service, outcome))
+        answers = _settle_all(finished)
+        done = 0
+        for (service, outcome), settled in zip(finished, answers, strict=True):
+            if isinstance(outcome, Success):
+                done += service.conclude(outcome, settled, clock_start)
+        return done
+
+
+def _settle_all(finished: list[tuple[SyncService, Success | Failure]]) -> list[Settled]:
+    """One group commit for the whole batch when a settler is there."""
+    first = finished[0][0]
+    items = [service.finished(outcome) for service, outcome in finished]
+    if first.settler is not None:
+        return first.settler.settle_all(items)
+    from geosync.secondary.settlement import settle_group
+
+    with first.geo.tracking() as conn:
+        return settle_group(conn, items, first.geo.clock.now())
+
+
+def _read_header(response: BlobResponse) -> dict[str, object]:
+    (length,) = HEADER.unpack(b"".join(_exactly(response, HEADER.size)))
+    if length > MAX_HEADER:
+        raise TransferError("the primary's batch is malformed (frame header too long)")
+    try:
+        header = json.loads(b"".join(_exactly(response, length)))
+    except ValueError:
+        raise TransferError("the primary's batch is malformed (frame header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise TransferError("the primary's batch is malformed (frame header is not an object)")
+    return header
+
+
+def _exactly(response: BlobResponse, size: int) -> Iterator[bytes]:
+    """`size` bytes of the body, in chunks; `TransportFailure` if it ends first."""
+    left = size
+    while left > 0:
+        chunk = response.read_chunk(min(left, CHUNK))
+        if not chunk:
+            raise TransportFailure("the primary's batch ended in the middle of a frame")
+        left -= len(chunk)
+        yield chunk

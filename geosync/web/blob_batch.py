@@ -1,0 +1,132 @@
+"""Many small blobs in one response: the batch form of blob retrieval.
+
+`GET /api/v4/geo/retrieve/<replicable_name>?ids=1,2,3` answers with one frame per requested id,
+in request order. A frame is a 4-byte big-endian header length, a JSON header and, for a file
+sent inline, exactly `size` bytes of content. The header's `status` is one of:
+
+- `ok`: the file follows (`size` bytes);
+- `file_not_found`: the record exists but its file does not (the single endpoint's
+  `FILE_NOT_FOUND`);
+- `not_found`: no such record;
+- `separate`: the file is too large to send inline; fetch it with the single endpoint, which
+  streams it and supports HTTP Range resumes.
+
+Per-request costs (a connection turn, authentication, a record query) dominate the transfer of a
+small file; a batch pays them once. The token's `data` covers the path and the exact id list,
+so it is worthless for any other set of items.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from geosync.app import Geo
+from geosync.errors import NotFound, ValidationError
+from geosync.strategies.blob import BlobReplicator
+
+BATCH_MEDIA_TYPE = "application/vnd.geosync.blob-batch"
+#: Most ids one batch request may name.
+MAX_BATCH_IDS = 100
+#: Files up to this size travel inline; larger ones are marked `separate`.
+INLINE_LIMIT = 1024 * 1024
+#: Frames are sent in pieces of about this size (bounds the memory of a response).
+PIECE = 1024 * 1024
+HEADER = struct.Struct(">I")
+#: A frame header is small; a larger declared length means the stream is not a batch.
+MAX_HEADER = 64 * 1024
+
+
+def batch_path(replicable_name: str, ids: Sequence[int]) -> str:
+    """The URL path and query of a batch; its token is scoped to exactly this string."""
+    return f"/api/v4/geo/retrieve/{replicable_name}?ids={','.join(str(i) for i in ids)}"
+
+
+def parse_ids(raw: str | None) -> list[int]:
+    """The ids of a batch request, or `ValidationError` saying what is wrong."""
+    if not raw:
+        raise ValidationError("ids: give one or more record ids, separated by commas")
+    try:
+        ids = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise ValidationError("ids: every id must be an integer") from None
+    if len(ids) > MAX_BATCH_IDS:
+        raise ValidationError(f"ids: at most {MAX_BATCH_IDS} ids per request")
+    if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
+        raise ValidationError("ids: ids must be positive and distinct")
+    return ids
+
+
+def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+    """One frame: header length, JSON header, content."""
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return HEADER.pack(len(encoded)) + encoded + body
+
+
+@dataclass
+class BatchSource:
+    """The records of one batch request, loaded up front; files are read as frames are sent."""
+
+    geo: Geo
+    replicator: type[BlobReplicator]
+    ids: list[int]
+    records: dict[int, Any]
+
+    @classmethod
+    def load(cls, geo: Geo, name: str, ids: list[int], conn: Any) -> BatchSource:
+        """The batch's records, in one query on `conn`."""
+        try:
+            replicator = geo.catalog.get(name)
+        except NotFound:
+            raise NotFound(f"{name} not found") from None
+        if not issubclass(replicator, BlobReplicator):
+            raise NotFound(f"{name} not found")
+        mapper = replicator.model.__mapper__
+        with Session(conn, expire_on_commit=False) as session:
+            found = session.scalars(
+                select(replicator.model).where(mapper.primary_key[0].in_(ids))
+            ).all()
+            session.expunge_all()
+        records = {int(mapper.primary_key_from_instance(r)[0]): r for r in found}
+        return cls(geo, replicator, ids, records)
+
+    def pieces(self) -> Iterator[bytes]:
+        """The response body, in pieces of about `PIECE` bytes."""
+        pending: list[bytes] = []
+        size = 0
+        for model_id in self.ids:
+            data = self._frame(model_id)
+            pending.append(data)
+            size += len(data)
+            if size >= PIECE:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
+
+    def _frame(self, model_id: int) -> bytes:
+        name = self.replicator.replicable_name
+        record = self.records.get(model_id)
+        if record is None:
+            return frame({"id": model_id, "status": "not_found", "message": f"{name} not found"})
+        path = self.replicator(record, geo=self.geo).file_path()
+        try:
+            handle = path.open("rb")
+        except OSError:
+            message = f"{name} file not found"
+            return frame({"id": model_id, "status": "file_not_found", "message": message})
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > INLINE_LIMIT:
+                return frame({"id": model_id, "status": "separate", "size": size})
+            data = handle.read(INLINE_LIMIT + 1)
+        if len(data) > INLINE_LIMIT:  # grew since fstat
+            return frame({"id": model_id, "status": "separate", "size": len(data)})
+        return frame({"id": model_id, "status": "ok", "size": len(data)}, data)

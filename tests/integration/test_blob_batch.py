@@ -1,0 +1,213 @@
+"""Many small blobs per request: the primary's batch answer and the secondary's batch syncs."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from geosync.attempts import recent_attempts
+from geosync.auth import BLOB_TOKEN_TTL, node_header
+from geosync.demo.models import Upload
+from geosync.demo.replicators import UploadReplicator
+from geosync.primary.verification import PrimaryVerificationLoop
+from geosync.registry import Registry, SyncState, VerificationState
+from geosync.secondary.batch_sync import BatchSync
+from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.settlement import Settler
+from geosync.secondary.sync import SyncService, prefetch
+from geosync.secondary.transfer import Interrupted, write_blob
+from geosync.testing import SitePair
+from geosync.web.blob_batch import INLINE_LIMIT, MAX_BATCH_IDS, batch_path
+
+LARGE = INLINE_LIMIT + 12_345
+
+
+def add_upload(sites: SitePair, name: str, content: bytes | None) -> int:
+    """An Upload row on the primary, with its file unless `content` is None."""
+    if content is not None:
+        path = sites.primary.settings.blob_storage("uploads") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    with sites.primary.session() as session:
+        upload = Upload(path=name, namespace_id=1, size=len(content or b""))
+        session.add(upload)
+        session.commit()
+        return int(upload.id)
+
+
+def frames(body: bytes) -> list[tuple[dict[str, object], bytes]]:
+    """Split a batch body into (header, content) pairs."""
+    found = []
+    while body:
+        (length,) = struct.unpack(">I", body[:4])
+        header = json.loads(body[4 : 4 + length])
+        size = header.get("size", 0) if header["status"] == "ok" else 0
+        found.append((header, body[4 + length : 4 + length + size]))
+        body = body[4 + length + size :]
+    return found
+
+
+def get(sites: SitePair, base: str, path: str, signed: str | None = None) -> httpx.Response:
+    """GET `path`, signed by the secondary for `signed` (default: the path itself)."""
+    header = node_header(sites.secondary, signed or path, BLOB_TOKEN_TTL)
+    return httpx.get(base.rstrip("/") + path, headers={"Authorization": header}, timeout=30)
+
+
+def test_the_primary_answers_each_id_in_order(live_sites: SitePair) -> None:
+    sites = live_sites
+    small, empty = os.urandom(70_000), b""
+    ok = add_upload(sites, "b/ok.bin", small)
+    blank = add_upload(sites, "b/empty.bin", empty)
+    lost = add_upload(sites, "b/lost.bin", None)
+    large = add_upload(sites, "b/large.bin", os.urandom(LARGE))
+    gone = large + 1000
+    with sites.primary_served() as base:
+        response = get(sites, base, batch_path("upload", [large, ok, gone, lost, blank]))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/vnd.geosync.blob-batch")
+    got = frames(response.content)
+    assert [(h["id"], h["status"]) for h, _ in got] == [
+        (large, "separate"),
+        (ok, "ok"),
+        (gone, "not_found"),
+        (lost, "file_not_found"),
+        (blank, "ok"),
+    ]
+    assert got[0][0]["size"] == LARGE and got[0][1] == b""
+    assert got[1] == ({"id": ok, "status": "ok", "size": len(small)}, small)
+    assert got[4][1] == b""
+
+
+def test_a_batch_token_is_good_for_exactly_its_ids(live_sites: SitePair) -> None:
+    sites = live_sites
+    secret = os.urandom(1000)
+    first = add_upload(sites, "s/1.bin", secret)
+    second = add_upload(sites, "s/2.bin", secret)
+    with sites.primary_served() as base:
+        other = get(
+            sites, base, batch_path("upload", [first, second]), signed=batch_path("upload", [first])
+        )
+        bare = httpx.get(base.rstrip("/") + batch_path("upload", [first]), timeout=30)
+    for response in (other, bare):
+        assert response.status_code == 401
+        assert "message" in response.json()
+        assert secret not in response.content
+
+
+@pytest.mark.parametrize(
+    "ids",
+    ["", "1,x", "1,1", "0", ",".join(str(i) for i in range(1, MAX_BATCH_IDS + 2))],
+)
+def test_bad_id_lists_are_clear_errors(live_sites: SitePair, ids: str) -> None:
+    path = f"/api/v4/geo/retrieve/upload?ids={ids}"
+    with live_sites.primary_served() as base:
+        response = get(live_sites, base, path)
+    assert 400 <= response.status_code < 500
+    assert "ids" in response.json()["message"]
+
+
+def claimed_services(sites: SitePair, ids: list[int], settler: Settler | None) -> list[SyncService]:
+    """Claim the rows of `ids` and make their syncs, as the scheduler does."""
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, ids)
+        claims = registry.claim(conn, len(ids), "test")
+    records = prefetch(sites.secondary, UploadReplicator, ids)
+    client = BlobClient()
+    return [
+        SyncService(
+            sites.secondary, UploadReplicator, i, started, client, None, None, settler, records[i]
+        )
+        for i, started in claims
+    ]
+
+
+def checksum_on_primary(sites: SitePair) -> None:
+    loop = PrimaryVerificationLoop(sites.primary, threads=1)
+    try:
+        while loop.run_once() == 0:
+            pass
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["settler", "direct"])
+def test_a_batch_settles_every_item_as_its_own_sync(live_sites: SitePair, grouped: bool) -> None:
+    sites = live_sites
+    contents = {f"c/{n}.bin": os.urandom(1000 + n) for n in range(3)}
+    ids = {add_upload(sites, name, data): name for name, data in contents.items()}
+    changed = add_upload(sites, "c/changed.bin", b"original")
+    large_data = os.urandom(LARGE)
+    large = add_upload(sites, "c/large.bin", large_data)
+    lost = add_upload(sites, "c/lost.bin", None)
+    checksum_on_primary(sites)
+    (sites.primary.settings.blob_storage("uploads") / "c/changed.bin").write_bytes(b"tampered")
+    gone = add_upload(sites, "c/gone.bin", b"x")  # deleted on the primary after the claim
+    every = [*ids, changed, large, lost, gone]
+    settler = Settler(sites.secondary) if grouped else None
+    services = claimed_services(sites, every, settler)
+    with sites.primary.session() as session:
+        session.delete(session.get(Upload, gone))
+        session.commit()
+    with sites.primary_served():
+        done = BatchSync(services, BlobClient(), None).execute()
+    storage = sites.secondary.settings.blob_storage("uploads")
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        rows = {i: registry.require(conn, i) for i in every}
+        attempts = {i: recent_attempts(conn, "upload", i) for i in every}
+    assert done == len(ids) + 1
+    for record_id, name in ids.items():
+        assert (storage / name).read_bytes() == contents[name]
+        assert rows[record_id].sync_state is SyncState.SYNCED
+        assert rows[record_id].verification is VerificationState.SUCCEEDED
+    assert (storage / "c/large.bin").read_bytes() == large_data
+    assert rows[large].sync_state is SyncState.SYNCED
+    assert rows[changed].sync_state is SyncState.FAILED
+    assert "checksum mismatch" in rows[changed].last_sync_failure
+    assert not (storage / "c/changed.bin").exists()
+    assert rows[lost].sync_state is SyncState.FAILED and rows[lost].missing_on_primary
+    assert rows[gone].sync_state is SyncState.FAILED
+    assert "does not know this record" in rows[gone].last_sync_failure
+    outcomes = {i: a[0].outcome for i, a in attempts.items()}
+    assert outcomes == {
+        **dict.fromkeys([*ids, large], "synced"),
+        **dict.fromkeys([changed, lost, gone], "failed"),
+    }
+    assert attempts[changed][0].error_class == "checksum_mismatch"
+    assert list(storage.rglob("tmp_*")) == []
+
+
+def test_a_batch_to_a_stopped_primary_fails_every_item_for_a_retry(live_sites: SitePair) -> None:
+    sites = live_sites
+    ids = [add_upload(sites, f"d/{n}.bin", b"data") for n in range(3)]
+    with sites.primary_served():
+        services = claimed_services(sites, ids, None)
+    assert BatchSync(services, BlobClient(), None).execute() == 0
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        rows = [registry.require(conn, i) for i in ids]
+    assert all(r.sync_state is SyncState.FAILED and r.retry_at is not None for r in rows)
+    assert all("Connection to the primary failed" in r.last_sync_failure for r in rows)
+    assert not list(sites.secondary.settings.blob_storage("uploads").rglob("*.bin"))
+
+
+def test_files_written_by_a_batch_are_never_partial(tmp_path: Path) -> None:
+    dest = tmp_path / "x" / "file.bin"
+    stop = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * 10
+        stop.set()
+        yield b"b" * 10
+
+    with pytest.raises(Interrupted):
+        write_blob(dest, chunks(), cancel=stop)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
