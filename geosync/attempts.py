@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, func, insert, select, tuple_
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_
 
 from geosync.db.tables import geo_sync_attempts
 from geosync.registry import cut
@@ -51,16 +51,23 @@ def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
     t = geo_sync_attempts
     conn.execute(insert(t), [_values(attempt) for attempt in attempts])
     items = sorted({(a.replicable_name, a.model_record_id) for a in attempts})
-    item = tuple_(t.c.replicable_name, t.c.model_record_id)
     # Most items are far from `KEEP` attempts: find the few that are over before deleting.
-    over = conn.execute(
+    over = conn.execute(_OVER_THE_LIMIT, {"items": items}).all()
+    if over:
+        conn.execute(_PRUNE, {"items": [tuple(row) for row in over]})
+
+
+def _statements() -> tuple[Any, Any]:
+    """The prune statements, built once: building costs more than running them."""
+    t = geo_sync_attempts
+    item = tuple_(t.c.replicable_name, t.c.model_record_id)
+    items: Any = bindparam("items", expanding=True)
+    over = (
         select(t.c.replicable_name, t.c.model_record_id)
         .where(item.in_(items))
         .group_by(t.c.replicable_name, t.c.model_record_id)
         .having(func.count() > KEEP)
-    ).all()
-    if not over:
-        return
+    )
     ranked = (
         select(
             t.c.id,
@@ -68,10 +75,14 @@ def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
             .over(partition_by=(t.c.replicable_name, t.c.model_record_id), order_by=t.c.id.desc())
             .label("rank"),
         )
-        .where(item.in_([tuple(row) for row in over]))
+        .where(item.in_(items))
         .subquery()
     )
-    conn.execute(delete(t).where(t.c.id.in_(select(ranked.c.id).where(ranked.c.rank > KEEP))))
+    prune = delete(t).where(t.c.id.in_(select(ranked.c.id).where(ranked.c.rank > KEEP)))
+    return over, prune
+
+
+_OVER_THE_LIMIT, _PRUNE = _statements()
 
 
 def _values(attempt: Attempt) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -15,9 +16,15 @@ _SECRET_KEYS = ("authorization", "secret", "token", "password")
 def _scrub(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Secrets never reach a log line, whatever a caller passes."""
     for key in list(event):
-        if any(word in key.lower() for word in _SECRET_KEYS):
+        if _secret_key(key):
             event[key] = "[FILTERED]"
     return event
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether a log field named `key` may hold a secret (log fields are few and repeat)."""
+    return any(word in key.lower() for word in _SECRET_KEYS)
 
 
 def configure(fmt: str = "json", level: str = "info") -> None:

@@ -13,7 +13,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, text, union_all
 
@@ -97,11 +97,19 @@ def started_total(conn: Connection, registries: list[Registry]) -> int:
     """Rows in `started` across `registries` (every worker process of the site), one query."""
     if not registries:
         return 0
-    counts = [
-        select(func.count()).select_from(r.table).where(r.table.c.state == SyncState.STARTED)
-        for r in registries
-    ]
-    return sum(int(n) for n in conn.execute(union_all(*counts)).scalars())
+    tables = tuple(r.table for r in registries)
+    statement = _STARTED_COUNTS.get(tables)
+    if statement is None:
+        counts = [
+            select(func.count()).select_from(t).where(t.c.state == SyncState.STARTED)
+            for t in tables
+        ]
+        statement = _STARTED_COUNTS[tables] = union_all(*counts)
+    return sum(int(n) for n in conn.execute(statement).scalars())
+
+
+#: `started_total` statements, by the registry tables they count (built once).
+_STARTED_COUNTS: dict[tuple[Any, ...], Any] = {}
 
 
 class SchedulerLoop:

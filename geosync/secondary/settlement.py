@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from geosync.attempts import Attempt, record_attempts
 from geosync.errors import GeoError, PrimaryMissing
-from geosync.registry import Registry, VerificationState
+from geosync.registry import Registry, SyncedRow, VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -87,39 +87,53 @@ def failure_of(exc: BaseException, error_class: str) -> Failure:
 
 def settle_group(conn: Connection, group: Sequence[Finished], now: datetime) -> list[Settled]:
     """Write every finished sync of `group` in `conn`'s transaction; one answer per sync."""
-    answers: list[Settled] = []
-    attempts: list[Attempt] = []
-    for item in group:
-        answer, outcome = (
-            _settle_success(conn, item, item.result)
-            if isinstance(item.result, Success)
-            else _settle_failure(conn, item, item.result)
-        )
-        answers.append(answer)
+    answers: dict[int, tuple[Settled, str | None]] = {}
+    by_registry: dict[tuple[type[Registry], str], list[tuple[int, Finished]]] = {}
+    for index, item in enumerate(group):
+        if isinstance(item.result, Success):
+            key = (type(item.registry), item.registry.table.name)
+            by_registry.setdefault(key, []).append((index, item))
+        else:
+            answers[index] = _settle_failure(conn, item, item.result)
+    for successes in by_registry.values():
+        answers.update(_settle_successes(conn, successes))
+    attempts = []
+    for index, item in enumerate(group):
+        outcome = answers[index][1]
         if outcome is not None:
             attempts.append(_attempt(item, now, outcome))
     record_attempts(conn, attempts)
+    return [answers[index][0] for index in range(len(group))]
+
+
+def _settle_successes(
+    conn: Connection, successes: list[tuple[int, Finished]]
+) -> dict[int, tuple[Settled, str | None]]:
+    registry = successes[0][1].registry
+    syncs = []
+    for _, item in successes:
+        success = item.result
+        assert isinstance(success, Success)
+        syncs.append(
+            SyncedRow(
+                item.model_record_id,
+                item.started_at,
+                success.verification,
+                success.checksum,
+                success.missing_on_primary,
+                success.local_path,
+            )
+        )
+    done = registry.synced_rows(conn, syncs)
+    answers: dict[int, tuple[Settled, str | None]] = {}
+    for index, item in successes:
+        row = done.get(item.model_record_id)
+        if row is not None:
+            answers[index] = Settled(True, pending_since=row.pending_since), "synced"
+        else:  # read after the UPDATE: on PostgreSQL it waited for a deletion in flight
+            gone = registry.get(conn, item.model_record_id) is None
+            answers[index] = Settled(False, gone=gone), "superseded"
     return answers
-
-
-def _settle_success(
-    conn: Connection, item: Finished, success: Success
-) -> tuple[Settled, str | None]:
-    registry = item.registry
-    row = registry.synced_row(
-        conn,
-        item.model_record_id,
-        item.started_at,
-        verification=success.verification,
-        checksum=success.checksum,
-        missing_on_primary=success.missing_on_primary,
-        local_path=success.local_path,
-    )
-    if row is not None:
-        return Settled(True, pending_since=row.pending_since), "synced"
-    # Read after the UPDATE: on PostgreSQL it waited for a deletion in flight.
-    gone = registry.get(conn, item.model_record_id) is None
-    return Settled(False, gone=gone), "superseded"
 
 
 def _settle_failure(

@@ -89,18 +89,11 @@ def prefetch(geo: Geo, replicator: type[Replicator], ids: list[int]) -> dict[int
 
     The scheduler reads them for a whole claim at once; a sync run alone reads its own.
     """
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
+    from geosync.model import load_records
     from geosync.verification import primary_checksums
 
-    model = replicator.model
-    mapper = model.__mapper__
     with geo.main_reads() as main:
-        with Session(main, expire_on_commit=False) as session:
-            found = session.scalars(select(model).where(mapper.primary_key[0].in_(ids)))
-            records = {int(mapper.primary_key_from_instance(r)[0]): r for r in found}
-            session.expunge_all()
+        records = load_records(main, replicator.model, ids)
         checksums = primary_checksums(geo, main, replicator, records) if records else {}
     return {i: (records.get(i), checksums.get(i)) for i in ids}
 

@@ -25,11 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from geosync.app import Geo
 from geosync.errors import NotFound, ValidationError
+from geosync.model import load_records
 from geosync.strategies.blob import BlobReplicator
 
 BATCH_MEDIA_TYPE = "application/vnd.geosync.blob-batch"
@@ -88,14 +86,7 @@ class BatchSource:
             raise NotFound(f"{name} not found") from None
         if not issubclass(replicator, BlobReplicator):
             raise NotFound(f"{name} not found")
-        mapper = replicator.model.__mapper__
-        with Session(conn, expire_on_commit=False) as session:
-            found = session.scalars(
-                select(replicator.model).where(mapper.primary_key[0].in_(ids))
-            ).all()
-            session.expunge_all()
-        records = {int(mapper.primary_key_from_instance(r)[0]): r for r in found}
-        return cls(geo, replicator, ids, records)
+        return cls(geo, replicator, ids, load_records(conn, replicator.model, ids))
 
     def pieces(self) -> Iterator[bytes]:
         """The response body, in pieces of about `PIECE` bytes."""

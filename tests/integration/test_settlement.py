@@ -66,17 +66,17 @@ class BlockingRegistry(Registry):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def synced_row(self, conn: Connection, *args: Any, **kwargs: Any) -> RegistryRow | None:
+    def synced_rows(self, conn: Connection, *args: Any, **kwargs: Any) -> dict[int, RegistryRow]:
         if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(10)
-        return super().synced_row(conn, *args, **kwargs)
+        return super().synced_rows(conn, *args, **kwargs)
 
 
 class BrokenRegistry(Registry):
     """An injected fault: writing this registry's rows fails."""
 
-    def synced_row(self, conn: Connection, *args: Any, **kwargs: Any) -> RegistryRow | None:
+    def synced_rows(self, conn: Connection, *args: Any, **kwargs: Any) -> dict[int, RegistryRow]:
         raise RuntimeError("injected fault")
 
 
