@@ -23,7 +23,8 @@ from geosync.secondary.settlement import Failure, Settled, Success
 from geosync.secondary.sync import SyncService
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
 from geosync.strategies.blob import BlobReplicator
-from geosync.web.blob_batch import HEADER, MAX_HEADER, batch_path
+from geosync.web.blob_batch import HEADER, MAX_HEADER
+from geosync.web.node_paths import batch_path
 
 if TYPE_CHECKING:
     from geosync.secondary.blob_client import BlobClient

@@ -39,7 +39,7 @@ from geosync.secondary.settlement import (
 from geosync.secondary.transfer import download_blob
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
-from geosync.web.geo_api import repository_base_path, retrieve_path
+from geosync.web.node_paths import repository_base_path, retrieve_path
 
 if TYPE_CHECKING:
     from geosync.app import Geo

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +40,6 @@ PIECE = 1024 * 1024
 HEADER = struct.Struct(">I")
 #: A frame header is small; a larger declared length means the stream is not a batch.
 MAX_HEADER = 64 * 1024
-
-
-def batch_path(replicable_name: str, ids: Sequence[int]) -> str:
-    """The URL path and query of a batch; its token is scoped to exactly this string."""
-    return f"/api/v4/geo/retrieve/{replicable_name}?ids={','.join(str(i) for i in ids)}"
 
 
 def parse_ids(raw: str | None) -> list[int]:

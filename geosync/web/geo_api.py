@@ -23,22 +23,13 @@ from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
 from geosync.web.blob_batch import BATCH_MEDIA_TYPE, BatchSource, parse_ids
 from geosync.web.git_http import git_http_backend
+from geosync.web.node_paths import GEO_API, repository_base_path
 
-router = APIRouter(prefix="/api/v4/geo", tags=["geo"])
+router = APIRouter(prefix=GEO_API, tags=["geo"])
 FILE_NOT_FOUND = "FILE_NOT_FOUND"
 BLOB_MEDIA_TYPE = "application/octet-stream"
 #: Blobs up to this size are read whole and sent in one body; larger ones are streamed.
 WHOLE_READ_LIMIT = 1024 * 1024
-
-
-def repository_base_path(replicable_name: str, model_record_id: int) -> str:
-    """The URL path of one repository; tokens for git fetches are scoped to it."""
-    return f"/api/v4/geo/repositories/{replicable_name}/{model_record_id}.git"
-
-
-def retrieve_path(replicable_name: str, model_record_id: int) -> str:
-    """The URL path of one blob; its token is scoped to exactly this path."""
-    return f"/api/v4/geo/retrieve/{replicable_name}/{model_record_id}"
 
 
 def _unauthorized(exc: AuthenticationError) -> JSONResponse:

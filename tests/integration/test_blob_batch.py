@@ -24,7 +24,8 @@ from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import SyncService, prefetch
 from geosync.secondary.transfer import Interrupted, write_blob
 from geosync.testing import SitePair
-from geosync.web.blob_batch import INLINE_LIMIT, MAX_BATCH_IDS, batch_path
+from geosync.web.blob_batch import INLINE_LIMIT, MAX_BATCH_IDS
+from geosync.web.node_paths import batch_path
 
 LARGE = INLINE_LIMIT + 12_345
 

@@ -23,7 +23,7 @@ from geosync.reverification import reverify_one
 from geosync.testing import SitePair
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for
 from geosync.verification import primary_verifiable
-from geosync.web.geo_api import repository_base_path
+from geosync.web.node_paths import repository_base_path
 from tests import gitutil
 
 
