@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from geosync.secondary.blob_client import BlobClient
 
 
+#: Files too large for a batch are downloaded this many at a time.
+LARGE_AT_ONCE = 4
+
+
 @dataclass
 class _Item:
     """One blob of the batch: its sync, where it goes and what the primary says it is."""
@@ -45,11 +50,17 @@ class BatchSync:
     """Runs the syncs of `services` (all blobs of one replicator) over one batch request."""
 
     def __init__(
-        self, services: list[SyncService], client: BlobClient, cancel: threading.Event | None
+        self,
+        services: list[SyncService],
+        client: BlobClient,
+        cancel: threading.Event | None,
+        writers: ThreadPoolExecutor | None = None,
     ) -> None:
         self.services = services
         self.client = client
         self.cancel = cancel
+        #: Files are written (created, fsynced, renamed) here while the next ones arrive.
+        self.writers = writers
 
     def execute(self) -> int:
         """Run every sync; returns how many rows ended synced."""
@@ -94,6 +105,7 @@ class BatchSync:
         path = batch_path(first.replicator.replicable_name, list(wanted))
         headers = {"Authorization": node_header(first.geo, path, BLOB_TOKEN_TTL, route.node)}
         results: dict[int, Success | BaseException] = {}
+        writing: dict[int, Future[Success | BaseException]] = {}
         separate: list[int] = []
         try:
             with self.client.get(route.primary_url.rstrip("/") + path, headers) as response:
@@ -102,6 +114,8 @@ class BatchSync:
                     model_id, outcome = self._receive(response, wanted)
                     if outcome is None:
                         separate.append(model_id)
+                    elif isinstance(outcome, Future):
+                        writing[model_id] = outcome
                     else:
                         results[model_id] = outcome
         except TransportFailure as exc:
@@ -111,9 +125,14 @@ class BatchSync:
         except TransferError as exc:
             for model_id in wanted:
                 results.setdefault(model_id, exc)
+        finally:
+            results.update((model_id, future.result()) for model_id, future in writing.items())
         self._sync_directories(wanted, results)
-        for model_id in separate:  # too large for a batch: the single, resumable endpoint
-            results[model_id] = self._alone(wanted[model_id].service)
+        if separate:  # too large for a batch: the single, resumable endpoint, a few at a time
+            services = [wanted[model_id].service for model_id in separate]
+            workers = min(len(services), LARGE_AT_ONCE)
+            with ThreadPoolExecutor(workers, thread_name_prefix="sync-large") as pool:
+                results.update(zip(separate, pool.map(self._alone, services), strict=True))
         return results
 
     def _sync_directories(
@@ -133,7 +152,7 @@ class BatchSync:
 
     def _receive(
         self, response: BlobResponse, wanted: dict[int, _Item]
-    ) -> tuple[int, Success | BaseException | None]:
+    ) -> tuple[int, Success | BaseException | Future[Success | BaseException] | None]:
         header = _read_header(response)
         model_id = header.get("id")
         item = wanted.get(model_id) if isinstance(model_id, int) else None
@@ -151,23 +170,25 @@ class BatchSync:
         size = header.get("size")
         if status != "ok" or not isinstance(size, int) or size < 0:
             raise TransferError(f"the primary's batch sent a malformed frame: {header!r}")
-        chunks = _exactly(response, size)
+        data = b"".join(_exactly(response, size))  # at most INLINE_LIMIT bytes
+        if self.writers is None:
+            return model_id, self._write(item, data)
+        return model_id, self.writers.submit(self._write, item, data)
+
+    def _write(self, item: _Item, data: bytes) -> Success | BaseException:
+        """Put one received file in place; its failure (checksum, disk) is its own."""
         try:
             download = write_blob(
                 item.dest,
-                chunks,
+                [data],
                 expected_sha256=item.expected,
                 cancel=self.cancel,
                 sync_directory=False,
             )
-        except TransportFailure:
-            raise
-        except Exception as exc:  # this item failed (checksum, disk): the stream goes on
-            for _ in chunks:
-                pass
-            return model_id, exc
+        except Exception as exc:
+            return exc
         verified = item.expected is not None
-        return model_id, Success(
+        return Success(
             item.relative,
             VerificationState.SUCCEEDED if verified else VerificationState.DISABLED,
             download.sha256 if verified else None,

@@ -7,6 +7,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -157,8 +158,12 @@ def test_a_batch_settles_every_item_as_its_own_sync(live_sites: SitePair, groupe
     with sites.primary.session() as session:
         session.delete(session.get(Upload, gone))
         session.commit()
+    # As the scheduler runs it: a settler and a pool writing files; or each alone, inline.
+    writers = ThreadPoolExecutor(2) if grouped else None
     with sites.primary_served():
-        done = BatchSync(services, BlobClient(), None).execute()
+        done = BatchSync(services, BlobClient(), None, writers).execute()
+    if writers is not None:
+        writers.shutdown()
     storage = sites.secondary.settings.blob_storage("uploads")
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
