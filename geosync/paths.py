@@ -19,7 +19,7 @@ def resolve_inside(root: Path, relative: str) -> Path:
     if not relative or "\0" in relative or "\\" in relative:
         raise ValidationError(f"Invalid relative path: {relative!r}")
     pure = PurePosixPath(relative)
-    if pure.is_absolute() or ".." in pure.parts:
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
         raise ValidationError(f"Path must be relative and stay inside the root: {relative!r}")
     base = _resolved(root)
     if not _has_symlink(base, pure.parts):
