@@ -32,7 +32,9 @@ def test_a_link_that_stays_inside_resolves_to_its_target(root: Path) -> None:
     assert resolve_inside(root, "in/b/x") == root.resolve() / "a" / "b" / "x"
 
 
-@pytest.mark.parametrize("relative", ["out/x", "out", "a/file-out", "../x", "/etc/passwd", "", ".", "./"])
+@pytest.mark.parametrize(
+    "relative", ["out/x", "out", "a/file-out", "../x", "/etc/passwd", "", ".", "./"]
+)
 def test_anything_leading_out_is_refused(root: Path, relative: str) -> None:
     with pytest.raises(ValidationError):
         resolve_inside(root, relative)
