@@ -6,13 +6,14 @@ when the replicator's feature flag is on; it always joins the caller's transacti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, and_, bindparam, exists, false, insert, select, true
 
 from geosync.db.tables import geo_events, geo_nodes
-from geosync.flags import flag_enabled
+from geosync.flags import effective_flag, stored_flag
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -32,29 +33,65 @@ def publishing_site(geo: Geo, connection: Connection) -> bool:
     return is_primary and any(not n.primary for n in nodes)
 
 
-def publish_events(geo: Geo, connection: Connection, rows: Sequence[EventRow]) -> list[int]:
-    """Write `rows` to the event log in `connection`'s transaction; returns the new event ids."""
+def published_types(
+    geo: Geo, connection: Connection, replicators: Sequence[type[Replicator]]
+) -> set[type[Replicator]]:
+    """Which of `replicators` this site publishes events for: it is the primary, it has a
+    secondary and the type's flag is on. One query answers all of it, in the caller's
+    transaction.
+    """
+    unique = tuple(dict.fromkeys(replicators))
+    if not unique:
+        return set()
+    statement = _publication_statement(unique)
+    publishing, *stored = connection.execute(statement, {"node_name": geo.settings.node_name}).one()
+    if not publishing:
+        return set()
+    return {r for r, value in zip(unique, stored, strict=True) if effective_flag(r, value)}
+
+
+@functools.lru_cache(maxsize=256)
+def _publication_statement(replicators: tuple[type[Replicator], ...]) -> Any:
+    """`SELECT <primary with a secondary>, <stored flag of each replicator>`, built once."""
+    nodes = geo_nodes
+    primary_here = exists().where(nodes.c.name == bindparam("node_name"), nodes.c.primary == true())
+    a_secondary = exists().where(nodes.c.primary == false())
+    return select(and_(primary_here, a_secondary), *[stored_flag(r) for r in replicators])
+
+
+def publish_events(
+    geo: Geo,
+    connection: Connection,
+    rows: Sequence[EventRow],
+    *,
+    published: Collection[type[Replicator]] | None = None,
+) -> list[int]:
+    """Write `rows` to the event log in `connection`'s transaction; returns the new event ids.
+
+    `published` is what `published_types` answered, for a caller that read it moments ago (a
+    busy loop reads it once a second instead of once per batch); by default it is read here.
+    """
     for replicator_class, event_name, _payload in rows:
         replicator_class.check_event(event_name)
     for hook in published_hooks:
         hook(geo, connection, rows)
-    if not publishing_site(geo, connection):
+    if not rows:
         return []
-    enabled: dict[type[Replicator], bool] = {}
-    values = []
+    if published is None:
+        enabled = published_types(geo, connection, [row[0] for row in rows])
+    else:
+        enabled = set(published)
     now = geo.clock.now()
-    for replicator_class, event_name, payload in rows:
-        if replicator_class not in enabled:
-            enabled[replicator_class] = flag_enabled(connection, replicator_class)
-        if enabled[replicator_class]:
-            values.append(
-                {
-                    "replicable_name": replicator_class.replicable_name,
-                    "event_name": event_name,
-                    "payload": payload,
-                    "created_at": now,
-                }
-            )
+    values = [
+        {
+            "replicable_name": replicator_class.replicable_name,
+            "event_name": event_name,
+            "payload": payload,
+            "created_at": now,
+        }
+        for replicator_class, event_name, payload in rows
+        if replicator_class in enabled
+    ]
     if not values:
         return []
     # One multi-row INSERT ... RETURNING for the whole flush, ids in parameter order.

@@ -7,9 +7,9 @@ primary and reach secondaries through database replication.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, ScalarSelect, select
 
 from geosync.db.tables import geo_feature_flags
 from geosync.errors import NotFound
@@ -38,11 +38,24 @@ class Flag:
 
 def flag_enabled(connection: Connection, replicator: type[Replicator]) -> bool:
     """Whether replication of `replicator`'s type is on."""
-    stored = connection.execute(
-        select(geo_feature_flags.c.enabled).where(
-            geo_feature_flags.c.name == replicator.replication_flag_name
-        )
-    ).scalar_one_or_none()
+    stored = connection.execute(select(stored_flag(replicator))).scalar_one_or_none()
+    return effective_flag(replicator, stored)
+
+
+def stored_flag(replicator: type[Replicator]) -> ScalarSelect[Any]:
+    """The stored value of `replicator`'s flag as a SQL expression (NULL without a row), so a
+    caller can read it within a larger query.
+    """
+    table = geo_feature_flags
+    return (
+        select(table.c.enabled)
+        .where(table.c.name == replicator.replication_flag_name)
+        .scalar_subquery()
+    )
+
+
+def effective_flag(replicator: type[Replicator], stored: object) -> bool:
+    """The flag's value from what `stored_flag` read: the replicator's default without a row."""
     return replicator.replication_enabled_by_default if stored is None else bool(stored)
 
 

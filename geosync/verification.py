@@ -23,14 +23,20 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Column,
     Connection,
+    Integer,
+    String,
     Table,
     and_,
     bindparam,
     case,
+    exists,
     func,
+    literal,
+    or_,
     select,
     text,
     true,
+    union_all,
     update,
 )
 
@@ -48,6 +54,7 @@ TIMEOUT = timedelta(hours=8)
 REVERIFY_BATCH = 1000
 _IN_CHUNK = 500
 MISMATCH_FAILURE = "Checksum does not match the primary checksum"
+_NOW = bindparam("now", type_=UTCDateTime())
 
 
 @dataclass(frozen=True)
@@ -108,18 +115,14 @@ class Verifiable:
     # -- claims ------------------------------------------------------------------------------
 
     def claim(self, conn: Connection, limit: int) -> list[Claim]:
-        """Mark up to `limit` rows started: pending ones first, topped up with failed ones due."""
+        """Mark up to `limit` rows started, in one statement: pending ones first (never verified,
+        then oldest verification first), topped up with failed ones whose retry is due.
+        """
         if limit <= 0:
             return []
         now = self.geo.clock.now()
-        claims = self._claim(conn, "pending", limit, now)
-        if len(claims) < limit:
-            claims += self._claim(conn, "failed", limit - len(claims), now)
-        return claims
-
-    def _claim(self, conn: Connection, which: str, limit: int, now: datetime) -> list[Claim]:
         statement = _claim_statement(
-            self.table, self.key.name, self.registry, which, not is_sqlite(conn.engine)
+            self.table, self.key.name, self.registry, not is_sqlite(conn.engine)
         )
         claimed = conn.execute(statement, {"now": now, "limit": limit})
         claims = [Claim(int(key), now, checksum) for key, checksum in claimed]
@@ -142,59 +145,27 @@ class Verifiable:
         return bool(self.succeeded_many(conn, [(Claim(model_record_id, started_at), checksum)]))
 
     def succeeded_many(self, conn: Connection, results: Sequence[tuple[Claim, str]]) -> list[int]:
-        """started → succeeded for many claims in two statements; returns the record ids whose
-        claim still stood (the others were re-queued meanwhile and stay as they are).
-        """
-        mine = self.still_claimed(conn, [claim for claim, _checksum in results])
-        rows = [(claim, checksum) for claim, checksum in results if claim.model_record_id in mine]
-        if not rows:
-            return []
-        c = self.table.c
-        values: dict[str, Any] = {
-            "verification_state": VerificationState.SUCCEEDED,
-            "verification_checksum": bindparam("_checksum"),
-            "verified_at": self.geo.clock.now(),
-            "verification_failure": None,
-            "verification_retry_count": 0,
-            "verification_retry_at": None,
-        }
-        if self.registry:
-            values.update(checksum_mismatch=False, verification_checksum_mismatched=None)
-        statement = (
-            update(self.table)
-            .where(
-                self.key == bindparam("_key"),
-                c.verification_state == VerificationState.STARTED,
-                c.verification_started_at == bindparam("_started_at"),
-            )
-            .values(**values)
-        )
-        conn.execute(
-            statement,
-            [
-                {"_key": claim.model_record_id, "_started_at": claim.started_at, "_checksum": sum_}
-                for claim, sum_ in rows
-            ],
-        )
-        return [claim.model_record_id for claim, _checksum in rows]
+        """started → succeeded for many claims; returns the record ids whose claim still stood
+        (the others were re-queued meanwhile and stay as they are).
 
-    def still_claimed(self, conn: Connection, claims: Sequence[Claim]) -> set[int]:
-        """The record ids among `claims` whose claim still stands, locked until commit."""
-        if not claims:
-            return set()
-        c = self.table.c
-        query = select(self.key, c.verification_started_at).where(
-            self.key.in_([claim.model_record_id for claim in claims]),
-            c.verification_state == VerificationState.STARTED,
-        )
-        if not is_sqlite(conn.engine):
-            query = query.with_for_update()
-        current = {int(key): started for key, started in conn.execute(query)}
-        return {
-            claim.model_record_id
-            for claim in claims
-            if current.get(claim.model_record_id) == claim.started_at
-        }
+        One `UPDATE … WHERE key IN (…) AND started AND verification_started_at = claim time
+        RETURNING key` per claim time (a claimed batch shares one): checking that the claim
+        still stands and storing the result are one statement, and the rows stay locked until
+        commit.
+        """
+        by_start: dict[datetime, list[tuple[Claim, str]]] = {}
+        for claim, checksum in results:
+            by_start.setdefault(claim.started_at, []).append((claim, checksum))
+        now = self.geo.clock.now()
+        done: set[int] = set()
+        for started_at, rows in by_start.items():
+            statement = _succeeded_statement(self.table, self.key.name, self.registry, len(rows))
+            params: dict[str, Any] = {"now": now, "started_at": started_at}
+            for index, (claim, checksum) in enumerate(rows):
+                params[f"key_{index}"] = claim.model_record_id
+                params[f"checksum_{index}"] = checksum
+            done.update(int(key) for key in conn.execute(statement, params).scalars())
+        return [claim.model_record_id for claim, _sum in results if claim.model_record_id in done]
 
     def failed(
         self,
@@ -333,41 +304,105 @@ class Verifiable:
 
 
 @functools.lru_cache(maxsize=256)
-def _claim_statement(
-    table: Table, key_name: str, registry: bool, which: str, skip_locked: bool
-) -> Any:
-    """The claim of ARCHITECTURE.md §6 as one statement, built once per table and kind.
+def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: bool) -> Any:
+    """The claim of ARCHITECTURE.md §6 as one statement, built once per table.
 
-    `UPDATE … SET started WHERE key IN (SELECT key … ORDER BY … LIMIT n FOR UPDATE SKIP LOCKED)
-    RETURNING key`: PostgreSQL skips rows another worker's claim holds; SQLite serialises
-    writers with BEGIN IMMEDIATE, so two claims can never pick the same row.
+    `UPDATE … SET started WHERE key IN (candidates LIMIT n) RETURNING key`. The candidates come
+    from three parts, each its own `LIMIT n` read along an index, taken in this order: pending
+    rows never verified, pending rows by oldest verification, failed rows by retry time (due
+    ones only). A single `ORDER BY verified_at NULLS FIRST` would not do: PostgreSQL cannot read
+    that order from an ascending index and would sort every pending row on each claim.
+    PostgreSQL skips rows another worker's claim holds (`FOR UPDATE SKIP LOCKED`); SQLite
+    serialises writers with BEGIN IMMEDIATE, so two claims can never pick the same row.
     """
     c = table.c
     key = c[key_name]
-    now = bindparam("now", type_=UTCDateTime())
-    if which == "pending":
-        where: Any = c.verification_state == VerificationState.PENDING
-        order: Any = c.verified_at.asc().nulls_first()
-    else:
-        where = and_(
-            c.verification_state == VerificationState.FAILED, c.verification_retry_at <= now
-        )
-        order = c.verification_retry_at.asc()
-    if registry:
-        where = and_(c.state == SyncState.SYNCED, where)
-    candidates = select(key).where(where).order_by(order, key).limit(bindparam("limit"))
-    if skip_locked:
-        candidates = candidates.with_for_update(skip_locked=True)
+    limit = bindparam("limit", type_=Integer())
+    pending = c.verification_state == VerificationState.PENDING
+    parts: list[tuple[Any, Any]] = [
+        (and_(pending, c.verified_at.is_(None)), c.verified_at),
+        (and_(pending, c.verified_at.is_not(None)), c.verified_at),
+        (_failed_due(table), c.verification_retry_at),
+    ]
+    ranked = []
+    for rank, (where, order) in enumerate(parts):
+        if registry:
+            where = and_(c.state == SyncState.SYNCED, where)
+        part = select(key.label("key"), order.label("at")).where(where).order_by(order)
+        part = part.limit(limit)
+        if skip_locked:
+            part = part.with_for_update(skip_locked=True)
+        rows = part.subquery(f"part_{rank}")
+        ranked.append(select(rows.c.key, literal(rank).label("rank"), rows.c.at))
+    candidates = union_all(*ranked).subquery("candidates")
+    chosen = (
+        select(candidates.c.key)
+        .order_by(candidates.c.rank, candidates.c.at)
+        .limit(limit)
+        .scalar_subquery()
+    )
     return (
         update(table)
-        .where(key.in_(candidates.scalar_subquery()))
-        .values(verification_state=VerificationState.STARTED, verification_started_at=now)
+        .where(key.in_(chosen))
+        .values(verification_state=VerificationState.STARTED, verification_started_at=_NOW)
         .returning(key, c.verification_checksum)
     )
 
 
+def _failed_due(table: Table) -> Any:
+    """Failed rows whose retry time has come (`:now`)."""
+    c = table.c
+    return and_(c.verification_state == VerificationState.FAILED, c.verification_retry_at <= _NOW)
+
+
+def _claimable(table: Table, registry: bool) -> Any:
+    """Whether `table` has a row a claim would take at `:now` (pending, or failed and due)."""
+    c = table.c
+    synced: Any = c.state == SyncState.SYNCED if registry else true()
+    pending = c.verification_state == VerificationState.PENDING
+    return or_(exists().where(synced, pending), exists().where(synced, _failed_due(table)))
+
+
+@functools.lru_cache(maxsize=256)
+def _succeeded_statement(table: Table, key_name: str, registry: bool, size: int) -> Any:
+    """started → succeeded for `size` rows claimed at `:started_at`, built once per table and
+    size: the row of `:key_i` gets `:checksum_i`; returns the keys whose claim still stood.
+    """
+    c = table.c
+    key = c[key_name]
+    keys = [bindparam(f"key_{i}", type_=key.type) for i in range(size)]
+    checksum = case(
+        *[(key == keys[i], bindparam(f"checksum_{i}", type_=String())) for i in range(size)]
+    )
+    values: dict[str, Any] = {
+        "verification_state": VerificationState.SUCCEEDED,
+        "verification_checksum": checksum,
+        "verified_at": _NOW,
+        "verification_failure": None,
+        "verification_retry_count": 0,
+        "verification_retry_at": None,
+    }
+    if registry:
+        values.update(checksum_mismatch=False, verification_checksum_mismatched=None)
+    # "Started at this claim time" as one expression no index can serve: PostgreSQL then finds
+    # the rows by key alone instead of also reading the state index, whose entries for started
+    # rows churn with every claim (and stay until a vacuum removes them).
+    claimed_at = case(
+        (c.verification_state == VerificationState.STARTED, c.verification_started_at)
+    )
+    return (
+        update(table)
+        .where(key.in_(keys), claimed_at == bindparam("started_at", type_=UTCDateTime()))
+        .values(**values)
+        .returning(key)
+    )
+
+
 @functools.lru_cache(maxsize=64)
-def _started_statement(tables: tuple[Table, ...]) -> Any:
+def _round_statement(tables: tuple[Table, ...], targets: tuple[tuple[Table, bool], ...]) -> Any:
+    """Rows started across `tables`, then for each (table, registry) of `targets` whether it
+    has rows to claim at `:now`, in one query.
+    """
     counts = [
         select(func.count())
         .select_from(table)
@@ -378,7 +413,7 @@ def _started_statement(tables: tuple[Table, ...]) -> Any:
     total: Any = counts[0]
     for count in counts[1:]:
         total = total + count
-    return select(total)
+    return select(total, *[_claimable(table, registry) for table, registry in targets])
 
 
 # -- where the state lives ----------------------------------------------------------------------
@@ -413,38 +448,93 @@ def verifiable_replicators(geo: Geo) -> list[type[Replicator]]:
 
 
 def lock_claims(conn: Connection, side: str) -> None:
-    """Serialise capacity checks and claims site-wide (PostgreSQL; SQLite's writes already are)."""
+    """Serialise capacity checks and claims site-wide (PostgreSQL; SQLite's writes already are).
+
+    The same statement sets two things for the rest of the claim transaction only. It commits
+    without waiting for the WAL flush: a claim lost in a server crash leaves its rows pending,
+    as if never claimed, and the result stored later commits durably (flushing the claim with
+    it); so use it only in transactions that write nothing but claims. And it reads through
+    plain index scans, no bitmap scans: every claim leaves dead index entries behind for the
+    rows it moves, and a plain index scan marks the ones it passes as dead for good, where a
+    bitmap scan would read all of them again on every round until a vacuum.
+    """
     if not is_sqlite(conn.engine):
         key = zlib.crc32(f"geosync-verification-{side}".encode())
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        conn.execute(_LOCK_CLAIMS, {"key": key})
 
 
-def started_total(conn: Connection, targets: Sequence[Verifiable]) -> int:
-    """Rows being checksummed right now across `targets`, in one query."""
-    if not targets:
-        return 0
-    statement = _started_statement(tuple(target.table for target in targets))
-    return int(conn.execute(statement).scalar_one())
+_LOCK_CLAIMS = text(
+    "SELECT pg_advisory_xact_lock(:key), set_config('synchronous_commit', 'off', true),"
+    " set_config('enable_bitmapscan', 'off', true)"
+)
+
+
+Batch = list[tuple[Verifiable, list[Claim]]]
 
 
 def claim_within(
     conn: Connection, capacity: int, every: Sequence[Verifiable], targets: Sequence[Verifiable]
-) -> list[tuple[Verifiable, list[Claim]]]:
+) -> Batch:
     """Claim one batch of up to 10 rows, visiting `targets` in order (callers rotate them).
 
     Rows started in any of `every` (all of the site's verifiable types) count against
     `capacity`, so the limit holds across worker processes.
     """
-    wanted = min(BATCH_SIZE, capacity - started_total(conn, every))
-    batches = []
-    for target in targets:
-        if wanted <= 0:
+    batches = claim_batches(conn, capacity, every, targets, 1)
+    return batches[0] if batches else []
+
+
+def claim_batches(
+    conn: Connection,
+    capacity: int,
+    every: Sequence[Verifiable],
+    targets: Sequence[Verifiable],
+    count: int,
+) -> list[Batch]:
+    """Claim up to `count` batches of up to 10 rows each (one claim statement per batch and
+    type), visiting `targets` in order; each further batch starts with the next type.
+
+    Rows started in any of `every` (all of the site's verifiable types) count against
+    `capacity`, so the limit holds across worker processes. One query tells both how many rows
+    are started and which targets have rows to claim, so claims go only where work is.
+    """
+    if not targets or not every or count <= 0:
+        return []
+    statement = _round_statement(
+        tuple(target.table for target in every),
+        tuple((target.table, target.registry) for target in targets),
+    )
+    now = targets[0].geo.clock.now()
+    started, *ready = conn.execute(statement, {"now": now}).one()
+    room = capacity - int(started)
+    waiting = [target for target, has_work in zip(targets, ready, strict=True) if has_work]
+    batches: list[Batch] = []
+    while len(batches) < count and room > 0 and waiting:
+        batch, claimed = _claim_batch(conn, waiting, min(BATCH_SIZE, room))
+        if not batch:
             break
-        claims = target.claim(conn, wanted)
-        wanted -= len(claims)
-        if claims:
-            batches.append((target, claims))
+        batches.append(batch)
+        room -= claimed
+        waiting = waiting[1:] + waiting[:1]
     return batches
+
+
+def _claim_batch(conn: Connection, waiting: list[Verifiable], wanted: int) -> tuple[Batch, int]:
+    """One batch of up to `wanted` rows from the types in `waiting`, in order; a type that
+    gives fewer rows than asked has no more and leaves `waiting`. Returns the batch and its size.
+    """
+    batch: Batch = []
+    claimed = 0
+    for target in list(waiting):
+        if claimed >= wanted:
+            break
+        claims = target.claim(conn, wanted - claimed)
+        if len(claims) < wanted - claimed:
+            waiting.remove(target)
+        claimed += len(claims)
+        if claims:
+            batch.append((target, claims))
+    return batch, claimed
 
 
 # -- the primary's checksum, as secondaries read it -------------------------------------------

@@ -1,35 +1,39 @@
 """The primary's verification: state rows backfilled, records checksummed, stale ones re-queued.
 
-`PrimaryVerificationLoop` claims batches of 10 within the primary node's
-`verification_max_capacity`, checksums them on a thread pool, stores each result and publishes
-`checksum_succeeded`. `PrimaryVerificationSweepLoop` keeps `<name>_states` in step with the model
-tables (id ranges of 1,000), fails checksums running for over 8 hours and re-queues checksums
-older than the node's `minimum_reverification_interval`.
+`PrimaryVerificationLoop` claims rounds of up to four batches of 10 within the primary node's
+`verification_max_capacity`, checksums them (side by side when it has several threads), stores
+each batch's results and publishes `checksum_succeeded`. `PrimaryVerificationSweepLoop` keeps
+`<name>_states` in step with the model tables (id ranges of 1,000), fails checksums running for
+over 8 hours and re-queues checksums older than the node's `minimum_reverification_interval`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select
+from sqlalchemy.orm import Session
 
 from geosync.checksums import ChecksumResult, checksum_loaded, load_records
 from geosync.db.held import HeldConnection
-from geosync.events import publish_events
+from geosync.events import publish_events, published_types
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.registry import VerificationState
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.verification import (
     REVERIFY_BATCH,
+    Batch,
     Claim,
     Verifiable,
-    claim_within,
+    claim_batches,
+    in_chunks,
     lock_claims,
     primary_verifiable,
     verifiable_replicators,
@@ -49,6 +53,7 @@ BACKFILL_PAUSE = timedelta(minutes=10)
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
 REVERIFY_EVERY = timedelta(minutes=1)
 SITE_TTL = 1.0
+ROUND_BATCHES = 4
 
 
 def primary_node(geo: Geo, conn: Connection) -> Node | None:
@@ -131,9 +136,13 @@ def record_results(
     target: Verifiable,
     claims: list[Claim],
     results: list[ChecksumResult],
+    published: Collection[type[Replicator]] | None = None,
 ) -> int:
     """Store each result (only where the claim still stands) and publish `checksum_succeeded`
     for the successes, in one transaction; returns how many succeeded.
+
+    `published`: the types this site publishes events for, when the caller knows them (see
+    `publish_events`).
     """
     replicator = target.replicator
     pairs = list(zip(claims, results, strict=True))
@@ -159,6 +168,7 @@ def record_results(
                 )
                 for i in succeeded
             ],
+            published=published,
         )
     return len(succeeded)
 
@@ -194,6 +204,31 @@ def settle_failure(
         )
 
 
+def load_claimed(conn: Connection, replicator: type[Replicator], ids: list[int]) -> dict[int, Any]:
+    """The model records of claimed `ids` (detached, by id; missing ones absent), read in
+    `conn`'s transaction with a statement built once per model.
+    """
+    records: dict[int, Any] = {}
+    with Session(conn, expire_on_commit=False) as session:
+        for chunk in in_chunks(ids):
+            found = session.scalars(_records_statement(replicator), {"ids": chunk}).all()
+            records.update((int(record.id), record) for record in found)
+        session.expunge_all()
+    return records
+
+
+def _records_statement(replicator: type[Replicator]) -> Any:
+    statement = _RECORDS_STATEMENTS.get(replicator)
+    if statement is None:
+        model = replicator.model
+        statement = select(model).where(model.id.in_(bindparam("ids", expanding=True)))
+        _RECORDS_STATEMENTS[replicator] = statement
+    return statement
+
+
+_RECORDS_STATEMENTS: dict[type[Replicator], Any] = {}
+
+
 def verify_batch(
     geo: Geo,
     target: Verifiable,
@@ -210,8 +245,31 @@ def verify_batch(
         return record_results(geo, conn, target, claims, results)
 
 
+@dataclass(frozen=True)
+class SiteView:
+    """What a busy loop reads about its site at most once a second: this node when it is the
+    primary, the verifiable types whose flag is on, and the types it publishes events for.
+    """
+
+    read_at: float
+    node: Node | None
+    enabled: list[type[Replicator]]
+    published: frozenset[type[Replicator]]
+
+
+Work = list[tuple[Verifiable, list[Claim], dict[int, Any]]]
+
+
 class PrimaryVerificationLoop:
-    """Checksums pending and retry-due records of every verifiable type on the primary."""
+    """Checksums pending and retry-due records of every verifiable type on the primary.
+
+    A round claims up to `ROUND_BATCHES` batches of 10 in one transaction, within the node's
+    capacity, and stores each batch's results in a transaction of its own. With several threads
+    the batches are shared among lanes (at most `ROUND_BATCHES`) that run side by side, each
+    storing over its own connection, so one lane's round trips to the database overlap another
+    lane's hashing. A round of a single batch hashes its files on the thread pool instead, so a
+    few large files still use every core.
+    """
 
     name = "primary_verification"
 
@@ -225,55 +283,108 @@ class PrimaryVerificationLoop:
         self.pool = ThreadPoolExecutor(size, thread_name_prefix="checksum") if size > 1 else None
         self._offset = 0
         self._held = HeldConnection(geo.main_engine)
-        self._site_cache: tuple[float, Node | None, list[type[Replicator]]] | None = None
+        # Lane 0 is the calling thread on the claiming connection; the others have their own.
+        lanes = min(size, ROUND_BATCHES) - 1
+        self._lanes = [HeldConnection(geo.main_engine) for _ in range(lanes)]
+        self._lane_pool = ThreadPoolExecutor(lanes, thread_name_prefix="lane") if lanes else None
+        self._view: SiteView | None = None
 
     def run_once(self) -> float:
         """Claim one round of batches, checksum them, store the results."""
         poll = self.geo.settings.poll_interval
         with self._held.transaction() as conn:
-            node, targets = self._site(conn)
-            if node is None:
+            view = self._site(conn)
+            if view.node is None:
                 return poll
             lock_claims(conn, "primary")
+            capacity = view.node.verification_max_capacity
             every = [primary_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
-            batches = claim_within(conn, node.verification_max_capacity, every, targets)
-            loaded = [
-                (target, claims, self._load(conn, target, claims)) for target, claims in batches
-            ]
-        for target, claims, records in loaded:
-            ids = [claim.model_record_id for claim in claims]
-            results = checksum_loaded(self.geo, target.replicator, ids, records, self.pool)
-            with self._held.transaction() as conn:
-                record_results(self.geo, conn, target, claims, results)
+            targets = self._rotated(view.enabled)
+            batches = claim_batches(conn, capacity, every, targets, ROUND_BATCHES)
+            work = self._load(conn, batches)
+        if len(work) == 1:
+            self._verify(self._held, work, self.pool, view.published)
+        elif work:
+            self._verify_in_lanes(work, view.published)
         self._offset += 1
         return 0.0 if batches else poll
 
-    def _load(self, conn: Connection, target: Verifiable, claims: list[Claim]) -> dict[int, Any]:
-        ids = [claim.model_record_id for claim in claims]
-        return load_records(self.geo, target.replicator, ids, conn)
+    def _verify(
+        self,
+        held: HeldConnection,
+        batches: list[Work],
+        pool: ThreadPoolExecutor | None,
+        published: frozenset[type[Replicator]],
+    ) -> None:
+        """Checksum `batches` one after the other, storing each one's results over `held`."""
+        for batch in batches:
+            for target, claims, records in batch:
+                ids = [claim.model_record_id for claim in claims]
+                results = checksum_loaded(self.geo, target.replicator, ids, records, pool)
+                with held.transaction() as conn:
+                    record_results(self.geo, conn, target, claims, results, published)
 
-    def _site(self, conn: Connection) -> tuple[Node | None, list[Verifiable]]:
-        """The primary node and the enabled types, in this round's turn order.
+    def _verify_in_lanes(self, work: list[Work], published: frozenset[type[Replicator]]) -> None:
+        """Share the batches among the lanes, the first lane in this thread; returns (or raises
+        the first error) only when every lane is done, so no lane's connection is left busy.
+        """
+        lanes = [self._held, *self._lanes]
+        shares = [work[index :: len(lanes)] for index in range(len(lanes))]
+        futures = []
+        if self._lane_pool is not None:
+            futures = [
+                self._lane_pool.submit(self._verify, lane, share, None, published)
+                for lane, share in zip(lanes[1:], shares[1:], strict=True)
+                if share
+            ]
+        try:
+            self._verify(self._held, shares[0], None, published)
+        finally:
+            errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None:
+                raise error
 
-        Read at most once a second: a changed capacity or flag takes effect within a second,
-        and a busy loop does not spend a query per type per batch on them.
+    def _load(self, conn: Connection, batches: list[Batch]) -> list[Work]:
+        """The claimed records of every batch, read with one query per type."""
+        wanted: dict[type[Replicator], list[int]] = {}
+        for batch in batches:
+            for target, claims in batch:
+                wanted.setdefault(target.replicator, []).extend(c.model_record_id for c in claims)
+        records = {r: load_claimed(conn, r, ids) for r, ids in wanted.items()}
+        return [
+            [(target, claims, records[target.replicator]) for target, claims in batch]
+            for batch in batches
+        ]
+
+    def _site(self, conn: Connection) -> SiteView:
+        """The site as read at most a second ago.
+
+        A changed capacity, flag or set of nodes takes effect within a second, and a busy loop
+        does not spend queries per batch on them.
         """
         now = time.monotonic()
-        if self._site_cache is None or now - self._site_cache[0] >= SITE_TTL:
+        if self._view is None or now - self._view.read_at >= SITE_TTL:
             node = primary_node(self.geo, conn)
             enabled = [r for r in verifiable_replicators(self.geo) if flag_enabled(conn, r)]
-            self._site_cache = (now, node, enabled)
-        _read_at, node, replicators = self._site_cache
+            published = published_types(self.geo, conn, enabled) if node is not None else set()
+            self._view = SiteView(now, node, enabled, frozenset(published))
+        return self._view
+
+    def _rotated(self, replicators: list[type[Replicator]]) -> list[Verifiable]:
+        """The enabled types in this round's turn order."""
         if replicators:
             turn = self._offset % len(replicators)
             replicators = replicators[turn:] + replicators[:turn]
-        return node, [primary_verifiable(self.geo, r) for r in replicators]
+        return [primary_verifiable(self.geo, r) for r in replicators]
 
     def close(self) -> None:
-        """Let running checksums finish, then close the loop's connection."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-        self._held.close()
+        """Let running checksums finish, then close the loop's connections."""
+        for executor in (self.pool, self._lane_pool):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        for held in (self._held, *self._lanes):
+            held.close()
 
 
 # -- sweeps ---------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, event, select
 from sqlalchemy.exc import DBAPIError
 
 from geosync import Geo, RecordNotFound, Settings, UnsupportedEvent
 from geosync.db.tables import geo_events, geo_feature_flags
 from geosync.demo.models import PackageFile, Snippet, Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
+from geosync.events import publish_events, published_types
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
@@ -301,3 +302,65 @@ def test_the_secondary_main_database_refuses_writes(sites: SitePair) -> None:
         session.add(Upload(path="nope.png", namespace_id=1))
         session.commit()
     assert committed_events(sites.primary) == []
+
+
+def statements_during(geo: Geo) -> tuple[list[str], Any]:
+    """A list that collects the queries the site's main engine runs (not BEGIN), and its
+    listener.
+    """
+    seen: list[str] = []
+
+    def listener(*args: Any) -> None:
+        if not str(args[2]).startswith("BEGIN"):
+            seen.append(str(args[2]))
+
+    event.listen(geo.main_engine, "before_cursor_execute", listener)
+    return seen, listener
+
+
+def test_one_query_tells_which_types_this_site_publishes_for(sites: SitePair) -> None:
+    with sites.primary.main() as conn:
+        set_flag(
+            conn, sites.primary.catalog, "geo_upload_replication", False, sites.primary.clock.now()
+        )
+    seen, listener = statements_during(sites.primary)
+    try:
+        with sites.primary.main() as conn:
+            types = [UploadReplicator, PackageFileReplicator, SnippetReplicator]
+            published = published_types(sites.primary, conn, types)
+    finally:
+        event.remove(sites.primary.main_engine, "before_cursor_execute", listener)
+    assert published == {PackageFileReplicator, SnippetReplicator}
+    assert len(seen) == 1
+
+
+def test_no_type_is_published_for_without_a_secondary_or_from_a_secondary(
+    sites: SitePair,
+) -> None:
+    with sites.primary.main() as conn:
+        assert published_types(sites.primary, conn, [UploadReplicator]) == {UploadReplicator}
+        NodeStore(sites.primary, conn).remove(sites.secondary_node.id)
+        assert published_types(sites.primary, conn, [UploadReplicator]) == set()
+    with sites.secondary.main_engine.connect() as conn:
+        assert published_types(sites.secondary, conn, [UploadReplicator]) == set()
+
+
+def test_a_caller_that_knows_what_is_published_saves_the_check(sites: SitePair) -> None:
+    upload_id, package_id = add_upload(sites.primary), 7
+    rows = [
+        (UploadReplicator, "checksum_succeeded", {"model_record_id": upload_id}),
+        (PackageFileReplicator, "checksum_succeeded", {"model_record_id": package_id}),
+    ]
+    seen, listener = statements_during(sites.primary)
+    try:
+        with sites.primary.main() as conn:
+            ids = publish_events(sites.primary, conn, rows, published={PackageFileReplicator})
+    finally:
+        event.remove(sites.primary.main_engine, "before_cursor_execute", listener)
+    assert len(ids) == 1 and len(seen) == 1 and seen[0].startswith("INSERT INTO geo_events")
+    last = committed_events(sites.primary)[-1]
+    assert (last["id"], last["replicable_name"], last["payload"]) == (
+        ids[0],
+        "package_file",
+        {"model_record_id": package_id},
+    )

@@ -159,6 +159,44 @@ def test_claims_stay_within_the_primary_nodes_capacity(
     assert states == [S.STARTED, S.STARTED, S.SUCCEEDED, S.PENDING]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_round_verifies_several_batches_within_the_capacity(
+    sites: SitePair, threads: int
+) -> None:
+    ids = [vu.add_upload(sites.primary, f"file {i}".encode()) for i in range(28)]
+    missing = vu.add_upload(sites.primary, None)
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).update(sites.primary_node.id, verification_max_capacity=25)
+    loop = PrimaryVerificationLoop(sites.primary, threads=threads)
+    try:
+        assert loop.run_once() == 0.0
+        first = [upload_state(sites, i)["verification_state"] for i in [*ids, missing]]
+        # Batches of 10, 10 and 5: the capacity bounds the round, not the batch size.
+        assert len(first) - first.count(S.PENDING) == 25
+        run_until_idle(loop)
+    finally:
+        loop.close()
+    for index, record_id in enumerate(ids):
+        state = upload_state(sites, record_id)
+        assert state["verification_checksum"] == vu.sha256(f"file {index}".encode())
+    assert upload_state(sites, missing)["verification_failure"] == "File is missing"
+    announced = [
+        i for name, event, i in vu.event_names(sites.primary) if event == "checksum_succeeded"
+    ]
+    assert sorted(announced) == ids
+
+
+def test_checksums_are_not_announced_without_a_secondary(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).remove(sites.secondary_node.id)
+    record_id = vu.add_upload(sites.primary, b"alone")
+    run_until_idle(loop)
+    assert upload_state(sites, record_id)["verification_state"] == S.SUCCEEDED
+    assert vu.event_names(sites.primary) == []
+
+
 def test_nothing_is_checksummed_while_the_flag_is_off(
     sites: SitePair, loop: PrimaryVerificationLoop
 ) -> None:

@@ -10,9 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, text, update
 
 from geosync.clock import FrozenClock
+from geosync.db.held import HeldConnection
 from geosync.demo.models import PackageFile
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.registry import VerificationState
@@ -21,6 +22,8 @@ from geosync.verification import (
     BATCH_SIZE,
     Claim,
     Verifiable,
+    claim_batches,
+    lock_claims,
     primary_verifiable,
     registry_verifiable,
 )
@@ -134,6 +137,49 @@ def test_failed_rows_top_up_a_claim_only_when_their_retry_is_due(
     assert claim(sites, target) == [failing]
 
 
+def test_claims_take_never_verified_then_oldest_verified_then_due_failures_in_retry_order(
+    sites: SitePair, target: Verifiable, clock: FrozenClock
+) -> None:
+    never, old, recent, late_failure, early_failure, not_due = (
+        add(sites, target) for _ in range(6)
+    )
+    now = clock.now()
+    with sites.primary.main() as conn:
+        for record_id, verified in ((old, timedelta(days=30)), (recent, timedelta(days=10))):
+            conn.execute(
+                update(target.table)
+                .where(target.key == record_id)
+                .values(verified_at=now - verified)
+            )
+        for record_id, retry in (
+            (late_failure, -timedelta(minutes=1)),
+            (early_failure, -timedelta(minutes=5)),
+            (not_due, timedelta(minutes=5)),
+        ):
+            conn.execute(
+                update(target.table)
+                .where(target.key == record_id)
+                .values(verification_state=S.FAILED, verification_retry_at=now + retry)
+            )
+    order = [claim(sites, target, 1) for _ in range(6)]
+    assert order == [[never], [old], [recent], [early_failure], [late_failure], []]
+
+
+def test_a_claim_of_several_rows_tops_up_pending_ones_with_due_failures(
+    sites: SitePair, target: Verifiable, clock: FrozenClock
+) -> None:
+    failing = add(sites, target)
+    with sites.primary.main() as conn:
+        conn.execute(
+            update(target.table)
+            .where(target.key == failing)
+            .values(verification_state=S.FAILED, verification_retry_at=clock.now())
+        )
+    pending = [add(sites, target) for _ in range(3)]
+    assert claim(sites, target, 3) == pending
+    assert claim(sites, target, 3) == [failing]
+
+
 def test_two_workers_claiming_at_once_never_get_the_same_row(
     sites: SitePair, target: Verifiable
 ) -> None:
@@ -183,6 +229,63 @@ def test_a_claim_skips_rows_another_open_claim_holds(
     thread.join(30)
     assert len(first) == len(second) == 3
     assert set(first) | set(second) == ids
+
+
+def batch_sizes(sites: SitePair, capacity: int, count: int) -> list[list[tuple[str, int]]]:
+    uploads, packages = vu.primary_states(sites.primary), vu.package_states(sites.primary)
+    with sites.primary.main() as conn:
+        batches = claim_batches(conn, capacity, [uploads, packages], [uploads, packages], count)
+    return [[(t.replicator.replicable_name, len(c)) for t, c in batch] for batch in batches]
+
+
+def test_a_round_claims_batches_of_ten_each_starting_with_the_next_type(sites: SitePair) -> None:
+    for _ in range(25):
+        vu.add_upload(sites.primary, b"u")
+    for _ in range(3):
+        vu.add_package_file(sites.primary, b"p")
+    assert batch_sizes(sites, 100, 4) == [
+        [("upload", 10)],
+        [("package_file", 3), ("upload", 7)],
+        [("upload", 8)],
+    ]
+    assert batch_sizes(sites, 100, 4) == []
+
+
+def test_a_round_of_batches_stays_within_the_capacity(sites: SitePair, clock: FrozenClock) -> None:
+    ids = [vu.add_upload(sites.primary, b"u") for _ in range(30)]
+    target = vu.primary_states(sites.primary)
+    with sites.primary.main() as conn:
+        conn.execute(
+            update(target.table)
+            .where(target.key.in_(ids[:4]))
+            .values(verification_state=S.STARTED, verification_started_at=clock.now())
+        )
+    assert batch_sizes(sites, 19, 4) == [[("upload", 10)], [("upload", 5)]]
+    assert batch_sizes(sites, 19, 4) == []
+
+
+def test_only_the_claim_transaction_skips_waiting_for_the_disk_and_bitmap_scans(
+    sites: SitePair, backend: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite serialises claims with BEGIN IMMEDIATE; there is no lock to take")
+
+    def settings(conn: Connection) -> tuple[str, str]:
+        commit = conn.execute(text("SHOW synchronous_commit")).scalar_one()
+        bitmaps = conn.execute(text("SHOW enable_bitmapscan")).scalar_one()
+        return str(commit), str(bitmaps)
+
+    held = HeldConnection(sites.primary.main_engine)
+    try:
+        with held.transaction() as conn:
+            lock_claims(conn, "primary")
+            # A claim lost in a crash only leaves its rows pending.
+            assert settings(conn) == ("off", "off")
+        with held.transaction() as conn:
+            # Results stored later on the same connection commit durably again.
+            assert settings(conn) == ("on", "on")
+    finally:
+        held.close()
 
 
 # -- transitions ----------------------------------------------------------------------------------
@@ -292,6 +395,38 @@ def test_a_row_requeued_while_checksummed_stays_pending(
         assert target.failed(conn, record_id, stale.started_at, "late") is None
         assert target.succeeded(conn, record_id, fresh.started_at, "new")
     assert row(sites, target, record_id)["verification_checksum"] == "new"
+
+
+def test_a_batch_of_results_is_stored_only_where_its_claim_still_stands(
+    sites: SitePair, target: Verifiable, clock: FrozenClock
+) -> None:
+    first, requeued, third = (add(sites, target) for _ in range(3))
+    batch = claims(sites, target)
+    with sites.primary.main() as conn:
+        target.pending(conn, requeued)
+        stored = target.succeeded_many(conn, [(c, f"sum-{c.model_record_id}") for c in batch])
+    assert stored == [first, third]
+    for record_id in (first, third):
+        state = row(sites, target, record_id)
+        assert state["verification_state"] == S.SUCCEEDED
+        assert state["verification_checksum"] == f"sum-{record_id}"
+        assert state["verified_at"] == clock.now()
+    assert row(sites, target, requeued)["verification_state"] == S.PENDING
+    assert row(sites, target, requeued)["verification_checksum"] is None
+
+
+def test_results_of_claims_made_at_different_times_are_all_stored(
+    sites: SitePair, target: Verifiable, clock: FrozenClock
+) -> None:
+    first = add(sites, target)
+    (early,) = claims(sites, target)
+    clock.advance(1)
+    second = add(sites, target)
+    (late,) = claims(sites, target)
+    with sites.primary.main() as conn:
+        assert target.succeeded_many(conn, [(late, "b"), (early, "a")]) == [second, first]
+    assert row(sites, target, first)["verification_checksum"] == "a"
+    assert row(sites, target, second)["verification_checksum"] == "b"
 
 
 def test_rows_started_over_eight_hours_ago_time_out(
