@@ -115,6 +115,8 @@ def db_upgrade() -> None:
             console.print(f"{database} database: {note}")
         for table in report.created_tables:
             console.print(f"created table {table}")
+        for index in report.created_indexes:
+            console.print(f"created index {index}")
 
     run(action)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
+    Integer,
     Table,
     and_,
     bindparam,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    union_all,
     update,
 )
 
@@ -535,14 +537,28 @@ class Registry:
             return statement
         c = self.table.c
         now = bindparam("b_now", type_=c.retry_at.type)
-        candidates = (
-            select(c.id)
-            .where(self.due_condition(now))
-            .order_by(c.retry_at.asc().nulls_first(), c.id)
-            .limit(bindparam("b_limit"))
-        )
-        if skip_locked:
-            candidates = candidates.with_for_update(skip_locked=True)
+        limit = bindparam("b_limit", type_=Integer())
+        # Pending rows (their retry_at is null) by id, then failed ones by due time: two parts,
+        # each read along an index (`ix_<registry>_pending`, `ix_<registry>_retry_at`), where
+        # one ORDER BY retry_at NULLS FIRST made PostgreSQL sort every due row on each claim.
+        parts = [
+            (c.state == SyncState.PENDING, (c.id,)),
+            (and_(c.state == SyncState.FAILED, c.retry_at <= now), (c.retry_at, c.id)),
+        ]
+        ranked = []
+        for rank, (where, order) in enumerate(parts):
+            part = (
+                select(c.id.label("id"), c.retry_at.label("at"))
+                .where(where)
+                .order_by(*order)
+                .limit(limit)
+            )
+            if skip_locked:
+                part = part.with_for_update(skip_locked=True)
+            rows = part.subquery(f"part_{rank}")
+            ranked.append(select(rows.c.id, literal(rank).label("rank"), rows.c.at))
+        union = union_all(*ranked).subquery("candidates")
+        candidates = select(union.c.id).order_by(union.c.rank, union.c.at, union.c.id).limit(limit)
         statement = (
             update(self.table)
             .where(c.id.in_(candidates.scalar_subquery()))

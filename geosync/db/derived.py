@@ -71,6 +71,10 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
     c = table.c
     Index(f"ix_{name}_retry_at", c.retry_at)
     Index(f"ix_{name}_state", c.state)
+    # The scheduler claims pending rows in id order: without this index PostgreSQL sorted
+    # every pending row on each claim.
+    pending = c.state == 0
+    Index(f"ix_{name}_pending", c.id, postgresql_where=pending, sqlite_where=pending)
     synced = c.state == 2
     failed_where = and_(synced, c.verification_state == 3)
     needs_where = and_(synced, c.verification_state.in_([0, 3]))

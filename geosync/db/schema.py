@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, inspect
+from sqlalchemy import Connection, Engine, MetaData, Table, inspect
 
 from geosync.errors import ConfigurationError
 
@@ -27,15 +27,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @dataclass
 class UpgradeReport:
-    """What `upgrade` changed: revisions applied and derived tables created, per database."""
+    """What `upgrade` changed: revisions applied, derived tables and indexes created."""
 
     applied: dict[str, str | None] = field(default_factory=dict)
     created_tables: list[str] = field(default_factory=list)
+    created_indexes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         """Whether anything was changed."""
-        return bool(self.created_tables) or any(v is not None for v in self.applied.values())
+        return (
+            bool(self.created_tables)
+            or bool(self.created_indexes)
+            or any(v is not None for v in self.applied.values())
+        )
 
 
 def _config(database: str, connection: Connection) -> Config:
@@ -69,6 +74,21 @@ def _upgrade_one(engine: Engine, database: str, derived: MetaData, report: Upgra
         missing = [t for t in derived.sorted_tables if t.name not in existing]
         derived.create_all(connection, tables=missing)
         report.created_tables.extend(t.name for t in missing)
+        present = [t for t in derived.sorted_tables if t.name in existing]
+        report.created_indexes.extend(_create_missing_indexes(connection, present))
+
+
+def _create_missing_indexes(connection: Connection, tables: list[Table]) -> list[str]:
+    """Create the indexes a newer geosync declares on derived tables that already exist."""
+    inspector = inspect(connection)
+    created = []
+    for table in tables:
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name not in present:
+                index.create(connection)
+                created.append(str(index.name))
+    return created
 
 
 def _require_model_tables(derived: MetaData, existing: set[str]) -> None:

@@ -320,3 +320,24 @@ def test_registries_of_different_types_are_separate(registry: Registry, sites: S
     put_in(registry, SyncState.SYNCED)
     with sites.secondary.tracking() as conn:
         assert packages.require(conn, ID).sync_state is SyncState.PENDING
+
+
+def test_a_claim_takes_pending_rows_in_arrival_order_then_failed_rows_by_due_time(
+    registry: Registry, sites: SitePair
+) -> None:
+    now = sites.secondary.clock.now()
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [20, 5, 11, 30, 31, 32])
+        for model_id, minutes in ((30, 3), (31, 1), (32, -1)):  # 32 is not due yet
+            conn.execute(
+                registry.table.update()
+                .where(registry.key == model_id)
+                .values(state=SyncState.FAILED, retry_at=now - timedelta(minutes=minutes))
+            )
+    with sites.secondary.tracking() as conn:
+        first = [model_id for model_id, _ in registry.claim(conn, 3)]
+        second = [model_id for model_id, _ in registry.claim(conn, 3)]
+        third = registry.claim(conn, 3)
+    assert sorted(first) == [5, 7, 20]  # ID (the fixture's row) came first, then 20, 5, 11
+    assert sorted(second) == [11, 30, 31]
+    assert third == []

@@ -55,6 +55,7 @@ PARTIAL_INDEXES = {
         "verified_at",
         {"state=2andverification_state=0"},
     ),
+    "pending": ("id", {"state=0"}),
 }
 
 
@@ -134,6 +135,18 @@ def test_every_replicator_gets_its_registry_and_states_table(sites: SitePair) ->
     # PackageFile keeps its verification state in its own columns (VerificationStateMixin).
     assert {"upload_states", "snippet_states"} <= main
     assert "package_file_states" not in main
+
+
+def test_upgrade_adds_an_index_missing_from_an_existing_registry(sites: SitePair) -> None:
+    engine = sites.secondary.tracking_engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_upload_registry_pending"))
+    report = upgrade(sites.secondary)
+    assert report.created_indexes == ["ix_upload_registry_pending"] and report.changed
+    assert "ix_upload_registry_pending" in {
+        i["name"] for i in inspect(engine).get_indexes("upload_registry")
+    }
+    assert upgrade(sites.secondary).created_indexes == []
 
 
 def test_upgrade_twice_changes_nothing_the_second_time(sites: SitePair) -> None:
