@@ -177,25 +177,8 @@ class Registry:
         self, conn: Connection, ids: Sequence[int], pending_since: datetime | None = None
     ) -> int:
         """Bulk-insert new pending rows for `ids` (which must not have rows yet)."""
-        if not ids:
-            return 0
         now = self.geo.clock.now()
-        fk = self.replicator.registry_foreign_key
-        conn.execute(
-            insert(self.table),
-            [
-                {
-                    fk: i,
-                    "created_at": now,
-                    "state": SyncState.PENDING,
-                    # Like the `pending` transition: only a primary checksum enables verification.
-                    "verification_state": VerificationState.DISABLED,
-                    "pending_since": pending_since or now,
-                }
-                for i in ids
-            ],
-        )
-        return len(ids)
+        return self.insert_pending_since(conn, dict.fromkeys(ids, pending_since or now))
 
     # -- set-wise (many rows a statement, for the log cursor) --------------------------------
 

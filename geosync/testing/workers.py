@@ -72,3 +72,15 @@ def primary_worker(sites: SitePair) -> Iterator[Worker]:
     loops: list[LoopFactory] = [PrimaryVerificationLoop, PrimaryVerificationSweepLoop]
     with run_worker(Worker(sites.primary, loops)) as worker:
         yield worker
+
+
+def checksum_on_primary(sites: SitePair) -> None:
+    """Run the primary's verification until a round finds nothing left to checksum."""
+    from geosync.primary.verification import PrimaryVerificationLoop
+
+    loop = PrimaryVerificationLoop(sites.primary, threads=1)
+    try:
+        while loop.run_once() == 0:
+            pass
+    finally:
+        loop.close()

@@ -17,7 +17,6 @@ from geosync.attempts import recent_attempts
 from geosync.auth import BLOB_TOKEN_TTL, node_header
 from geosync.demo.models import Upload
 from geosync.demo.replicators import UploadReplicator
-from geosync.primary.verification import PrimaryVerificationLoop
 from geosync.registry import Registry, SyncState, VerificationState
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
@@ -25,6 +24,7 @@ from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import SyncService, prefetch
 from geosync.secondary.transfer import Interrupted, write_blob
 from geosync.testing import SitePair
+from geosync.testing.workers import checksum_on_primary
 from geosync.web.blob_batch import INLINE_LIMIT, MAX_BATCH_IDS
 from geosync.web.node_paths import batch_path
 
@@ -129,15 +129,6 @@ def claimed_services(sites: SitePair, ids: list[int], settler: Settler | None) -
         )
         for i, started in claims
     ]
-
-
-def checksum_on_primary(sites: SitePair) -> None:
-    loop = PrimaryVerificationLoop(sites.primary, threads=1)
-    try:
-        while loop.run_once() == 0:
-            pass
-    finally:
-        loop.close()
 
 
 @pytest.mark.parametrize("grouped", [True, False], ids=["settler", "direct"])

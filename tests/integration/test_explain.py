@@ -20,10 +20,10 @@ from geosync.errors import ConfigurationError, NotFound, ValidationError
 from geosync.explain import explain
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
-from geosync.primary.verification import PrimaryVerificationLoop
 from geosync.registry import Registry, VerificationState
 from geosync.secondary.verification import SecondaryVerificationLoop
 from geosync.testing import SitePair
+from geosync.testing.workers import checksum_on_primary
 from tests import verifyutil as vu
 
 runner = CliRunner()
@@ -32,16 +32,6 @@ runner = CliRunner()
 def add_upload(sites: SitePair, content: bytes = b"data", namespace: int = 1) -> int:
     """An upload on the primary with a real file."""
     return vu.add_upload(sites.primary, content, namespace_id=namespace)
-
-
-def checksum_on_primary(sites: SitePair) -> None:
-    """Run the primary's verification until every record has its checksum."""
-    loop = PrimaryVerificationLoop(sites.primary, threads=1)
-    try:
-        while loop.run_once() == 0:
-            pass
-    finally:
-        loop.close()
 
 
 def record_failure(sites: SitePair, record_id: int, error_class: str, message: str) -> None:

@@ -16,7 +16,6 @@ from geosync.clock import FrozenClock
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.git import init_bare
-from geosync.primary.verification import PrimaryVerificationLoop
 from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.secondary.handlers import Event, HandlerContext, handle_event
@@ -26,6 +25,7 @@ from geosync.secondary.verification import (
     skip_download_checksum,
 )
 from geosync.testing import SitePair
+from geosync.testing.workers import checksum_on_primary
 from geosync.verification import primary_checksum, registry_verifiable
 
 try:
@@ -45,15 +45,6 @@ def verify(sites: SitePair) -> Iterator[SecondaryVerificationLoop]:
     loop = SecondaryVerificationLoop(sites.secondary, threads=2)
     yield loop
     loop.close()
-
-
-def checksum_on_primary(sites: SitePair) -> None:
-    loop = PrimaryVerificationLoop(sites.primary, threads=1)
-    try:
-        while loop.run_once() == 0:
-            pass
-    finally:
-        loop.close()
 
 
 def synced_upload(sites: SitePair, content: bytes, local: bytes | None = None) -> int:
