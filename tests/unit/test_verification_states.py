@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import threading
 from datetime import timedelta
@@ -264,12 +265,29 @@ def test_a_round_of_batches_stays_within_the_capacity(sites: SitePair, clock: Fr
     assert batch_sizes(sites, 19, 4) == []
 
 
-def test_only_the_claim_transaction_skips_waiting_for_the_disk_and_bitmap_scans(
-    sites: SitePair, backend: str
-) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite serialises claims with BEGIN IMMEDIATE; there is no lock to take")
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_claim_transaction_on_sqlite_holds_the_write_lock(sites: SitePair) -> None:
+    """SQLite has no advisory lock to take: BEGIN IMMEDIATE already serialises claims."""
+    database = sites.primary.main_engine.url.database
+    assert database is not None
+    held = HeldConnection(sites.primary.main_engine)
+    try:
+        with held.transaction() as conn:
+            lock_claims(conn, "primary")
+            other = sqlite3.connect(database, timeout=0.1, isolation_level=None)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+    finally:
+        held.close()
 
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_only_the_claim_transaction_skips_waiting_for_the_disk_and_bitmap_scans(
+    sites: SitePair,
+) -> None:
     def settings(conn: Connection) -> tuple[str, str]:
         commit = conn.execute(text("SHOW synchronous_commit")).scalar_one()
         bitmaps = conn.execute(text("SHOW enable_bitmapscan")).scalar_one()
