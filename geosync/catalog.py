@@ -58,6 +58,17 @@ class Catalog:
             raise NotFound(f"unknown replicable {name!r} (known: {known})")
         return found
 
+    def served(self, name: str, kind: type[Replicator]) -> type[Replicator]:
+        """The replicator called `name` if it is a `kind`; else `NotFound` saying only that the
+        name is not found (node-to-node answers reveal nothing about the catalog)."""
+        try:
+            found = self.get(name)
+        except NotFound:
+            raise NotFound(f"{name} not found") from None
+        if not issubclass(found, kind):
+            raise NotFound(f"{name} not found")
+        return found
+
     def of_strategy(self, strategy: str) -> list[type[Replicator]]:
         """The replicators of one strategy (`blob` or `repository`)."""
         return [r for r in self._replicators if r.strategy == strategy]

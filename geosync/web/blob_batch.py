@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geosync.app import Geo
-from geosync.errors import NotFound, ValidationError
+from geosync.errors import ValidationError
 from geosync.model import load_records
 from geosync.strategies.blob import BlobReplicator
 
@@ -75,12 +75,8 @@ class BatchSource:
     @classmethod
     def load(cls, geo: Geo, name: str, ids: list[int], conn: Any) -> BatchSource:
         """The batch's records, in one query on `conn`."""
-        try:
-            replicator = geo.catalog.get(name)
-        except NotFound:
-            raise NotFound(f"{name} not found") from None
-        if not issubclass(replicator, BlobReplicator):
-            raise NotFound(f"{name} not found")
+        replicator = geo.catalog.served(name, BlobReplicator)
+        assert issubclass(replicator, BlobReplicator)
         return cls(geo, replicator, ids, load_records(conn, replicator.model, ids))
 
     def pieces(self) -> Iterator[bytes]:

@@ -56,12 +56,7 @@ def _replicator(
     record_id: int,
     conn: Connection | None = None,
 ) -> Replicator:
-    try:
-        replicator_class = geo.catalog.get(name)
-    except NotFound:
-        raise NotFound(f"{name} not found") from None
-    if not issubclass(replicator_class, strategy):
-        raise NotFound(f"{name} not found")
+    replicator_class = geo.catalog.served(name, strategy)
     record = geo.load_record(replicator_class.model, record_id, conn)
     if record is None:
         raise NotFound(f"{name} not found")

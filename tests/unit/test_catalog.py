@@ -244,3 +244,16 @@ def test_a_model_with_two_replicators_maps_them_by_name_and_refuses_the_singular
 def test_a_replicator_refuses_a_record_of_another_model() -> None:
     with pytest.raises(TypeError, match="AttachmentReplicator replicates Attachment records"):
         AttachmentReplicator(Wiki(id=1))
+
+
+def test_served_names_a_replicator_of_one_strategy_and_reveals_nothing_else() -> None:
+    from geosync.strategies.blob import BlobReplicator
+    from geosync.strategies.repository import RepositoryReplicator
+
+    catalog = Catalog([UploadReplicator, PackageFileReplicator, SnippetReplicator])
+    assert catalog.served("upload", BlobReplicator) is UploadReplicator
+    assert catalog.served("snippet", RepositoryReplicator) is SnippetReplicator
+    for name, kind in (("snippet", BlobReplicator), ("nothing", BlobReplicator)):
+        with pytest.raises(NotFound) as raised:
+            catalog.served(name, kind)
+        assert str(raised.value) == f"{name} not found"
