@@ -4,7 +4,8 @@ For each backend and workload a fresh primary and secondary are built; the Uploa
 files are created on the primary first (publishing `created` events), then the primary runs as
 `geosync serve` and the secondary as `geosync worker`, both real processes on 127.0.0.1. The clock
 runs from the worker's start until the tracking database counts every registry row synced. The
-same source directory is then timed with `rsync -a` and `cp -r` into fresh directories.
+same source directory is then timed with `rsync -a` (also with `--fsync`, durable per file as
+geosync is) and `cp -r` into fresh directories.
 
     .venv/bin/python bench/blob_backfill.py                          # issue 3's sizes, both DBs
     .venv/bin/python bench/blob_backfill.py --backend sqlite --small-count 2000 --workload small
@@ -270,8 +271,15 @@ def time_command(label: str, command: list[str], workload: Workload) -> Timing:
     return Timing(label, time.perf_counter() - start, workload.count, workload.total_bytes)
 
 
+def _rsync_has_fsync() -> bool:
+    """Whether this rsync knows `--fsync` (3.2.3 and later)."""
+    result = subprocess.run(["rsync", "--help"], capture_output=True, text=True, check=False)
+    return "--fsync" in result.stdout
+
+
 def copy_tools(source: Path, scratch: Path, workload: Workload) -> list[Timing]:
-    """`rsync -a` (also followed by `sync`) and `cp -r` of `source`, each into a fresh dir."""
+    """`rsync -a` (also followed by `sync`, and with `--fsync` where rsync knows it) and `cp -r`
+    of `source`, each into a fresh dir."""
     timings: list[Timing] = []
     if shutil.which("rsync") is None:
         print("  rsync is not installed: `apt-get install rsync` to compare with it; skipped")
@@ -283,6 +291,11 @@ def copy_tools(source: Path, scratch: Path, workload: Workload) -> list[Timing]:
         flushed = rsync.seconds + time.perf_counter() - start
         timings += [rsync, Timing("rsync -a; sync", flushed, rsync.files, rsync.total_bytes)]
         shutil.rmtree(target)
+        # Durable per file, like geosync (which also hashes every byte): for comparison only.
+        fsync = ["rsync", "-a", "--fsync", f"{source}/", f"{target}/"]
+        if _rsync_has_fsync():
+            timings.append(time_command("rsync -a --fsync", fsync, workload))
+            shutil.rmtree(target)
     target = scratch / "cp-copy"
     timings.append(time_command("cp -r", ["cp", "-r", str(source), str(target)], workload))
     shutil.rmtree(target)
