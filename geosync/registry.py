@@ -125,6 +125,19 @@ class SyncedRow:
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
 
 
+def pending_values(pending_since: Any) -> dict[str, Any]:
+    """The columns of the pending transition: retry fields cleared, verification disabled until
+    the primary has a checksum; `pending_since` is a time or a SQL expression."""
+    return {
+        "state": SyncState.PENDING,
+        "retry_at": None,
+        "retry_count": 0,
+        "last_synced_at": None,
+        "verification_state": VerificationState.DISABLED,
+        "pending_since": pending_since,
+    }
+
+
 class Registry:
     """The registry of one replicator on this secondary: reads, transitions and claims."""
 
@@ -235,14 +248,7 @@ class Registry:
         changed = conn.execute(
             update(self.table)
             .where(self.key.in_(list(since)))
-            .values(
-                state=SyncState.PENDING,
-                retry_at=None,
-                retry_count=0,
-                last_synced_at=None,
-                verification_state=VerificationState.DISABLED,
-                pending_since=pending_since,
-            )
+            .values(**pending_values(pending_since))
             .returning(self.key)
         )
         missing = set(since) - {int(i) for i in changed.scalars()}
@@ -263,12 +269,7 @@ class Registry:
             model_record_id,
             "pending",
             tuple(SyncState),
-            state=SyncState.PENDING,
-            retry_at=None,
-            retry_count=0,
-            last_synced_at=None,
-            verification_state=VerificationState.DISABLED,
-            pending_since=pending_since or self.geo.clock.now(),
+            **pending_values(pending_since or self.geo.clock.now()),
         )
 
     def start(self, conn: Connection, model_record_id: int) -> datetime:

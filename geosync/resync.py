@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select, update
 
 from geosync.errors import ConfigurationError
-from geosync.registry import Registry, SyncState, VerificationState
+from geosync.registry import Registry, SyncState, pending_values
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -68,14 +68,7 @@ def resync_all(geo: Geo, replicator: type[Replicator], failed_only: bool) -> Ite
             moved = conn.execute(
                 update(registry.table)
                 .where(registry.key.in_(keys), c.state.in_(_states(failed_only)))
-                .values(
-                    state=SyncState.PENDING,
-                    retry_at=None,
-                    retry_count=0,
-                    last_synced_at=None,
-                    verification_state=VerificationState.DISABLED,
-                    pending_since=geo.clock.now(),
-                )
+                .values(**pending_values(geo.clock.now()))
             ).rowcount
         after = int(keys[-1])
         yield int(moved)

@@ -40,7 +40,6 @@ class _Item:
     """One blob of the batch: its sync, where it goes and what the primary says it is."""
 
     service: SyncService
-    replicator: BlobReplicator
     dest: Path
     relative: str
     expected: str | None
@@ -97,7 +96,7 @@ class BatchSync:
         relative = replicator.blob_path()
         if service.can_skip_download(replicator, dest, expected):
             return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
-        return _Item(service, replicator, dest, relative, expected)
+        return _Item(service, dest, relative, expected)
 
     def _transfer(self, wanted: dict[int, _Item]) -> dict[int, Success | BaseException]:
         first = next(iter(wanted.values())).service
