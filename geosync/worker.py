@@ -69,6 +69,7 @@ class Worker:
         chosen = factories if factories is not None else ROLE_LOOPS[role]()
         self.loops: list[Loop] = [factory(geo, self) for factory in chosen]
         self.wakeups = {loop.name: Wakeup() for loop in self.loops}
+        self._by_name = {loop.name: loop for loop in self.loops}
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -93,15 +94,28 @@ class Worker:
             closer()
 
     def notify(self, *loop_names: str) -> None:
-        """New work exists: wake the named loops (every loop when none is named).
+        """New work exists: tell the named loops (every loop when none is named) and wake them.
+
+        A loop that keeps note of having run dry (the scheduler) hears of the new work through
+        its `work_arrived()`, so it looks again at once instead of after its drained pause.
+        """
+        for name in loop_names or tuple(self.wakeups):
+            loop = self._by_name.get(name)
+            arrived = getattr(loop, "work_arrived", None)
+            if callable(arrived):
+                arrived()
+            self.wake(name)
+
+    def wake(self, loop_name: str) -> None:
+        """Wake one loop for another round, without telling it of new work (a finished sync
+        frees a slot: the scheduler looks again, but not at queues it just found empty).
 
         Finished syncs wake only the scheduler: waking every loop on each file made the status,
         sweep and verification loops run hundreds of times a minute for nothing.
         """
-        for name in loop_names or tuple(self.wakeups):
-            wakeup = self.wakeups.get(name)
-            if wakeup is not None:
-                wakeup.set()
+        wakeup = self.wakeups.get(loop_name)
+        if wakeup is not None:
+            wakeup.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let loops finish their round, and wait for them."""

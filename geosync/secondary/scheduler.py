@@ -131,6 +131,7 @@ class SchedulerLoop:
         self._route_read = 0.0
         self._drained_at: dict[str, float | None] = {}
         self._empty_at: dict[type[Replicator], float] = {}
+        self._fresh = False
         self._flags: dict[type[Replicator], bool] = {}
         self._flags_read = -FLAGS_TTL
         self.client = BlobClient()
@@ -147,6 +148,10 @@ class SchedulerLoop:
 
     def run_once(self) -> float:
         """Claim and start as much work as the capacities allow."""
+        if self._fresh:
+            self._fresh = False
+            self._drained_at.clear()
+            self._empty_at.clear()
         route = self._current_route()
         node = route.node
         if node is None:
@@ -303,7 +308,12 @@ class SchedulerLoop:
             self.inflight[strategy] -= count
         if future.exception() is not None:
             log.error("sync thread failed", error=repr(future.exception()))
-        self.worker.notify(self.name)
+        self.worker.wake(self.name)
+
+    def work_arrived(self) -> None:
+        """Another loop made work (new events, recovered or failed rows): the next round looks
+        at every queue again, even one found empty a moment ago. Called from other threads."""
+        self._fresh = True
 
     def close(self) -> None:
         """Stop: let running syncs finish for a grace period, then interrupt the rest."""

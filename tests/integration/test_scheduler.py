@@ -99,3 +99,38 @@ def test_claiming_nothing_changes_nothing(sites: SitePair, limit: int) -> None:
         uploads.insert_pending(conn, [1])
         assert uploads.claim(conn, limit) == []
         assert uploads.require(conn, 1).sync_state == SyncState.PENDING
+
+
+def test_new_work_is_claimed_at_once_even_right_after_a_round_found_none(
+    sites: SitePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queue found empty is skipped for a pause, but work another loop announces (new events,
+    # recovered rows) must not wait for that pause to end.
+    from geosync.secondary import scheduler as scheduler_module
+    from geosync.worker import Worker
+
+    monkeypatch.setattr(scheduler_module, "DRAINED_RECHECK", 3600.0)
+    uploads, _ = registries(sites)
+    worker = Worker(sites.secondary, [scheduler_module.SchedulerLoop])
+    loop = worker.loops[0]
+    assert isinstance(loop, scheduler_module.SchedulerLoop)
+    try:
+        loop.run_once()  # nothing to do: every queue is now marked drained
+        with sites.secondary.tracking() as conn:
+            uploads.insert_pending(conn, [1, 2])
+        loop.run_once()
+        assert pending_ids(sites, uploads) == [1, 2], "a drained queue is skipped for a while"
+        worker.wake(loop.name)  # a finished sync's wake-up is not news of work
+        loop.run_once()
+        assert pending_ids(sites, uploads) == [1, 2]
+        worker.notify(loop.name)
+        loop.run_once()
+        assert pending_ids(sites, uploads) == [], "announced work is claimed in the next round"
+    finally:
+        loop.close()
+
+
+def pending_ids(sites: SitePair, registry: Registry) -> list[int]:
+    with sites.secondary.tracking_engine.connect() as conn:
+        rows = [registry.get(conn, model_id) for model_id in (1, 2)]
+    return [i for i, r in zip((1, 2), rows, strict=True) if r and r.sync_state == SyncState.PENDING]
