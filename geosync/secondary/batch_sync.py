@@ -1,8 +1,10 @@
 """Syncing several blobs of one replicator with one request (`geosync.web.blob_batch`).
 
 Each item is still its own sync: its own claim, checksum check, atomic write, registry outcome,
-attempt row and log line, exactly as `SyncService` does alone. Only the transfer is shared, and
-an item the primary sends `separate` (too large to inline) is synced alone afterwards.
+attempt row and log line, exactly as `SyncService` does alone. Only the transfer is shared. An
+item the primary sends `separate` (too large to inline) is synced alone: handed back to the
+scheduler, which runs it as a sync of its own as soon as the batch's answer is read, or, without
+a scheduler, after the batch, a few at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +56,23 @@ class BatchSync:
         client: BlobClient,
         cancel: threading.Event | None,
         writers: ThreadPoolExecutor | None = None,
+        hand_off: Callable[[SyncService], None] | None = None,
     ) -> None:
         self.services = services
         self.client = client
         self.cancel = cancel
         #: Files are written (created, fsynced, renamed) here while the next ones arrive.
         self.writers = writers
+        #: Takes each `separate` item to run as its own sync; the batch then neither waits for
+        #: it nor settles it. Without it the batch syncs those items itself, after the others.
+        self.hand_off = hand_off
 
     def execute(self) -> int:
         """Run every sync; returns how many rows ended synced."""
         clock_start = time.monotonic()
         results: dict[int, Success | BaseException] = {}
         wanted: dict[int, _Item] = {}
+        self._handed: set[int] = set()
         for service in self.services:
             try:
                 item = self._plan(service)
@@ -127,7 +134,11 @@ class BatchSync:
         finally:
             results.update((model_id, future.result()) for model_id, future in writing.items())
         self._sync_directories(wanted, results)
-        if separate:  # too large for a batch: the single, resumable endpoint, a few at a time
+        if separate and self.hand_off is not None:
+            for model_id in separate:
+                self.hand_off(wanted[model_id].service)
+                self._handed.add(model_id)
+        elif separate:  # too large for a batch: the single, resumable endpoint, a few at a time
             services = [wanted[model_id].service for model_id in separate]
             workers = min(len(services), LARGE_AT_ONCE)
             with ThreadPoolExecutor(workers, thread_name_prefix="sync-large") as pool:
@@ -203,9 +214,13 @@ class BatchSync:
     def _settle(self, results: dict[int, Success | BaseException], clock_start: float) -> int:
         finished = []
         for service in self.services:
+            if service.model_record_id in self._handed:
+                continue  # its own sync now, settled when it ends
             result = results[service.model_record_id]
             outcome = service.failure(result) if isinstance(result, BaseException) else result
             finished.append((service, outcome))
+        if not finished:
+            return 0
         answers = _settle_all(finished)
         done = 0
         for (service, outcome), settled in zip(finished, answers, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -230,14 +231,37 @@ class SchedulerLoop:
                 self._empty_at.pop(registry.replicator, None)
             else:
                 self._empty_at[registry.replicator] = now
-        pool = self._pool(strategy, capacity)
         prefetched = self._prefetch(claims)
         for job in self._jobs(strategy, capacity, claims, prefetched):
-            with self._lock:
-                self.inflight[strategy] += len(job)
-            future = pool.submit(self._run, job)
-            future.add_done_callback(partial(self._done, strategy=strategy, count=len(job)))
+            self._submit(strategy, capacity, job)
         return len(claims)
+
+    def _submit(self, strategy: str, capacity: int, job: list[SyncService]) -> None:
+        """Run `job` (one sync, or a batch of blobs) on the strategy's pool, counted in flight
+        until it ends. A batch hands the items too large for it back here, as syncs of their
+        own: counted twice for a moment, never not at all."""
+        with self._lock:
+            self.inflight[strategy] += len(job)
+        pool = self._pool(strategy, capacity)
+        run: Callable[[], object]
+        if len(job) == 1:
+            run = job[0].execute
+        else:
+            hand_off = partial(self._hand_off, strategy, capacity)
+            run = BatchSync(job, self.client, self.cancel, self.writers, hand_off).execute
+        try:
+            future = pool.submit(run)
+        except RuntimeError:  # the pool is shut down: the worker is stopping
+            with self._lock:
+                self.inflight[strategy] -= len(job)
+            raise
+        future.add_done_callback(partial(self._done, strategy=strategy, count=len(job)))
+
+    def _hand_off(self, strategy: str, capacity: int, service: SyncService) -> None:
+        try:
+            self._submit(strategy, capacity, [service])
+        except RuntimeError:  # stopping: the batch's own thread runs it (or fails it cleanly)
+            service.execute()
 
     def _jobs(
         self,
@@ -298,12 +322,7 @@ class SchedulerLoop:
             self.pools[strategy] = pool
         return pool
 
-    def _run(self, job: list[SyncService]) -> int:
-        if len(job) == 1:
-            return int(job[0].execute())
-        return BatchSync(job, self.client, self.cancel, self.writers).execute()
-
-    def _done(self, future: Future[int], *, strategy: str, count: int) -> None:
+    def _done(self, future: Future[object], *, strategy: str, count: int) -> None:
         with self._lock:
             self.inflight[strategy] -= count
         if future.exception() is not None:

@@ -182,6 +182,31 @@ def test_a_batch_settles_every_item_as_its_own_sync(live_sites: SitePair, groupe
     assert list(storage.rglob("tmp_*")) == []
 
 
+def test_a_batch_hands_large_items_back_and_settles_the_rest_at_once(
+    live_sites: SitePair,
+) -> None:
+    """Under the scheduler, a large item is its own sync: the small ones never wait for it."""
+    sites = live_sites
+    small = {add_upload(sites, f"h/{n}.bin", os.urandom(2000 + n)) for n in range(2)}
+    large_data = os.urandom(LARGE)
+    large = add_upload(sites, "h/large.bin", large_data)
+    services = claimed_services(sites, [*small, large], Settler(sites.secondary))
+    handed: list[SyncService] = []
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.primary_served():
+        done = BatchSync(services, BlobClient(), None, hand_off=handed.append).execute()
+        with sites.secondary.tracking() as conn:
+            before = {i: registry.require(conn, i).sync_state for i in [*small, large]}
+        assert [s.model_record_id for s in handed] == [large]
+        assert handed[0].execute()
+    assert done == len(small)
+    assert before == {**dict.fromkeys(small, SyncState.SYNCED), large: SyncState.STARTED}
+    with sites.secondary.tracking() as conn:
+        assert registry.require(conn, large).sync_state is SyncState.SYNCED
+    storage = sites.secondary.settings.blob_storage("uploads")
+    assert (storage / "h/large.bin").read_bytes() == large_data
+
+
 def test_a_batch_to_a_stopped_primary_fails_every_item_for_a_retry(live_sites: SitePair) -> None:
     sites = live_sites
     ids = [add_upload(sites, f"d/{n}.bin", b"data") for n in range(3)]
