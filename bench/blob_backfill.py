@@ -116,6 +116,7 @@ class ProcessUsage:
     role: str
     peak_mb: float
     cpu_seconds: float
+    system_seconds: float  # the part of cpu_seconds spent in the kernel
 
 
 @dataclass
@@ -347,8 +348,9 @@ def proc_usage(role: str, pid: int) -> ProcessUsage:
     status = Path(f"/proc/{pid}/status").read_text()
     peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ProcessUsage(role, peak_kb * KiB / MB, ticks / os.sysconf("SC_CLK_TCK"))
+    user, system = int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    tick = os.sysconf("SC_CLK_TCK")
+    return ProcessUsage(role, peak_kb * KiB / MB, (user + system) / tick, system / tick)
 
 
 def run_geosync(
@@ -446,7 +448,8 @@ def show(report: Report) -> None:
         share = usage.cpu_seconds / report.geosync.seconds * 100
         print(
             f"  {usage.role:<18} peak RSS {usage.peak_mb:7.1f} MB,"
-            f" CPU {usage.cpu_seconds:7.1f} s ({share:4.0f}% of one core)"
+            f" CPU {usage.cpu_seconds:7.1f} s ({share:4.0f}% of one core,"
+            f" {usage.system_seconds:.1f} s in the kernel)"
         )
     noted = [(e, n) for e, n in report.log_events.most_common() if e in NOTED or "(" in e]
     if noted:

@@ -42,19 +42,23 @@ class BlobResponse:
         return self.raw.getheader(name)
 
     def read_chunk(self, size: int) -> bytes:
-        """Up to `size` bytes of the body (empty at its end)."""
+        """Up to `size` bytes of the body (empty at its end).
+
+        A body that ends before its Content-Length is a `TransportFailure`, never a short end:
+        the standard library's client returns such an end as if the body were whole.
+        """
         try:
-            return self.raw.read(size)
+            chunk = self.raw.read(size)
         except (OSError, http.client.HTTPException) as exc:
             raise TransportFailure(f"the body was cut short: {exc}") from exc
+        if not chunk and size and self.raw.length:
+            raise TransportFailure(f"the body was cut short: {self.raw.length} bytes missing")
+        return chunk
 
     def iter_bytes(self, size: int) -> Iterator[bytes]:
-        """The body in chunks of at most `size` bytes."""
-        try:
-            while chunk := self.raw.read(size):
-                yield chunk
-        except (OSError, http.client.HTTPException) as exc:
-            raise TransportFailure(f"the body was cut short: {exc}") from exc
+        """The body in chunks of at most `size` bytes (cut short: `TransportFailure`)."""
+        while chunk := self.read_chunk(size):
+            yield chunk
 
     def read(self) -> bytes:
         """The whole body (for small error bodies); read once, then kept."""

@@ -2,23 +2,23 @@
 
 The body goes to `tmp_<random>` in the destination directory, is fsynced and then renamed into
 place, so a partial file is never visible under the real name. An interrupted download resumes
-with an HTTP Range request; the hash continues over the bytes already written.
+with an HTTP Range request; the hash continues over the bytes already written. Large files are
+written past the page cache (`geosync.secondary.partial_file`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 from geosync.errors import AuthenticationError, ChecksumMismatch, PrimaryMissing, TransferError
 from geosync.secondary.blob_client import BlobClient, BlobResponse, TransportFailure
+from geosync.secondary.partial_file import PartialFile
 
 CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
@@ -38,28 +38,6 @@ class Interrupted(TransferError):
     """The download was stopped because the worker is shutting down."""
 
 
-@dataclass
-class _Partial:
-    """The bytes written so far and their running hash."""
-
-    handle: BinaryIO
-    digest: Any = field(default_factory=hashlib.sha256)
-    written: int = 0
-
-    def add(self, chunk: bytes) -> None:
-        """Write and hash `chunk`."""
-        self.handle.write(chunk)
-        self.digest.update(chunk)
-        self.written += len(chunk)
-
-    def restart(self) -> None:
-        """Forget everything written (the server ignored a Range request)."""
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.digest = hashlib.sha256()
-        self.written = 0
-
-
 def download_blob(
     client: BlobClient,
     url: str,
@@ -73,16 +51,15 @@ def download_blob(
 
     `auth` makes fresh request headers for each (re)try, since tokens are short-lived.
     """
-    with _temp_file(dest) as (tmp, handle):
-        partial = _Partial(handle)
+    with _temp_file(dest) as temp:
         for attempt in range(RESUME_ATTEMPTS):
             try:
-                _stream(client, url, auth(), partial, cancel)
+                _stream(client, url, auth(), temp.partial, cancel)
                 break
             except TransportFailure as exc:
                 if attempt == RESUME_ATTEMPTS - 1:
                     raise TransferError(f"Connection to the primary failed: {exc}") from exc
-        return _commit(tmp, partial, dest, expected_sha256)
+        return _commit(temp, dest, expected_sha256)
 
 
 def write_blob(
@@ -98,41 +75,48 @@ def write_blob(
     Without `sync_directory` the rename is not yet durable: the caller must `sync_directory`
     of `dest.parent` before it records the file as synced (once for many files).
     """
-    with _temp_file(dest) as (tmp, handle):
-        partial = _Partial(handle)
+    with _temp_file(dest) as temp:
         for chunk in chunks:
             if cancel is not None and cancel.is_set():
                 raise Interrupted("Sync interrupted: the worker is shutting down")
-            partial.add(chunk)
-        return _commit(tmp, partial, dest, expected_sha256, sync_directory)
+            temp.partial.add(chunk)
+        return _commit(temp, dest, expected_sha256, sync_directory)
+
+
+@dataclass
+class _Temp:
+    """A temp file being written, and where it lies."""
+
+    path: Path
+    partial: PartialFile
 
 
 @contextmanager
-def _temp_file(dest: Path) -> Iterator[tuple[Path, BinaryIO]]:
+def _temp_file(dest: Path) -> Iterator[_Temp]:
     """A new `tmp_<random>` beside `dest`, removed on the way out unless renamed into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     try:
         with tmp.open("wb") as handle:
-            yield tmp, handle
+            partial = PartialFile(handle)
+            try:
+                yield _Temp(tmp, partial)
+            finally:
+                partial.close()
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _commit(
-    tmp: Path,
-    partial: _Partial,
-    dest: Path,
-    expected_sha256: str | None,
-    sync_directory_too: bool = True,
+    temp: _Temp, dest: Path, expected_sha256: str | None, sync_directory_too: bool = True
 ) -> Download:
     """Make the written bytes durable and, if their hash is right, visible under `dest`."""
-    partial.handle.flush()
-    os.fdatasync(partial.handle.fileno())
+    partial = temp.partial
+    partial.finish()
     actual = partial.digest.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ChecksumMismatch("Downloaded file checksum mismatch")
-    os.replace(tmp, dest)
+    os.replace(temp.path, dest)
     if sync_directory_too:
         sync_directory(dest.parent)
     return Download(dest, partial.written, actual)
@@ -142,7 +126,7 @@ def _stream(
     client: BlobClient,
     url: str,
     headers: dict[str, str],
-    partial: _Partial,
+    partial: PartialFile,
     cancel: threading.Event | None,
 ) -> None:
     if partial.written:
@@ -151,6 +135,8 @@ def _stream(
         check_response(response)
         if partial.written and response.status_code == 200:
             partial.restart()
+        if not partial.written and (length := response.header("content-length")):
+            partial.expect(int(length) if length.isdigit() else 0)
         for chunk in response.iter_bytes(CHUNK):
             if cancel is not None and cancel.is_set():
                 raise Interrupted("Sync interrupted: the worker is shutting down")
