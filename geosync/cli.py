@@ -466,12 +466,14 @@ def serve(
     """Run this site's web application (node-to-node API, REST API, metrics)."""
     import uvicorn
 
+    from geosync.allocator import tune_for_streaming
     from geosync.log import configure
     from geosync.web.app import create_app
 
     def action() -> None:
         geo = load_geo()
         configure(geo.settings.log_format, geo.settings.log_level)
+        tune_for_streaming()
         uvicorn.run(create_app(geo), host=host, port=port, log_level="warning", access_log=False)
 
     run(action)
@@ -488,6 +490,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run this site's background loops until SIGTERM or SIGINT."""
+    from geosync.allocator import tune_for_streaming
     from geosync.log import configure
     from geosync.metrics import start_metrics_server
     from geosync.worker import Worker
@@ -495,6 +498,7 @@ def worker(
     def action() -> None:
         geo = load_geo()
         configure(geo.settings.log_format, geo.settings.log_level)
+        tune_for_streaming()
         if metrics_port is not None:
             start_metrics_server(geo, metrics_port)
         Worker(geo).run_forever()
