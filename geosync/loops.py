@@ -9,9 +9,17 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+#: Seconds a secondary's housekeeping loops (status, sweeps, verification) let pass before their
+#: first round: a starting worker's first syncs then do not queue behind them for the database
+#: and the interpreter. A loop opts in with `start_after = HOUSEKEEPING_START`.
+HOUSEKEEPING_START = 1.0
+
 
 class Loop(Protocol):
-    """One background activity (log cursor, scheduler, verification, sweep, status, pruning)."""
+    """One background activity (log cursor, scheduler, verification, sweep, status, pruning).
+
+    A loop may also have `start_after`: seconds the worker waits before its first round.
+    """
 
     name: str
 

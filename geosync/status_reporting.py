@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from geosync.auth import node_header
 from geosync.errors import ConfigurationError, GeoError
 from geosync.log import get_logger
+from geosync.loops import HOUSEKEEPING_START
 from geosync.status import NodeStatus, compute_status, store_status
 
 if TYPE_CHECKING:
+    import httpx
+
     from geosync.app import Geo
     from geosync.worker import Worker
 
@@ -29,6 +31,8 @@ REQUEST_TIMEOUT = 30.0
 
 def report_to_primary(geo: Geo, status: NodeStatus, client: httpx.Client) -> None:
     """Post a secondary's `status` to the primary, or raise `GeoError` saying why it failed."""
+    import httpx
+
     primary = geo.primary_node()
     if primary is None:
         raise ConfigurationError("no primary node is registered: cannot report status")
@@ -52,11 +56,21 @@ class StatusLoop:
     """Background loop (both roles): compute this node's status every minute and deliver it."""
 
     name = "status"
+    start_after = HOUSEKEEPING_START
 
     def __init__(self, geo: Geo, worker: Worker | None = None) -> None:
         self.geo = geo
         self.worker = worker
-        self.client = httpx.Client(timeout=REQUEST_TIMEOUT)
+        self._client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client for reports, made on first use (httpx stays out of a worker's start)."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.Client(timeout=REQUEST_TIMEOUT)
+        return self._client
 
     def run_once(self) -> float:
         """Compute and deliver one status; a failure is logged and counted, never raised."""
@@ -75,4 +89,5 @@ class StatusLoop:
 
     def close(self) -> None:
         """Release the HTTP connections (called by the worker when the loop ends)."""
-        self.client.close()
+        if self._client is not None:
+            self._client.close()

@@ -81,6 +81,9 @@ class Worker:
         log.info("worker started", role=self.role, loops=[loop.name for loop in self.loops])
 
     def _run(self, loop: Loop) -> None:
+        pause = float(getattr(loop, "start_after", 0.0))
+        if pause > 0:
+            self.stopping.wait(pause)
         while not self.stopping.is_set():
             try:
                 delay = loop.run_once()

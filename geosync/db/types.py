@@ -6,15 +6,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 #: An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
 BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
 
+
+class _JSONDocument(TypeDecorator[Any]):
+    """JSON, stored as JSONB on PostgreSQL (whose dialect is only loaded where it is used)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """JSONB on PostgreSQL, JSON elsewhere."""
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
 #: JSON stored as JSONB on PostgreSQL.
-JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+JSONDoc = _JSONDocument()
 
 
 class UTCDateTime(TypeDecorator[datetime]):

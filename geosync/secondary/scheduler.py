@@ -23,6 +23,7 @@ from geosync.db.tables import geo_leases
 from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
+from geosync.loops import HOUSEKEEPING_START
 from geosync.registry import Registry, SyncState
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
@@ -350,6 +351,7 @@ class StuckSweepLoop:
     """Keeps this worker's liveness lease, recovers rows of dead workers, fails stuck syncs."""
 
     name = "stuck_sweep"
+    start_after = HOUSEKEEPING_START
     STUCK_EVERY = timedelta(minutes=10)
 
     def __init__(self, geo: Geo, worker: Worker) -> None:

@@ -21,6 +21,7 @@ from geosync.checksums import ChecksumResult, checksum_loaded, load_records
 from geosync.db.held import HeldConnection
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
+from geosync.loops import HOUSEKEEPING_START
 from geosync.registry import Registry, RegistryRow, SyncState
 from geosync.strategies.blob import file_sha256
 from geosync.verification import (
@@ -233,6 +234,7 @@ class SecondaryVerificationLoop:
     """Verifies synced copies of every verifiable type within `verification_max_capacity`."""
 
     name = "secondary_verification"
+    start_after = HOUSEKEEPING_START
 
     def __init__(
         self, geo: Geo, worker: Worker | None = None, *, threads: int | None = None
