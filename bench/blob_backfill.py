@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -132,6 +133,15 @@ class Report:
     log_events: Counter[str] = field(default_factory=Counter)
     #: Seconds from the worker's start until the first row was seen synced (start-up cost).
     first_synced: float = 0.0
+    #: Seconds from the worker's process start until it logged "worker started" (interpreter,
+    #: imports, settings): part of the end-to-end time, not of the copying.
+    ready: float = 0.0
+
+    @property
+    def from_ready(self) -> Timing:
+        """The backfill timed from the worker's "worker started" on: its copying alone."""
+        g = self.geosync
+        return Timing("  from ready", g.seconds - self.ready, g.files, g.total_bytes)
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -361,7 +371,7 @@ def run_geosync(
     try:
         primary.start("serve")
         os.sync()
-        start = time.perf_counter()
+        start, wall_start = time.perf_counter(), time.time()
         secondary.start("worker")
         progress = wait_synced(pair, workload.count, timeout, lambda: _alive(primary, secondary))
         usage = [
@@ -372,9 +382,23 @@ def run_geosync(
         secondary.stop_all()
         primary.stop_all()
     timing = Timing("geosync", progress.done - start, workload.count, workload.total_bytes)
-    events = log_events(secondary.logs / f"{secondary.name}-worker.log")
+    log_path = secondary.logs / f"{secondary.name}-worker.log"
+    events = log_events(log_path)
     first = progress.first - start
-    return Report(backend, workload, timing, usage=usage, log_events=events, first_synced=first)
+    ready = worker_started_at(log_path) - wall_start
+    return Report(
+        backend, workload, timing, usage=usage, log_events=events, first_synced=first, ready=ready
+    )
+
+
+def worker_started_at(path: Path) -> float:
+    """When the worker logged "worker started", as a Unix time."""
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("event") == "worker started":
+                return datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
+    raise RuntimeError(f"no 'worker started' line in {path}")
 
 
 def log_events(path: Path) -> Counter[str]:
@@ -435,15 +459,18 @@ def measure(backend: str, workload: Workload, scratch: Path, args: argparse.Name
 def show(report: Report) -> None:
     """One block of the table: geosync, the copy tools, time ratios, memory and CPU."""
     print(f"  {'':<16} {'seconds':>9} {'files/s':>9} {'MB/s':>8} {'geosync time / tool time':>25}")
-    for timing in [report.geosync, *report.copies]:
+    for timing in [report.geosync, report.from_ready, *report.copies]:
         ratio = ""
-        if timing is not report.geosync:
+        if timing.label.startswith(("rsync", "cp")):
             ratio = f"{report.geosync.seconds / timing.seconds:.2f}"
         print(
             f"  {timing.label:<16} {timing.seconds:9.2f} {timing.files_per_second:9.0f}"
             f" {timing.mb_per_second:8.1f} {ratio:>25}"
         )
-    print(f"  first row synced {report.first_synced:.1f} s after the worker started")
+    print(
+        f"  worker ready {report.ready:.2f} s after its process started;"
+        f" first row synced {report.first_synced:.1f} s after the process started"
+    )
     for usage in report.usage:
         share = usage.cpu_seconds / report.geosync.seconds * 100
         print(
@@ -493,9 +520,9 @@ def targets(reports: list[Report]) -> list[tuple[str, bool]]:
             rsync = next((t for t in r.copies if t.label == "rsync -a"), None)
             if rsync is not None:
                 rate, floor = r.geosync.mb_per_second, rsync.mb_per_second
-                checks.append(
-                    (f"{where}: >= rsync MB/s ({rate:.0f} vs {floor:.0f})", rate >= floor)
-                )
+                ready = r.from_ready.mb_per_second
+                text = f"{where}: >= rsync MB/s ({rate:.0f} vs {floor:.0f}; from ready {ready:.0f})"
+                checks.append((text, rate >= floor))
         peak = max((u.peak_mb for u in r.usage), default=0.0)
         limit = TARGET_PEAK_MB
         checks.append((f"{where}: every process < {limit} MB ({peak:.0f})", peak < limit))

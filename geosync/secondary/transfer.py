@@ -89,22 +89,29 @@ class _Temp:
 
     path: Path
     partial: PartialFile
+    #: Renamed into place: nothing is left to remove.
+    placed: bool = False
 
 
 @contextmanager
 def _temp_file(dest: Path) -> Iterator[_Temp]:
     """A new `tmp_<random>` beside `dest`, removed on the way out unless renamed into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     try:
-        with tmp.open("wb") as handle:
-            partial = PartialFile(handle)
+        handle = tmp.open("wb")
+    except FileNotFoundError:  # the first file of its directory (one syscall saved on the rest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        handle = tmp.open("wb")
+    temp = _Temp(tmp, PartialFile(handle))
+    try:
+        with handle:
             try:
-                yield _Temp(tmp, partial)
+                yield temp
             finally:
-                partial.close()
+                temp.partial.close()
     finally:
-        tmp.unlink(missing_ok=True)
+        if not temp.placed:
+            tmp.unlink(missing_ok=True)
 
 
 def _commit(
@@ -117,6 +124,7 @@ def _commit(
     if expected_sha256 is not None and actual != expected_sha256:
         raise ChecksumMismatch("Downloaded file checksum mismatch")
     os.replace(temp.path, dest)
+    temp.placed = True
     if sync_directory_too:
         sync_directory(dest.parent)
     return Download(dest, partial.written, actual)
