@@ -20,6 +20,7 @@ from geosync.demo.replicators import UploadReplicator
 from geosync.registry import Registry, SyncState, VerificationState
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.partial_file import DIRECT_MIN
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import SyncService, prefetch
 from geosync.secondary.transfer import Interrupted, write_blob
@@ -188,7 +189,7 @@ def test_a_batch_hands_large_items_back_and_settles_the_rest_at_once(
     """Under the scheduler, a large item is its own sync: the small ones never wait for it."""
     sites = live_sites
     small = {add_upload(sites, f"h/{n}.bin", os.urandom(2000 + n)) for n in range(2)}
-    large_data = os.urandom(LARGE)
+    large_data = os.urandom(DIRECT_MIN + 12_345)  # its own sync writes past the page cache
     large = add_upload(sites, "h/large.bin", large_data)
     services = claimed_services(sites, [*small, large], Settler(sites.secondary))
     handed: list[SyncService] = []
