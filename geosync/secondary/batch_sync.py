@@ -124,6 +124,7 @@ class BatchSync:
                         writing[model_id] = outcome
                     else:
                         results[model_id] = outcome
+                _read_end(response)
         except TransportFailure as exc:
             failure = TransferError(f"Connection to the primary failed: {exc}")
             for model_id in wanted:
@@ -252,6 +253,13 @@ def _read_header(response: BlobResponse) -> dict[str, object]:
     if not isinstance(header, dict):
         raise TransferError("the primary's batch is malformed (frame header is not an object)")
     return header
+
+
+def _read_end(response: BlobResponse) -> None:
+    """Read the body's end after the last frame, so the connection can serve the next batch
+    (a body left unread closes it: a new connection per batch on both sites)."""
+    if response.read_chunk(1):
+        raise TransferError("the primary's batch sent more frames than were asked for")
 
 
 def _exactly(response: BlobResponse, size: int) -> Iterator[bytes]:

@@ -97,6 +97,8 @@ class BlobClient:
         self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: Connections opened so far: with keep-alive working, far fewer than requests made.
+        self.opened = 0
 
     @contextmanager
     def get(self, url: str, headers: dict[str, str]) -> Iterator[BlobResponse]:
@@ -126,7 +128,7 @@ class BlobClient:
             if not reused:
                 raise TransportFailure(f"cannot reach {origin[1]}:{origin[2]}: {exc}") from exc
         # A kept-alive connection the server had already closed: one fresh try.
-        conn = _new_connection(origin)
+        conn = self._new_connection(origin)
         try:
             conn.request("GET", target, headers=headers)
             return conn, conn.getresponse()
@@ -139,7 +141,12 @@ class BlobClient:
             idle = self._idle.get(origin)
             if idle:
                 return idle.pop(), True
-        return _new_connection(origin), False
+        return self._new_connection(origin), False
+
+    def _new_connection(self, origin: Origin) -> http.client.HTTPConnection:
+        with self._lock:
+            self.opened += 1
+        return _new_connection(origin)
 
     def _release(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
         with self._lock:

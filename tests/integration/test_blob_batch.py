@@ -208,6 +208,21 @@ def test_a_batch_hands_large_items_back_and_settles_the_rest_at_once(
     assert (storage / "h/large.bin").read_bytes() == large_data
 
 
+def test_batches_share_one_kept_alive_connection(live_sites: SitePair) -> None:
+    """A batch reads its answer to the end, so the next batch needs no new connection."""
+    sites = live_sites
+    ids = [add_upload(sites, f"k/{n}.bin", os.urandom(3000 + n)) for n in range(6)]
+    client = BlobClient()
+    with sites.primary_served():
+        for half in (ids[:3], ids[3:]):
+            services = claimed_services(sites, half, Settler(sites.secondary))
+            assert BatchSync(services, client, None).execute() == len(half)
+    client.close()
+    assert client.opened == 1
+    storage = sites.secondary.settings.blob_storage("uploads")
+    assert len(list(storage.rglob("k/*.bin"))) == len(ids)
+
+
 def test_a_batch_to_a_stopped_primary_fails_every_item_for_a_retry(live_sites: SitePair) -> None:
     sites = live_sites
     ids = [add_upload(sites, f"d/{n}.bin", b"data") for n in range(3)]
