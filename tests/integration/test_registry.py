@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import delete
 
 from geosync import InvalidTransition, NotFound, SyncState, VerificationState
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import Registry, RegistryRow
+from geosync.registry import Registry, RegistryRow, SyncedRow
 from geosync.testing import SitePair
 
 ID = 7
@@ -184,6 +185,44 @@ def test_synced_of_a_timed_out_sync_loses_to_its_retry(registry: Registry, sites
     second = start(registry)
     assert not synced(registry, first)
     assert synced(registry, second)
+
+
+def test_synced_rows_settles_a_group_as_each_row_alone_would(
+    registry: Registry, sites: SitePair
+) -> None:
+    """Many rows in one call (one statement on PostgreSQL): each gets its own outcome."""
+    clock = sites.secondary.clock
+    ids = [21, 22, 23, 24, 25]
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, ids)
+        started = dict(registry.claim(conn, 10))
+    superseded_at = started[24]
+    clock.advance(1)  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        registry.pending(conn, 24)  # a newer event while its sync ran
+        conn.execute(delete(registry.table).where(registry.key == 25))  # deleted meanwhile
+        done = registry.synced_rows(
+            conn,
+            [
+                SyncedRow(21, started[21], local_path="a/21"),
+                SyncedRow(22, started[22], VerificationState.SUCCEEDED, "c" * 64, False, "a/22"),
+                SyncedRow(23, started[23], missing_on_primary=True),
+                SyncedRow(24, superseded_at, local_path="a/24"),
+                SyncedRow(25, started[25], local_path="a/25"),
+            ],
+        )
+    assert sorted(done) == [21, 22, 23]
+    assert all(done[i].pending_since is not None for i in done)
+    rows = {i: row(registry, i) for i in [21, 22, 23, 24]}
+    assert rows[21].sync_state is SyncState.SYNCED and rows[21].local_path == "a/21"
+    assert rows[21].verification is VerificationState.DISABLED
+    assert rows[22].verification is VerificationState.SUCCEEDED
+    assert rows[22].verification_checksum == "c" * 64
+    assert rows[22].verified_at == clock.now()
+    assert rows[23].missing_on_primary and rows[23].local_path is None
+    assert rows[24].sync_state is SyncState.PENDING and rows[24].local_path is None
+    with sites.secondary.tracking() as conn:
+        assert registry.get(conn, 25) is None
 
 
 @pytest.mark.parametrize("state", list(SyncState))
