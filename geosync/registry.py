@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     column,
@@ -433,6 +434,9 @@ class Registry:
             update(self.table)
             .where(
                 self.key == given.c.model_id,
+                # Leads the planner to the key's unique index even when its statistics
+                # still think no row is started (a join filter over every started row).
+                self.key == any_(bindparam("b_keys", type_=ARRAY(BigInteger))),
                 c.state == SyncState.STARTED,
                 c.last_synced_at == given.c.started,
             )
