@@ -398,8 +398,7 @@ class Registry:
     def _synced_many_statement(self, verification: VerificationState) -> Any:
         """`_synced_statement` for many rows at once (PostgreSQL), built once per table."""
         cache_key = (self.table.name, "synced_many", verification)
-        statement = _STATEMENTS.get(cache_key)
-        if statement is not None and statement.table is self.table:
+        if (statement := self._built(cache_key)) is not None:
             return statement
         c = self.table.c
         stamp = DateTime(timezone=True)
@@ -446,12 +445,16 @@ class Registry:
         _STATEMENTS[cache_key] = statement
         return statement
 
+    def _built(self, cache_key: tuple[Any, ...]) -> Any:
+        """A hot statement built before for this very table, or None."""
+        statement = _STATEMENTS.get(cache_key)
+        return statement if statement is not None and statement.table is self.table else None
+
     def _synced_statement(self, verification: VerificationState) -> Any:
         """The `synced` UPDATE, built once per registry table and outcome: building it costs
         more than running it, and every finished sync runs it."""
         cache_key = (self.table.name, "synced", verification)
-        statement = _STATEMENTS.get(cache_key)
-        if statement is not None and statement.table is self.table:
+        if (statement := self._built(cache_key)) is not None:
             return statement
         c = self.table.c
         values: dict[str, Any] = {
@@ -609,8 +612,7 @@ class Registry:
     def _claim_statement(self, skip_locked: bool) -> Any:
         """The claim UPDATE, built once per registry table (see `_synced_statement`)."""
         cache_key = (self.table.name, "claim", skip_locked)
-        statement = _STATEMENTS.get(cache_key)
-        if statement is not None and statement.table is self.table:
+        if (statement := self._built(cache_key)) is not None:
             return statement
         c = self.table.c
         now = bindparam("b_now", type_=c.retry_at.type)
