@@ -349,8 +349,8 @@ class Registry:
         """`synced_row` for many rows; the rows that became synced, by model id.
 
         PostgreSQL: one UPDATE ... FROM unnest(arrays) per verification outcome, its SQL the
-        same whatever the count (prepared once; a round trip per row cost more than the rest
-        of the settle). SQLite has no round trips: one prepared UPDATE per row.
+        same whatever the count (so prepared once): one round trip for the group instead of one
+        per row. SQLite has no round trips to save: one prepared UPDATE per row.
         """
         if len(syncs) > 1 and not is_sqlite(conn.engine):
             return self._synced_rows_at_once(conn, syncs)
