@@ -459,10 +459,6 @@ def rounds_of(workload: Workload, args: argparse.Namespace) -> int:
     return LARGE_ROUNDS if workload.name == "large" else 1
 
 
-def _numbered(count: int) -> list[tuple[int, int]]:
-    return [(n, count) for n in range(1, count + 1)]
-
-
 def measure(
     backend: str,
     workload: Workload,
@@ -729,9 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.profile:
                     profile_run(backend, workload, scratch, args)
                 else:
+                    count = rounds_of(workload, args)
                     rounds = [
                         measure(backend, workload, scratch, args, n, count)
-                        for n, count in _numbered(rounds_of(workload, args))
+                        for n in range(1, count + 1)
                     ]
                     reports.append(median_round(rounds))
     finally:
