@@ -8,19 +8,23 @@ engine opens the file with ``mode=ro``. PostgreSQL (psycopg 3): a read-only engi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
 from geosync.errors import ConfigurationError
 
 #: Connection execution option: this transaction will write (SQLite takes the write lock at once).
 WRITE_OPTION = "geosync_writes"
+#: Seconds a pooled PostgreSQL connection may sit unused before it is tested on checkout.
+PING_AFTER_IDLE = 2.0
+_IDLE_SINCE = "geosync_idle_since"
 
 
 def make_engine(
@@ -87,7 +91,33 @@ def _postgres_engine(url: URL, readonly: bool) -> Engine:
     connect_args: dict[str, Any] = {}
     if readonly:
         connect_args["options"] = "-c default_transaction_read_only=on"
-    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=10)
+    engine = create_engine(url, connect_args=connect_args, pool_size=10)
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Test a pooled connection before use when it has sat idle for `PING_AFTER_IDLE` seconds;
+    a dead one is replaced (the pool retries the checkout).
+
+    SQLAlchemy's `pool_pre_ping` tests every checkout: a round trip each time, several per
+    sync, for connections that were busy a moment ago. A connection that dies between two
+    close uses fails its statement instead, and the loop or request that ran it tries again.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc
 
 
 @contextmanager
