@@ -22,7 +22,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geosync.app import Geo
@@ -71,6 +71,8 @@ class BatchSource:
     replicator: type[BlobReplicator]
     ids: list[int]
     records: dict[int, Any]
+    #: Index in `ids` of the first frame not yet sent.
+    _next: int = field(default=0, init=False)
 
     @classmethod
     def load(cls, geo: Geo, name: str, ids: list[int], conn: Any) -> BatchSource:
@@ -79,19 +81,32 @@ class BatchSource:
         assert issubclass(replicator, BlobReplicator)
         return cls(geo, replicator, ids, load_records(conn, replicator.model, ids))
 
-    def pieces(self) -> Iterator[bytes]:
-        """The response body, in pieces of about `PIECE` bytes."""
+    def first_piece(self) -> tuple[bytes, bool]:
+        """The body's first piece, and whether more follows.
+
+        Read on the thread that authenticated the request: most batches fit in one piece, and
+        are then sent as one sized body, with no further thread hop and no chunked encoding.
+        """
+        piece, self._next = self._piece(0)
+        return piece, self._next < len(self.ids)
+
+    def rest(self) -> Iterator[bytes]:
+        """The pieces after the first (for a thread pool to iterate)."""
+        while self._next < len(self.ids):
+            piece, self._next = self._piece(self._next)
+            yield piece
+
+    def _piece(self, start: int) -> tuple[bytes, int]:
+        """Frames from `ids[start]` on until they reach `PIECE` bytes; the index after them."""
         pending: list[bytes] = []
         size = 0
-        for model_id in self.ids:
-            data = self._frame(model_id)
+        index = start
+        while index < len(self.ids) and size < PIECE:
+            data = self._frame(self.ids[index])
             pending.append(data)
             size += len(data)
-            if size >= PIECE:
-                yield b"".join(pending)
-                pending, size = [], 0
-        if pending:
-            yield b"".join(pending)
+            index += 1
+        return b"".join(pending), index
 
     def _frame(self, model_id: int) -> bytes:
         name = self.replicator.replicable_name

@@ -7,6 +7,7 @@ before anything about the item is revealed.
 from __future__ import annotations
 
 import os
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -107,31 +108,34 @@ async def retrieve(replicable_name: str, model_record_id: int, request: Request)
     return response
 
 
-def _batch_source(
+def _batch_response(
     geo: Geo, header: str | None, scope: str, name: str, raw_ids: str | None
-) -> BatchSource | Response:
+) -> Response:
+    """Authenticate, load the records and read the first piece, all on one thread hop."""
     with geo.main_reads() as conn:
         try:
             authenticate_node(geo, conn, header, scope, on_primary=True)
         except AuthenticationError as exc:
             return _unauthorized(exc)
-        return BatchSource.load(geo, name, parse_ids(raw_ids), conn)
+        source = BatchSource.load(geo, name, parse_ids(raw_ids), conn)
+    first, more = source.first_piece()
+    if not more:
+        return Response(first, media_type=BATCH_MEDIA_TYPE)
+    return StreamingResponse(chain([first], source.rest()), media_type=BATCH_MEDIA_TYPE)
 
 
 @router.get("/retrieve/{replicable_name}", response_model=None)
 async def retrieve_batch(replicable_name: str, request: Request) -> Response:
     """Send many small blobs in one framed response (format: `geosync.web.blob_batch`)."""
-    found = await run_in_threadpool(
-        _batch_source,
+    response: Response = await run_in_threadpool(
+        _batch_response,
         request.app.state.geo,
         request.headers.get("authorization"),
         f"{request.url.path}?{request.url.query}",
         replicable_name,
         request.query_params.get("ids"),
     )
-    if isinstance(found, Response):
-        return found
-    return StreamingResponse(found.pieces(), media_type=BATCH_MEDIA_TYPE)
+    return response
 
 
 _GIT_PATH = "/repositories/{replicable_name}/{model_record_id:int}.git/{rest:path}"

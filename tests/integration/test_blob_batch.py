@@ -88,6 +88,24 @@ def test_the_primary_answers_each_id_in_order(live_sites: SitePair) -> None:
     assert got[4][1] == b""
 
 
+def test_a_batch_in_one_piece_is_sized_and_a_longer_one_streamed(live_sites: SitePair) -> None:
+    sites = live_sites
+    contents = [os.urandom(INLINE_LIMIT - 1000) for _ in range(3)]  # together > one piece
+    ids = [add_upload(sites, f"p/{i}.bin", content) for i, content in enumerate(contents)]
+    with sites.primary_served() as base:
+        one = get(sites, base, batch_path("upload", ids[:1]))
+        many = get(sites, base, batch_path("upload", ids))
+    assert one.headers["content-length"] == str(len(one.content))
+    assert "transfer-encoding" not in one.headers
+    assert frames(one.content) == [
+        ({"id": ids[0], "status": "ok", "size": len(contents[0])}, contents[0])
+    ]
+    assert many.headers.get("transfer-encoding") == "chunked"
+    assert [(h["id"], body) for h, body in frames(many.content)] == list(
+        zip(ids, contents, strict=True)
+    )
+
+
 def test_a_batch_token_is_good_for_exactly_its_ids(live_sites: SitePair) -> None:
     sites = live_sites
     secret = os.urandom(1000)
