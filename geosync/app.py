@@ -102,8 +102,11 @@ class Geo:
             raise ConfigurationError(
                 "setting 'tracking_database_url': a secondary site needs a tracking database"
             )
-        # Reads outnumber writes here; every write goes through `tracking()`.
-        return make_engine(url, setting="tracking_database_url", writes_by_default=False)
+        # Reads outnumber writes here; every write goes through `tracking()`. The registry
+        # follows the primary, so a commit need not wait for the disk (see `make_engine`).
+        return make_engine(
+            url, setting="tracking_database_url", writes_by_default=False, rebuildable=True
+        )
 
     @property
     def has_tracking_database(self) -> bool:

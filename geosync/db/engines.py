@@ -33,8 +33,16 @@ def make_engine(
     readonly: bool = False,
     setting: str = "database_url",
     writes_by_default: bool = True,
+    rebuildable: bool = False,
 ) -> Engine:
-    """An engine for `url`; `setting` names the setting in error messages."""
+    """An engine for `url`; `setting` names the setting in error messages.
+
+    `rebuildable`: everything written here can be found again from elsewhere (a secondary's
+    tracking database: its registry follows the primary), so on PostgreSQL a commit does not
+    wait for its WAL flush (`synchronous_commit = off`), as SQLite's `synchronous = NORMAL`
+    does not either. A server crash can then forget the last moments' commits, never corrupt
+    or half-apply one: a forgotten claim or sync is redone, a forgotten cursor step replayed.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -42,7 +50,7 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, readonly, setting, writes_by_default)
     if parsed.get_backend_name() == "postgresql":
-        return _postgres_engine(parsed, readonly)
+        return _postgres_engine(parsed, readonly, rebuildable)
     raise ConfigurationError(
         f"setting '{setting}': unsupported database {parsed.get_backend_name()!r}"
         " (use sqlite or postgresql+psycopg)"
@@ -85,12 +93,15 @@ def _sqlite_engine(url: URL, readonly: bool, setting: str, writes_by_default: bo
     return engine
 
 
-def _postgres_engine(url: URL, readonly: bool) -> Engine:
+def _postgres_engine(url: URL, readonly: bool, rebuildable: bool) -> Engine:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    connect_args: dict[str, Any] = {}
+    options = []
     if readonly:
-        connect_args["options"] = "-c default_transaction_read_only=on"
+        options.append("-c default_transaction_read_only=on")
+    if rebuildable:
+        options.append("-c synchronous_commit=off")
+    connect_args: dict[str, Any] = {"options": " ".join(options)} if options else {}
     engine = create_engine(url, connect_args=connect_args, pool_size=10)
     _ping_after_idle(engine)
     return engine

@@ -1,4 +1,5 @@
-"""Pooled PostgreSQL connections: tested before use only after sitting idle."""
+"""Engines: pooled PostgreSQL connections tested only after sitting idle, and commits that wait
+for the disk everywhere but in the tracking database."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from geosync.db import engines
 from geosync.db.engines import make_engine
-from geosync.testing import DatabaseFactory
+from geosync.testing import DatabaseFactory, SitePair
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
@@ -58,3 +59,15 @@ def test_a_connection_used_a_moment_ago_is_not_tested_again(
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_only_the_tracking_database_commits_without_waiting_for_the_disk(
+    sites: SitePair,
+) -> None:
+    def setting(engine: Engine) -> str:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SHOW synchronous_commit")).scalar_one())
+
+    assert setting(sites.secondary.tracking_engine) == "off"
+    assert setting(sites.primary.main_engine) == "on"
+    assert setting(sites.secondary.main_engine) == "on"
