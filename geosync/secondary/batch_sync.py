@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 from geosync.auth import BLOB_TOKEN_TTL, node_header
 from geosync.errors import PrimaryMissing, TransferError
+from geosync.log import get_logger
 from geosync.registry import VerificationState
 from geosync.secondary.blob_client import BlobResponse, TransportFailure
 from geosync.secondary.settlement import Failure, Settled, Success
-from geosync.secondary.sync import SyncService
+from geosync.secondary.sync import SyncService, prefetch
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
 from geosync.strategies.blob import BlobReplicator
 from geosync.web.blob_batch import HEADER, MAX_HEADER
@@ -32,6 +33,8 @@ from geosync.web.node_paths import batch_path
 if TYPE_CHECKING:
     from geosync.secondary.blob_client import BlobClient
 
+
+log = get_logger("sync")
 
 #: Files too large for a batch are downloaded this many at a time.
 LARGE_AT_ONCE = 4
@@ -66,34 +69,66 @@ class BatchSync:
         #: Takes each `separate` item to run as its own sync; the batch then neither waits for
         #: it nor settles it. Without it the batch syncs those items itself, after the others.
         self.hand_off = hand_off
+        #: Each item's outcome so far, by model id.
+        self._results: dict[int, Success | BaseException] = {}
+        #: The items whose frames are to be written (None until planned).
+        self._wanted: dict[int, _Item] | None = None
+        #: Items handed back to run alone.
+        self._handed: set[int] = set()
 
     def execute(self) -> int:
         """Run every sync; returns how many rows ended synced."""
         clock_start = time.monotonic()
-        results: dict[int, Success | BaseException] = {}
-        wanted: dict[int, _Item] = {}
-        self._handed: set[int] = set()
+        interrupted: BaseException | None = None
+        try:
+            self._transfer()
+        except BaseException as exc:  # every row still gets its outcome written
+            wanted = self._plan_all()
+            self._results.update((i, exc) for i in wanted if i not in self._results)
+            interrupted = exc
+        done = self._settle(self._results, clock_start)
+        if interrupted is not None and not isinstance(interrupted, Exception):
+            raise interrupted
+        return done
+
+    def _plan_all(self) -> dict[int, _Item]:
+        """Read the batch's records and decide, item by item, what its frame is for (once).
+
+        It runs while the primary prepares its answer. An item whose record is gone, or whose
+        file is already in place, has its outcome now; its frame is read and dropped.
+        """
+        if self._wanted is not None:
+            return self._wanted
+        self._wanted = {}
+        self._prefetch()
         for service in self.services:
             try:
                 item = self._plan(service)
             except Exception as exc:
-                results[service.model_record_id] = exc
+                self._results[service.model_record_id] = exc
                 continue
             if isinstance(item, Success):
-                results[service.model_record_id] = item
+                self._results[service.model_record_id] = item
             else:
-                wanted[service.model_record_id] = item
-        interrupted: BaseException | None = None
-        if wanted:
-            try:
-                results.update(self._transfer(wanted))
-            except BaseException as exc:  # every row still gets its outcome written
-                results.update((model_id, exc) for model_id in wanted if model_id not in results)
-                interrupted = exc
-        done = self._settle(results, clock_start)
-        if interrupted is not None and not isinstance(interrupted, Exception):
-            raise interrupted
-        return done
+                self._wanted[service.model_record_id] = item
+        return self._wanted
+
+    def _prefetch(self) -> None:
+        """The records and primary checksums of the items that lack them, in one go (a sync
+        reads its own if this fails)."""
+        lacking = [service for service in self.services if service.prefetched is None]
+        if not lacking:
+            return
+        first = lacking[0]
+        try:
+            found = prefetch(first.geo, first.replicator, [s.model_record_id for s in lacking])
+        except Exception:
+            log.exception(
+                "cannot prefetch a batch's records", replicable=first.replicator.replicable_name
+            )
+            return
+        for service in lacking:
+            service.prefetched = found.get(service.model_record_id)
 
     def _plan(self, service: SyncService) -> _Item | Success:
         record, expected = service.record()
@@ -105,19 +140,25 @@ class BatchSync:
             return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
         return _Item(service, dest, relative, expected)
 
-    def _transfer(self, wanted: dict[int, _Item]) -> dict[int, Success | BaseException]:
-        first = next(iter(wanted.values())).service
+    def _transfer(self) -> None:
+        """Ask for every item, plan them while the primary works, then take in the answer."""
+        first = self.services[0]
         route = first.route()
-        path = batch_path(first.replicator.replicable_name, list(wanted))
+        ids = [service.model_record_id for service in self.services]
+        path = batch_path(first.replicator.replicable_name, ids)
         headers = {"Authorization": node_header(first.geo, path, BLOB_TOKEN_TTL, route.node)}
-        results: dict[int, Success | BaseException] = {}
+        results = self._results
         writing: dict[int, Future[Success | BaseException]] = {}
         separate: list[int] = []
         try:
-            with self.client.get(route.primary_url.rstrip("/") + path, headers) as response:
+            url = route.primary_url.rstrip("/") + path
+            with self.client.get(url, headers, meanwhile=self._plan_all) as response:
+                wanted = self._plan_all()
                 check_response(response)
-                for _ in wanted:
-                    model_id, outcome = self._receive(response, wanted)
+                for _ in ids:
+                    model_id, outcome = self._receive(response, ids, wanted)
+                    if model_id not in wanted:
+                        continue  # planned out: its frame was read and dropped
                     if outcome is None:
                         separate.append(model_id)
                     elif isinstance(outcome, Future):
@@ -127,13 +168,14 @@ class BatchSync:
                 _read_end(response)
         except TransportFailure as exc:
             failure = TransferError(f"Connection to the primary failed: {exc}")
-            for model_id in wanted:
+            for model_id in self._plan_all():
                 results.setdefault(model_id, failure)
         except TransferError as exc:
-            for model_id in wanted:
+            for model_id in self._plan_all():
                 results.setdefault(model_id, exc)
         finally:
             results.update((model_id, future.result()) for model_id, future in writing.items())
+        wanted = self._plan_all()
         self._sync_directories(wanted, results)
         if separate and self.hand_off is not None:
             for model_id in separate:
@@ -144,7 +186,6 @@ class BatchSync:
             workers = min(len(services), LARGE_AT_ONCE)
             with ThreadPoolExecutor(workers, thread_name_prefix="sync-large") as pool:
                 results.update(zip(separate, pool.map(self._alone, services), strict=True))
-        return results
 
     def _sync_directories(
         self, wanted: dict[int, _Item], results: dict[int, Success | BaseException]
@@ -162,12 +203,11 @@ class BatchSync:
                     results[model_id] = TransferError(f"Cannot make the copy durable: {exc}")
 
     def _receive(
-        self, response: BlobResponse, wanted: dict[int, _Item]
+        self, response: BlobResponse, ids: list[int], wanted: dict[int, _Item]
     ) -> tuple[int, Success | BaseException | Future[Success | BaseException] | None]:
         header = _read_header(response)
         model_id = header.get("id")
-        item = wanted.get(model_id) if isinstance(model_id, int) else None
-        if item is None or not isinstance(model_id, int):
+        if not isinstance(model_id, int) or model_id not in ids:
             raise TransferError(f"the primary's batch answered for an unrequested id {model_id!r}")
         status = header.get("status")
         if status == "separate":
@@ -182,6 +222,9 @@ class BatchSync:
         if status != "ok" or not isinstance(size, int) or size < 0:
             raise TransferError(f"the primary's batch sent a malformed frame: {header!r}")
         data = b"".join(_exactly(response, size))  # at most INLINE_LIMIT bytes
+        item = wanted.get(model_id)
+        if item is None:
+            return model_id, None
         if self.writers is None:
             return model_id, self._write(item, data)
         return model_id, self.writers.submit(self._write, item, data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,10 +101,18 @@ class BlobClient:
         self.opened = 0
 
     @contextmanager
-    def get(self, url: str, headers: dict[str, str]) -> Iterator[BlobResponse]:
-        """GET `url`; the response is valid inside the block, whose end frees the connection."""
+    def get(
+        self, url: str, headers: dict[str, str], meanwhile: Callable[[], object] | None = None
+    ) -> Iterator[BlobResponse]:
+        """GET `url`; the response is valid inside the block, whose end frees the connection.
+
+        `meanwhile` runs once the request is sent, before its answer is read: work the caller
+        needs anyway is then done while the primary prepares the answer. It runs at most once,
+        even when a stale kept-alive connection makes the request go again, and must not
+        raise: its errors would read as the connection's.
+        """
         origin, target = _split(url)
-        conn, response = self._send(origin, target, headers)
+        conn, response = self._send(origin, target, headers, _once(meanwhile))
         reusable = False
         try:
             wrapped = BlobResponse(response)
@@ -117,24 +125,31 @@ class BlobClient:
                 conn.close()
 
     def _send(
-        self, origin: Origin, target: str, headers: dict[str, str]
+        self,
+        origin: Origin,
+        target: str,
+        headers: dict[str, str],
+        meanwhile: Callable[[], object] | None,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn, reused = self._acquire(origin)
         try:
-            conn.request("GET", target, headers=headers)
-            return conn, conn.getresponse()
+            return conn, _exchange(conn, target, headers, meanwhile)
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             if not reused:
                 raise TransportFailure(f"cannot reach {origin[1]}:{origin[2]}: {exc}") from exc
+        except BaseException:  # from `meanwhile`: the answer will not be read
+            conn.close()
+            raise
         # A kept-alive connection the server had already closed: one fresh try.
         conn = self._new_connection(origin)
         try:
-            conn.request("GET", target, headers=headers)
-            return conn, conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+            return conn, _exchange(conn, target, headers, meanwhile)
+        except BaseException as exc:
             conn.close()
-            raise TransportFailure(f"cannot reach {origin[1]}:{origin[2]}: {exc}") from exc
+            if isinstance(exc, OSError | http.client.HTTPException):
+                raise TransportFailure(f"cannot reach {origin[1]}:{origin[2]}: {exc}") from exc
+            raise
 
     def _acquire(self, origin: Origin) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
@@ -164,6 +179,32 @@ class BlobClient:
             self._idle.clear()
         for conn in idle:
             conn.close()
+
+
+def _once(action: Callable[[], object] | None) -> Callable[[], object] | None:
+    """`action`, made to run at most once."""
+    if action is None:
+        return None
+    pending = [action]
+
+    def run() -> None:
+        if pending:
+            pending.pop()()
+
+    return run
+
+
+def _exchange(
+    conn: http.client.HTTPConnection,
+    target: str,
+    headers: dict[str, str],
+    meanwhile: Callable[[], object] | None,
+) -> http.client.HTTPResponse:
+    """Send the request, run `meanwhile` (once, if given), then read the answer's head."""
+    conn.request("GET", target, headers=headers)
+    if meanwhile is not None:
+        meanwhile()
+    return conn.getresponse()
 
 
 def _split(url: str) -> tuple[Origin, str]:

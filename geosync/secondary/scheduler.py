@@ -28,7 +28,7 @@ from geosync.registry import Registry, SyncState
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import Settler
-from geosync.secondary.sync import Prefetched, Route, SyncService, prefetch
+from geosync.secondary.sync import Route, SyncService, prefetch
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -232,8 +232,10 @@ class SchedulerLoop:
                 self._empty_at.pop(registry.replicator, None)
             else:
                 self._empty_at[registry.replicator] = now
-        prefetched = self._prefetch(claims)
-        for job in self._jobs(strategy, capacity, claims, prefetched):
+        jobs = self._jobs(strategy, capacity, claims)
+        # A batch reads its own records while its request is out; a sync alone gets them here.
+        self._prefetch([job[0] for job in jobs if len(job) == 1])
+        for job in jobs:
             self._submit(strategy, capacity, job)
         return len(claims)
 
@@ -269,7 +271,6 @@ class SchedulerLoop:
         strategy: str,
         capacity: int,
         claims: list[tuple[Registry, int, datetime]],
-        prefetched: dict[tuple[type[Replicator], int], Prefetched],
     ) -> list[list[SyncService]]:
         """The claimed syncs, as jobs for the pool: blobs of one replicator go in one batch
         (a claim is at most the capacity), everything else alone.
@@ -289,7 +290,6 @@ class SchedulerLoop:
                 self.cancel,
                 self._route,
                 self.settler,
-                prefetched.get((registry.replicator, model_id)),
             )
             by_replicator.setdefault(registry.replicator, []).append(service)
         return [
@@ -298,23 +298,21 @@ class SchedulerLoop:
             for i in range(0, len(services), size)
         ]
 
-    def _prefetch(
-        self, claims: list[tuple[Registry, int, datetime]]
-    ) -> dict[tuple[type[Replicator], int], Prefetched]:
-        """Records and primary checksums of a whole claim (a query or two per replicator)."""
-        by_registry: dict[type[Replicator], list[int]] = {}
-        for registry, model_id, _ in claims:
-            by_registry.setdefault(registry.replicator, []).append(model_id)
-        found: dict[tuple[type[Replicator], int], Prefetched] = {}
-        for replicator, ids in by_registry.items():
+    def _prefetch(self, services: list[SyncService]) -> None:
+        """Records and primary checksums of syncs about to run (a query or two per replicator)."""
+        by_replicator: dict[type[Replicator], list[SyncService]] = {}
+        for service in services:
+            by_replicator.setdefault(service.replicator, []).append(service)
+        for replicator, group in by_replicator.items():
             try:
-                records = prefetch(self.geo, replicator, ids)
-                found.update(((replicator, i), record) for i, record in records.items())
+                found = prefetch(self.geo, replicator, [s.model_record_id for s in group])
             except Exception:  # each sync reads its own then, and reports what fails
                 log.exception(
                     "cannot prefetch claimed records", replicable=replicator.replicable_name
                 )
-        return found
+                continue
+            for service in group:
+                service.prefetched = found.get(service.model_record_id)
 
     def _pool(self, strategy: str, capacity: int) -> ThreadPoolExecutor:
         pool = self.pools.get(strategy)

@@ -134,17 +134,29 @@ def test_bad_id_lists_are_clear_errors(live_sites: SitePair, ids: str) -> None:
     assert "ids" in response.json()["message"]
 
 
-def claimed_services(sites: SitePair, ids: list[int], settler: Settler | None) -> list[SyncService]:
-    """Claim the rows of `ids` and make their syncs, as the scheduler does."""
+def claimed_services(
+    sites: SitePair, ids: list[int], settler: Settler | None, *, read_now: bool = True
+) -> list[SyncService]:
+    """Claim the rows of `ids` and make their syncs. With `read_now`, their records are read
+    at once (a replica that lags: the batch then sees them even if the primary has deleted
+    them since); without, the batch reads them itself, as under the scheduler."""
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
         registry.insert_pending(conn, ids)
         claims = registry.claim(conn, len(ids), "test")
-    records = prefetch(sites.secondary, UploadReplicator, ids)
+    records = prefetch(sites.secondary, UploadReplicator, ids) if read_now else {}
     client = BlobClient()
     return [
         SyncService(
-            sites.secondary, UploadReplicator, i, started, client, None, None, settler, records[i]
+            sites.secondary,
+            UploadReplicator,
+            i,
+            started,
+            client,
+            None,
+            None,
+            settler,
+            records.get(i),
         )
         for i, started in claims
     ]
@@ -199,6 +211,37 @@ def test_a_batch_settles_every_item_as_its_own_sync(live_sites: SitePair, groupe
     }
     assert attempts[changed][0].error_class == "checksum_mismatch"
     assert list(storage.rglob("tmp_*")) == []
+
+
+def test_a_batch_reads_its_records_itself_and_drops_the_frames_it_has_no_use_for(
+    live_sites: SitePair,
+) -> None:
+    sites = live_sites
+    contents = {f"r/{n}.bin": os.urandom(2000 + n) for n in range(3)}
+    ids = {add_upload(sites, name, data): name for name, data in contents.items()}
+    kept, gone, *fresh = ids
+    checksum_on_primary(sites)
+    storage = sites.secondary.settings.blob_storage("uploads")
+    (storage / "r").mkdir(parents=True)
+    (storage / ids[kept]).write_bytes(contents[ids[kept]])  # restored from a backup
+    inode = (storage / ids[kept]).stat().st_ino
+    services = claimed_services(sites, list(ids), Settler(sites.secondary), read_now=False)
+    with sites.primary.session() as session:
+        session.delete(session.get(Upload, gone))
+        session.commit()
+    with sites.primary_served():
+        done = BatchSync(services, BlobClient(), None).execute()
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        rows = {i: registry.require(conn, i) for i in ids}
+    assert done == 2
+    assert rows[kept].sync_state is SyncState.SYNCED
+    assert (storage / ids[kept]).stat().st_ino == inode  # taken as it was, not downloaded again
+    assert rows[gone].sync_state is SyncState.FAILED
+    assert "no longer exists" in rows[gone].last_sync_failure
+    for record_id in fresh:
+        assert rows[record_id].sync_state is SyncState.SYNCED
+        assert (storage / ids[record_id]).read_bytes() == contents[ids[record_id]]
 
 
 def test_a_batch_hands_large_items_back_and_settles_the_rest_at_once(
