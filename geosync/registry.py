@@ -7,6 +7,7 @@ the very sync that was started (same `last_synced_at`), so it loses to any newer
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -348,11 +349,12 @@ class Registry:
     def synced_rows(self, conn: Connection, syncs: Sequence[SyncedRow]) -> dict[int, RegistryRow]:
         """`synced_row` for many rows; the rows that became synced, by model id.
 
-        PostgreSQL: one UPDATE ... FROM unnest(arrays) per verification outcome, its SQL the
-        same whatever the count (so prepared once): one round trip for the group instead of one
-        per row. SQLite has no round trips to save: one prepared UPDATE per row.
+        One UPDATE ... FROM per verification outcome, its SQL the same whatever the count (so
+        prepared once), fed by arrays on PostgreSQL (`unnest`) and by one JSON document on
+        SQLite (`json_each`): one round trip and one statement's overhead for the group instead
+        of one per row.
         """
-        if len(syncs) > 1 and not is_sqlite(conn.engine):
+        if len(syncs) > 1:
             return self._synced_rows_at_once(conn, syncs)
         done: dict[int, RegistryRow] = {}
         for sync in syncs:
@@ -376,21 +378,25 @@ class Registry:
         for sync in syncs:
             by_outcome.setdefault(sync.verification, []).append(sync)
         now = self.geo.clock.now()
+        sqlite = is_sqlite(conn.engine)
         done: dict[int, RegistryRow] = {}
         for verification, group in by_outcome.items():
             succeeded = verification == VerificationState.SUCCEEDED
-            rows = conn.execute(
-                self._synced_many_statement(verification),
-                {
+            params: dict[str, Any]
+            if sqlite:
+                statement = self._synced_many_sqlite(verification)
+                params = {"b_given": self._given_json(conn, group, succeeded)}
+            else:
+                statement = self._synced_many_statement(verification)
+                params = {
                     "b_keys": [s.model_record_id for s in group],
                     "b_started": [s.started_at for s in group],
                     "b_missing": [s.missing_on_primary for s in group],
                     "b_paths": [s.local_path for s in group],
                     "b_checksums": [s.checksum if succeeded else None for s in group],
-                    "b_verified_at": now if succeeded else None,
-                },
-            )
-            for row in rows:
+                }
+            params["b_verified_at"] = now if succeeded else None
+            for row in conn.execute(statement, params):
                 fields = dict(row._mapping)
                 done[int(fields.pop("b_key"))] = RegistryRow(fields)
         return done
@@ -438,6 +444,59 @@ class Registry:
                 self.key == any_(bindparam("b_keys", type_=ARRAY(BigInteger))),
                 c.state == SyncState.STARTED,
                 c.last_synced_at == given.c.started,
+            )
+            .values(**values)
+            .returning(self.key.label("b_key"), c.pending_since)
+        )
+        _STATEMENTS[cache_key] = statement
+        return statement
+
+    def _given_json(self, conn: Connection, group: Sequence[SyncedRow], succeeded: bool) -> str:
+        """The finished syncs of `group` as the JSON array `_synced_many_sqlite` reads; start
+        times in the very form the registry stores them, so they compare as equal text."""
+        column_type = self.table.c.last_synced_at.type.dialect_impl(conn.dialect)
+        stored = column_type.bind_processor(conn.dialect)
+        assert stored is not None
+        return json.dumps(
+            [
+                {
+                    "k": s.model_record_id,
+                    "s": stored(s.started_at),
+                    "m": s.missing_on_primary,
+                    "p": s.local_path,
+                    "c": s.checksum if succeeded else None,
+                }
+                for s in group
+            ]
+        )
+
+    def _synced_many_sqlite(self, verification: VerificationState) -> Any:
+        """`_synced_many_statement` for SQLite: the rows come from a JSON array (`json_each`)."""
+        cache_key = (self.table.name, "synced_many_sqlite", verification)
+        if (statement := self._built(cache_key)) is not None:
+            return statement
+        c = self.table.c
+        given = func.json_each(bindparam("b_given", type_=Text)).table_valued("value")
+
+        def field(name: str) -> Any:
+            return func.json_extract(given.c.value, f"$.{name}")
+
+        values = {
+            **self._synced_values(verification),
+            "missing_on_primary": field("m"),
+            "local_path": func.coalesce(field("p"), c.local_path),
+        }
+        if verification == VerificationState.SUCCEEDED:
+            values.update(
+                verification_checksum=field("c"),
+                verified_at=bindparam("b_verified_at", type_=c.verified_at.type),
+            )
+        statement = (
+            update(self.table)
+            .where(
+                self.key == field("k"),
+                c.state == SyncState.STARTED,
+                c.last_synced_at == field("s"),
             )
             .values(**values)
             .returning(self.key.label("b_key"), c.pending_since)
