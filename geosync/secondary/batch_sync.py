@@ -60,6 +60,7 @@ class BatchSync:
         cancel: threading.Event | None,
         writers: ThreadPoolExecutor | None = None,
         hand_off: Callable[[SyncService], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.services = services
         self.client = client
@@ -69,6 +70,9 @@ class BatchSync:
         #: Takes each `separate` item to run as its own sync; the batch then neither waits for
         #: it nor settles it. Without it the batch syncs those items itself, after the others.
         self.hand_off = hand_off
+        #: Called once every row is written, before the log lines and metrics: the rows no
+        #: longer hold capacity, so the next claim need not wait for the rest.
+        self.on_settled = on_settled
         #: Each item's outcome so far, by model id.
         self._results: dict[int, Success | BaseException] = {}
         #: The items whose frames are to be written (None until planned).
@@ -263,9 +267,9 @@ class BatchSync:
             result = results[service.model_record_id]
             outcome = service.failure(result) if isinstance(result, BaseException) else result
             finished.append((service, outcome))
-        if not finished:
-            return 0
-        answers = _settle_all(finished)
+        answers = _settle_all(finished) if finished else []
+        if self.on_settled is not None:
+            self.on_settled()
         done = 0
         for (service, outcome), settled in zip(finished, answers, strict=True):
             if isinstance(outcome, Success):

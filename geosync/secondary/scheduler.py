@@ -54,6 +54,24 @@ FLAGS_TTL = 1.0
 ROUTE_TTL = 5.0
 
 
+class _Release:
+    """Gives a job's slots back to the scheduler, once: when its rows are written (a batch
+    says so before its log lines and metrics) or else when it ends."""
+
+    def __init__(self, scheduler: SchedulerLoop, strategy: str, count: int) -> None:
+        self.scheduler = scheduler
+        self.strategy = strategy
+        self.count = count
+
+    def __call__(self, wake: bool = True) -> None:
+        scheduler = self.scheduler
+        with scheduler._lock:
+            count, self.count = self.count, 0
+            scheduler.inflight[self.strategy] -= count
+        if count and wake:
+            scheduler.worker.wake(scheduler.name)
+
+
 def capacity_of(node: Node, strategy: str) -> int:
     """The node's limit of concurrent syncs for `strategy`."""
     return int(getattr(node, STRATEGY_CAPACITY[strategy]))
@@ -246,19 +264,20 @@ class SchedulerLoop:
         with self._lock:
             self.inflight[strategy] += len(job)
         pool = self._pool(strategy, capacity)
+        release = _Release(self, strategy, len(job))
         run: Callable[[], object]
         if len(job) == 1:
             run = job[0].execute
         else:
             hand_off = partial(self._hand_off, strategy, capacity)
-            run = BatchSync(job, self.client, self.cancel, self.writers, hand_off).execute
+            batch = BatchSync(job, self.client, self.cancel, self.writers, hand_off, release)
+            run = batch.execute
         try:
             future = pool.submit(run)
         except RuntimeError:  # the pool is shut down: the worker is stopping
-            with self._lock:
-                self.inflight[strategy] -= len(job)
+            release(wake=False)
             raise
-        future.add_done_callback(partial(self._done, strategy=strategy, count=len(job)))
+        future.add_done_callback(partial(self._done, release=release))
 
     def _hand_off(self, strategy: str, capacity: int, service: SyncService) -> None:
         try:
@@ -321,12 +340,10 @@ class SchedulerLoop:
             self.pools[strategy] = pool
         return pool
 
-    def _done(self, future: Future[object], *, strategy: str, count: int) -> None:
-        with self._lock:
-            self.inflight[strategy] -= count
+    def _done(self, future: Future[object], *, release: _Release) -> None:
         if future.exception() is not None:
             log.error("sync thread failed", error=repr(future.exception()))
-        self.worker.wake(self.name)
+        release()
 
     def work_arrived(self) -> None:
         """Another loop made work (new events, recovered or failed rows): the next round looks

@@ -284,6 +284,24 @@ def test_batches_share_one_kept_alive_connection(live_sites: SitePair) -> None:
     assert len(list(storage.rglob("k/*.bin"))) == len(ids)
 
 
+def test_a_batch_says_once_when_its_rows_are_written(live_sites: SitePair) -> None:
+    """The scheduler may claim again as soon as the rows no longer hold capacity."""
+    sites = live_sites
+    ids = [add_upload(sites, f"w/{n}.bin", os.urandom(2000 + n)) for n in range(3)]
+    registry = Registry(sites.secondary, UploadReplicator)
+    seen: list[set[SyncState]] = []
+
+    def on_settled() -> None:
+        with sites.secondary.tracking() as conn:
+            seen.append({registry.require(conn, i).sync_state for i in ids})
+
+    services = claimed_services(sites, ids, Settler(sites.secondary))
+    with sites.primary_served():
+        done = BatchSync(services, BlobClient(), None, on_settled=on_settled).execute()
+    assert done == len(ids)
+    assert seen == [{SyncState.SYNCED}]
+
+
 def test_a_batch_to_a_stopped_primary_fails_every_item_for_a_retry(live_sites: SitePair) -> None:
     sites = live_sites
     ids = [add_upload(sites, f"d/{n}.bin", b"data") for n in range(3)]
