@@ -12,6 +12,7 @@ import json
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from geosync.testing.servers import free_port
 
 REPLICATORS = "geosync.demo.replicators"
 STOP_GRACE = 10.0
+#: Seconds a site's web server may take to start listening.
+SERVE_TIMEOUT = 60.0
 
 
 @dataclass
@@ -92,6 +95,23 @@ class Site:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def wait_serving(self, timeout: float = SERVE_TIMEOUT) -> None:
+        """Wait until the site's web server takes connections: a secondary started before its
+        primary listens fails every first sync and waits out the retry backoff."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise GeoError(
+                        f"the {self.name} site's web server did not listen within {timeout:.0f}"
+                        f" s; see the logs under {self.root.parent / 'logs'}"
+                    ) from None
+                time.sleep(0.05)
 
     def check_alive(self) -> None:
         """Fail loudly if a process of this site died."""
@@ -233,14 +253,15 @@ def run_demo(options: DemoOptions) -> int:
     sites = (primary, secondary)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    churn: Churn | None = None
     try:
-        for site in sites:
+        for site in sites:  # the primary first, listening before the secondary asks it
             site.start(logs)
+            site.wait_serving()
         for _ in range(options.blobs):
             seeder.create_blob()
         for _ in range(options.repos):
             seeder.create_repository()
-        churn = None
         if options.churn:
             seconds = options.churn_seconds if options.exit_when_synced else None
             churn = Churn(seeder, seconds, repos=options.repos > 0)
@@ -257,6 +278,9 @@ def run_demo(options: DemoOptions) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if churn is not None:  # no change half made on the primary while it stops
+            churn.stopped.set()
+            churn.join(STOP_GRACE)
         for site in reversed(sites):
             site.stop()
         primary_geo.dispose()

@@ -69,6 +69,9 @@ def test_demo_replicates_everything_and_reports_gitlab_fields(tmp_path: Path) ->
         assert f"{plural}_verification_failed_count" in secondary
         assert f"{plural}_verification_total_count" in secondary
     assert primary["uploads_count"] + primary["package_files_count"] > 0
+    # The primary listened before the secondary started: no sync met a closed port.
+    worker_log = (tmp_path / "demo" / "logs" / "secondary-worker.log").read_text()
+    assert "cannot reach" not in worker_log and "Couldn't connect" not in worker_log
 
 
 def test_demo_times_out_with_a_clear_message(tmp_path: Path) -> None:
@@ -77,11 +80,14 @@ def test_demo_times_out_with_a_clear_message(tmp_path: Path) -> None:
             *DEMO,
             "--dir",
             str(tmp_path / "demo"),
-            # More than a secondary syncs and verifies in the shortest timeout on this machine.
             "--blobs",
-            "5000",
+            "20",
             "--repos",
             "0",
+            # Changes keep coming for longer than the timeout: the secondary is never complete.
+            "--churn",
+            "--churn-seconds",
+            "60",
             "--exit-when-synced",
             "--timeout",
             "1",
