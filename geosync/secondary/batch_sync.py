@@ -87,8 +87,8 @@ class BatchSync:
         try:
             self._transfer()
         except BaseException as exc:  # every row still gets its outcome written
-            wanted = self._plan_all()
-            self._results.update((i, exc) for i in wanted if i not in self._results)
+            for service in self.services:  # even one the interruption kept from being planned
+                self._results.setdefault(service.model_record_id, exc)
             interrupted = exc
         done = self._settle(self._results, clock_start)
         if interrupted is not None and not isinstance(interrupted, Exception):
