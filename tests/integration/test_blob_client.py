@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from geosync.secondary.blob_client import BlobClient
+from tests.httputil import loopback_server
 
 
 @dataclass
@@ -44,14 +45,8 @@ def waiting_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Waitin
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/blob", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url, state
 
 
 @pytest.mark.parametrize("waiting_server", [False], indirect=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from geosync.errors import ChecksumMismatch
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.partial_file import BLOCK, DIRECT_MIN, PartialFile
 from geosync.secondary.transfer import TMP_PREFIX, download_blob
+from tests.httputil import loopback_server
 
 LARGE = DIRECT_MIN + 3 * BLOCK + 4321  # direct blocks and a tail that is not a whole block
 
@@ -133,14 +133,8 @@ def flaky_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Flaky]]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/blob", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url, state
 
 
 @pytest.mark.parametrize("flaky_server", [True, False], ids=["ranged", "whole"], indirect=True)

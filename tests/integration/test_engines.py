@@ -3,6 +3,8 @@ for the disk everywhere but in the tracking database."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
@@ -20,45 +22,40 @@ def _pooled_backend_pid(engine: Engine) -> int:
         return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
-def _terminate(engine: Engine, pid: int) -> None:
-    """Kill a server process from outside the pool, as a server restart would."""
-    with engine.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+@pytest.fixture
+def pooled(databases: DatabaseFactory) -> Iterator[tuple[Engine, int]]:
+    """An engine whose one pooled connection was used and then killed from outside (as a
+    server restart would), and that connection's server process."""
+    engine = make_engine(databases.url("pooled"))
+    other = make_engine(databases.url("other"))
+    try:
+        pid = _pooled_backend_pid(engine)
+        with other.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        yield engine, pid
+    finally:
+        engine.dispose()
+        other.dispose()
 
 
 def test_an_idle_connection_that_died_is_replaced(
-    databases: DatabaseFactory, monkeypatch: pytest.MonkeyPatch
+    pooled: tuple[Engine, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_engine(databases.url("idle"))
-    other = make_engine(databases.url("other"))
-    try:
-        old_pid = _pooled_backend_pid(engine)
-        _terminate(other, old_pid)
-        monkeypatch.setattr(engines, "PING_AFTER_IDLE", 0.0)
-        new_pid = _pooled_backend_pid(engine)
-        assert new_pid != old_pid
-    finally:
-        engine.dispose()
-        other.dispose()
+    engine, old_pid = pooled
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE", 0.0)
+    assert _pooled_backend_pid(engine) != old_pid
 
 
 def test_a_connection_used_a_moment_ago_is_not_tested_again(
-    databases: DatabaseFactory, monkeypatch: pytest.MonkeyPatch
+    pooled: tuple[Engine, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_engine(databases.url("busy"))
-    other = make_engine(databases.url("other"))
-    try:
-        old_pid = _pooled_backend_pid(engine)
-        _terminate(other, old_pid)
-        monkeypatch.setattr(engines, "PING_AFTER_IDLE", 3600.0)
-        # No test round trip: the statement itself meets the dead connection...
-        with pytest.raises(OperationalError):
-            _pooled_backend_pid(engine)
-        # ...which the pool then drops, so the next use gets a live one.
-        assert _pooled_backend_pid(engine) != old_pid
-    finally:
-        engine.dispose()
-        other.dispose()
+    engine, old_pid = pooled
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE", 3600.0)
+    # No test round trip: the statement itself meets the dead connection...
+    with pytest.raises(OperationalError):
+        _pooled_backend_pid(engine)
+    # ...which the pool then drops, so the next use gets a live one.
+    assert _pooled_backend_pid(engine) != old_pid
 
 
 def test_only_the_tracking_database_commits_without_waiting_for_the_disk(
