@@ -118,6 +118,18 @@ class RegistryRow:
 
 
 @dataclass(frozen=True)
+class _SyncedSource:
+    """Where a synced UPDATE finds each finished sync's values: bound parameters for one row,
+    the columns of a row source (arrays, a JSON document) for many."""
+
+    key: Any
+    started: Any
+    missing: Any
+    path: Any
+    checksum: Any
+
+
+@dataclass(frozen=True)
 class SyncedRow:
     """One finished sync for `Registry.synced_rows` (the arguments of `synced_row`)."""
 
@@ -406,7 +418,6 @@ class Registry:
         cache_key = (self.table.name, "synced_many", verification)
         if (statement := self._built(cache_key)) is not None:
             return statement
-        c = self.table.c
         stamp = DateTime(timezone=True)
         given = (
             func.unnest(
@@ -424,29 +435,15 @@ class Registry:
                 column("checksum", Text),
             )
             .render_derived(name="given")
+        ).c
+        source = _SyncedSource(
+            given.model_id, given.started, given.missing, given.path, given.checksum
         )
-        values = {
-            **self._synced_values(verification),
-            "missing_on_primary": given.c.missing,
-            "local_path": func.coalesce(given.c.path, c.local_path),
-        }
-        if verification == VerificationState.SUCCEEDED:
-            values.update(
-                verification_checksum=given.c.checksum,
-                verified_at=bindparam("b_verified_at", type_=c.verified_at.type),
-            )
-        statement = (
-            update(self.table)
-            .where(
-                self.key == given.c.model_id,
-                # Leads the planner to the key's unique index even when its statistics
-                # still think no row is started (a join filter over every started row).
-                self.key == any_(bindparam("b_keys", type_=ARRAY(BigInteger))),
-                c.state == SyncState.STARTED,
-                c.last_synced_at == given.c.started,
-            )
-            .values(**values)
-            .returning(self.key.label("b_key"), c.pending_since)
+        # Leads the planner to the key's unique index even when its statistics still think no
+        # row is started (a join filter over every started row).
+        by_index = self.key == any_(bindparam("b_keys", type_=ARRAY(BigInteger)))
+        statement = self._synced_update(verification, source, by_index).returning(
+            self.key.label("b_key"), self.table.c.pending_since
         )
         _STATEMENTS[cache_key] = statement
         return statement
@@ -475,31 +472,14 @@ class Registry:
         cache_key = (self.table.name, "synced_many_sqlite", verification)
         if (statement := self._built(cache_key)) is not None:
             return statement
-        c = self.table.c
         given = func.json_each(bindparam("b_given", type_=Text)).table_valued("value")
 
         def field(name: str) -> Any:
             return func.json_extract(given.c.value, f"$.{name}")
 
-        values = {
-            **self._synced_values(verification),
-            "missing_on_primary": field("m"),
-            "local_path": func.coalesce(field("p"), c.local_path),
-        }
-        if verification == VerificationState.SUCCEEDED:
-            values.update(
-                verification_checksum=field("c"),
-                verified_at=bindparam("b_verified_at", type_=c.verified_at.type),
-            )
-        statement = (
-            update(self.table)
-            .where(
-                self.key == field("k"),
-                c.state == SyncState.STARTED,
-                c.last_synced_at == field("s"),
-            )
-            .values(**values)
-            .returning(self.key.label("b_key"), c.pending_since)
+        source = _SyncedSource(field("k"), field("s"), field("m"), field("p"), field("c"))
+        statement = self._synced_update(verification, source).returning(
+            self.key.label("b_key"), self.table.c.pending_since
         )
         _STATEMENTS[cache_key] = statement
         return statement
@@ -516,30 +496,43 @@ class Registry:
         if (statement := self._built(cache_key)) is not None:
             return statement
         c = self.table.c
+        source = _SyncedSource(
+            bindparam("b_key"),
+            bindparam("b_started_at", type_=c.last_synced_at.type),
+            bindparam("b_missing"),
+            bindparam("b_local_path", type_=c.local_path.type),
+            bindparam("b_checksum", type_=c.verification_checksum.type),
+        )
+        statement = self._synced_update(verification, source).returning(c.pending_since)
+        _STATEMENTS[cache_key] = statement
+        return statement
+
+    def _synced_update(
+        self, verification: VerificationState, given: _SyncedSource, *where: Any
+    ) -> Any:
+        """started -> synced for the row `given` names, only while it is still the sync begun
+        at `given.started`; every form of the synced UPDATE (one row, many) is this one."""
+        c = self.table.c
         values: dict[str, Any] = {
             **self._synced_values(verification),
-            "missing_on_primary": bindparam("b_missing"),
-            "local_path": func.coalesce(
-                bindparam("b_local_path", type_=c.local_path.type), c.local_path
-            ),
+            "missing_on_primary": given.missing,
+            "local_path": func.coalesce(given.path, c.local_path),
         }
         if verification == VerificationState.SUCCEEDED:
             values.update(
-                verification_checksum=bindparam("b_checksum", type_=c.verification_checksum.type),
+                verification_checksum=given.checksum,
                 verified_at=bindparam("b_verified_at", type_=c.verified_at.type),
             )
-        statement = (
+        return (
             update(self.table)
             .where(
-                self.key == bindparam("b_key"),
+                self.key == given.key,
+                *where,
                 c.state == SyncState.STARTED,
-                c.last_synced_at == bindparam("b_started_at", type_=c.last_synced_at.type),
+                c.last_synced_at == given.started,
             )
             .values(**values)
-            .returning(c.pending_since)
         )
-        _STATEMENTS[cache_key] = statement
-        return statement
 
     def _synced_values(self, verification: VerificationState) -> dict[str, Any]:
         """What every `synced` UPDATE sets, whatever the row's own values."""
