@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING
 
 from geosync.auth import BLOB_TOKEN_TTL, node_header
 from geosync.errors import PrimaryMissing, TransferError
-from geosync.log import get_logger
 from geosync.registry import VerificationState
 from geosync.secondary.blob_client import BlobResponse, TransportFailure
 from geosync.secondary.settlement import Failure, Settled, Success
-from geosync.secondary.sync import SyncService, prefetch
+from geosync.secondary.sync import SyncService, prefetch_missing
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
 from geosync.strategies.blob import BlobReplicator
 from geosync.web.blob_batch import HEADER, MAX_HEADER
@@ -33,8 +32,6 @@ from geosync.web.node_paths import batch_path
 if TYPE_CHECKING:
     from geosync.secondary.blob_client import BlobClient
 
-
-log = get_logger("sync")
 
 #: Files too large for a batch are downloaded this many at a time.
 LARGE_AT_ONCE = 4
@@ -104,7 +101,7 @@ class BatchSync:
         if self._wanted is not None:
             return self._wanted
         self._wanted = {}
-        self._prefetch()
+        prefetch_missing(self.services)
         for service in self.services:
             try:
                 item = self._plan(service)
@@ -116,23 +113,6 @@ class BatchSync:
             else:
                 self._wanted[service.model_record_id] = item
         return self._wanted
-
-    def _prefetch(self) -> None:
-        """The records and primary checksums of the items that lack them, in one go (a sync
-        reads its own if this fails)."""
-        lacking = [service for service in self.services if service.prefetched is None]
-        if not lacking:
-            return
-        first = lacking[0]
-        try:
-            found = prefetch(first.geo, first.replicator, [s.model_record_id for s in lacking])
-        except Exception:
-            log.exception(
-                "cannot prefetch a batch's records", replicable=first.replicator.replicable_name
-            )
-            return
-        for service in lacking:
-            service.prefetched = found.get(service.model_record_id)
 
     def _plan(self, service: SyncService) -> _Item | Success:
         record, expected = service.record()

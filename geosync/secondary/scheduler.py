@@ -28,7 +28,7 @@ from geosync.registry import Registry, SyncState
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import Settler
-from geosync.secondary.sync import Route, SyncService, prefetch
+from geosync.secondary.sync import Route, SyncService, prefetch_missing
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -252,7 +252,7 @@ class SchedulerLoop:
                 self._empty_at[registry.replicator] = now
         jobs = self._jobs(strategy, capacity, claims)
         # A batch reads its own records while its request is out; a sync alone gets them here.
-        self._prefetch([job[0] for job in jobs if len(job) == 1])
+        prefetch_missing([job[0] for job in jobs if len(job) == 1])
         for job in jobs:
             self._submit(strategy, capacity, job)
         return len(claims)
@@ -316,22 +316,6 @@ class SchedulerLoop:
             for services in by_replicator.values()
             for i in range(0, len(services), size)
         ]
-
-    def _prefetch(self, services: list[SyncService]) -> None:
-        """Records and primary checksums of syncs about to run (a query or two per replicator)."""
-        by_replicator: dict[type[Replicator], list[SyncService]] = {}
-        for service in services:
-            by_replicator.setdefault(service.replicator, []).append(service)
-        for replicator, group in by_replicator.items():
-            try:
-                found = prefetch(self.geo, replicator, [s.model_record_id for s in group])
-            except Exception:  # each sync reads its own then, and reports what fails
-                log.exception(
-                    "cannot prefetch claimed records", replicable=replicator.replicable_name
-                )
-                continue
-            for service in group:
-                service.prefetched = found.get(service.model_record_id)
 
     def _pool(self, strategy: str, capacity: int) -> ThreadPoolExecutor:
         pool = self.pools.get(strategy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,7 +88,7 @@ Prefetched = tuple[Any, str | None]
 def prefetch(geo: Geo, replicator: type[Replicator], ids: list[int]) -> dict[int, Prefetched]:
     """The records and primary checksums of `ids`, in two queries on one connection.
 
-    The scheduler reads them for a whole claim at once; a sync run alone reads its own.
+    Syncs get them in groups (`prefetch_missing`); a sync given none reads its own.
     """
     from geosync.model import load_records
     from geosync.verification import primary_checksums
@@ -96,6 +97,23 @@ def prefetch(geo: Geo, replicator: type[Replicator], ids: list[int]) -> dict[int
         records = load_records(main, replicator.model, ids)
         checksums = primary_checksums(geo, main, replicator, records) if records else {}
     return {i: (records.get(i), checksums.get(i)) for i in ids}
+
+
+def prefetch_missing(services: Sequence[SyncService]) -> None:
+    """Give the syncs that lack them their records and primary checksums, a query or two per
+    replicator; where that fails, each sync reads its own later (and reports what fails)."""
+    by_replicator: dict[type[Replicator], list[SyncService]] = {}
+    for service in services:
+        if service.prefetched is None:
+            by_replicator.setdefault(service.replicator, []).append(service)
+    for replicator, group in by_replicator.items():
+        try:
+            found = prefetch(group[0].geo, replicator, [s.model_record_id for s in group])
+        except Exception:
+            log.exception("cannot prefetch records", replicable=replicator.replicable_name)
+            continue
+        for service in group:
+            service.prefetched = found.get(service.model_record_id)
 
 
 class RecordGone(GeoError):
