@@ -236,7 +236,10 @@ class SchedulerLoop:
         enabled = [Registry(self.geo, r) for r in replicators if self._enabled(r)]
         now = time.monotonic()
         worth = [
-            r for r in enabled if now - self._empty_at.get(r.replicator, 0.0) >= DRAINED_RECHECK
+            r
+            for r in enabled
+            if (empty_at := self._empty_at.get(r.replicator)) is None
+            or now - empty_at >= DRAINED_RECHECK
         ]
         if not worth:
             return 0
