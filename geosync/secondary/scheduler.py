@@ -41,8 +41,11 @@ log = get_logger("scheduler")
 Claim = tuple["type[Replicator]", int, datetime]
 STRATEGY_CAPACITY = {"blob": "files_max_capacity", "repository": "repos_max_capacity"}
 SHUTDOWN_GRACE = 20.0
-#: Claim for a strategy only once this fraction of its slots (1/n) is free locally.
+#: Claim for a strategy only once this fraction of its slots (1/n) is free locally...
 CLAIM_FRACTION = 3
+#: ... or once a slot has waited this long for others to free up (seconds): a slot left idle
+#: while a large file's download runs on would cost more than the claim's queries.
+CLAIM_GATHER = 0.05
 #: After a round found no work for a strategy, skip it for this long (seconds, at most the poll
 #: interval) even when woken: finished syncs wake the scheduler many times a second.
 DRAINED_RECHECK = 0.25
@@ -150,6 +153,8 @@ class SchedulerLoop:
         self._route: Route | None = None
         self._route_read = 0.0
         self._drained_at: dict[str, float | None] = {}
+        #: Since when a strategy has had free slots, too few to claim for yet.
+        self._gathering_since: dict[str, float] = {}
         self._empty_at: dict[type[Replicator], float] = {}
         self._fresh = False
         self._flags: dict[type[Replicator], bool] = {}
@@ -181,8 +186,9 @@ class SchedulerLoop:
         wait = self.geo.settings.poll_interval
         for strategy in STRATEGY_CAPACITY:
             capacity = capacity_of(node, strategy)
-            if not self._worth_a_round(strategy, capacity):
-                wait = min(wait, self._recheck_after())
+            delay = self._claim_delay(strategy, capacity)
+            if delay > 0:
+                wait = min(wait, delay)
                 continue
             started_now = self._schedule(strategy, capacity)
             self._drained_at[strategy] = None if started_now else time.monotonic()
@@ -194,18 +200,29 @@ class SchedulerLoop:
             return 0.0
         return wait
 
-    def _worth_a_round(self, strategy: str, capacity: int) -> bool:
-        """Whether claiming for `strategy` now is worth its queries.
+    def _claim_delay(self, strategy: str, capacity: int) -> float:
+        """Seconds until claiming for `strategy` is worth its queries; 0 when it is now.
 
-        Not while this worker's own syncs leave fewer than a third of the slots free (claims
-        come in groups, not one per finished sync), nor shortly after a round found nothing.
+        Claims come in groups, not one per finished sync: a round waits until a third of the
+        slots are free, or until a free slot has waited `CLAIM_GATHER` for others. A round
+        that found nothing is not repeated for a while either.
         """
         with self._lock:
             inflight = self.inflight[strategy]
-        if inflight and capacity - inflight < max(1, capacity // CLAIM_FRACTION):
-            return False
+        now = time.monotonic()
+        free = capacity - inflight
+        if free <= 0:
+            self._gathering_since.pop(strategy, None)
+            return self._recheck_after()
+        if inflight and free < max(1, capacity // CLAIM_FRACTION):
+            waited = now - self._gathering_since.setdefault(strategy, now)
+            if waited < CLAIM_GATHER:
+                return CLAIM_GATHER - waited
         drained_at = self._drained_at.get(strategy)
-        return drained_at is None or time.monotonic() - drained_at >= self._recheck_after()
+        if drained_at is not None and now - drained_at < self._recheck_after():
+            return self._recheck_after() - (now - drained_at)
+        self._gathering_since.pop(strategy, None)
+        return 0.0
 
     def _recheck_after(self) -> float:
         return min(self.geo.settings.poll_interval, DRAINED_RECHECK)

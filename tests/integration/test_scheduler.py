@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -126,6 +127,37 @@ def test_new_work_is_claimed_at_once_even_right_after_a_round_found_none(
         worker.notify(loop.name)
         loop.run_once()
         assert pending_ids(sites, uploads) == [], "announced work is claimed in the next round"
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_few_free_slots_wait_briefly_for_more_then_are_claimed_for(
+    sites: SitePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Claims come in groups (a third of the slots), but a slot freed while long downloads run
+    # on must not stay idle until they end.
+    from geosync.secondary import scheduler as scheduler_module
+    from geosync.worker import Worker
+
+    monkeypatch.setattr(scheduler_module, "CLAIM_GATHER", 0.3)
+    worker = Worker(sites.secondary, [scheduler_module.SchedulerLoop])
+    loop = worker.loops[0]
+    assert isinstance(loop, scheduler_module.SchedulerLoop)
+    try:
+        capacity = 9
+        loop.inflight["blob"] = capacity - 3  # a third free: worth a claim at once
+        assert loop._claim_delay("blob", capacity) == 0.0
+        loop.inflight["blob"] = capacity  # none free
+        assert loop._claim_delay("blob", capacity) > 0
+        loop.inflight["blob"] = capacity - 1  # one free: wait for others to free up...
+        first = loop._claim_delay("blob", capacity)
+        assert 0.0 < first <= 0.3
+        time.sleep(0.1)
+        assert 0.0 < loop._claim_delay("blob", capacity) < first  # the wait is not restarted
+        time.sleep(0.25)
+        assert loop._claim_delay("blob", capacity) == 0.0  # ... but not for long
+        assert loop._claim_delay("blob", capacity) > 0.0  # a new wait after a claim round
     finally:
         loop.close()
 
