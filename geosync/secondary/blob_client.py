@@ -55,6 +55,20 @@ class BlobResponse:
             raise TransportFailure(f"the body was cut short: {self.raw.length} bytes missing")
         return chunk
 
+    def read_into(self, buffer: memoryview) -> int:
+        """Fill `buffer` from the body as far as the body goes; 0 at its end.
+
+        Reading into the caller's buffer spares a large download a new bytes object and a copy
+        per piece. Cut short: `TransportFailure`, as `read_chunk`.
+        """
+        try:
+            count = self.raw.readinto(buffer)
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransportFailure(f"the body was cut short: {exc}") from exc
+        if not count and len(buffer) and self.raw.length:
+            raise TransportFailure(f"the body was cut short: {self.raw.length} bytes missing")
+        return count
+
     def iter_bytes(self, size: int) -> Iterator[bytes]:
         """The body in chunks of at most `size` bytes (cut short: `TransportFailure`)."""
         while chunk := self.read_chunk(size):

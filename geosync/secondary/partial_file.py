@@ -17,7 +17,7 @@ import fcntl
 import hashlib
 import mmap
 import os
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 #: Files from this size on bypass the page cache; below it the cache is cheaper than the waits
 #: of direct writes.
@@ -25,6 +25,16 @@ DIRECT_MIN = 8 * 1024 * 1024
 #: The unit of a direct write: a multiple of every block size a disk has.
 BLOCK = 1024 * 1024
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+
+
+class Body(Protocol):
+    """A response body, read in pieces or into a buffer."""
+
+    def read_chunk(self, size: int) -> bytes:
+        """Up to `size` bytes; empty at the end."""
+
+    def read_into(self, buffer: memoryview) -> int:
+        """Bytes read into `buffer`; 0 at the end."""
 
 
 class PartialFile:
@@ -77,6 +87,27 @@ class PartialFile:
                 if not self._direct:
                     self.handle.write(view)
                     return
+
+    def pull(self, body: Body) -> int:
+        """Take the next piece of `body` (at most a block); 0 at its end.
+
+        Writing direct, the body is read straight into the block buffer: no piece is allocated
+        and copied again.
+        """
+        if not self._direct or self._block is None:
+            chunk = body.read_chunk(BLOCK)
+            if chunk:
+                self.add(chunk)
+            return len(chunk)
+        space = memoryview(self._block)[self._fill :]
+        count = body.read_into(space)
+        self.digest.update(space[:count])
+        space.release()
+        self.written += count
+        self._fill += count
+        if self._fill == BLOCK:
+            self._write_block()
+        return count
 
     def restart(self) -> None:
         """Forget everything written (the server ignored a Range request)."""

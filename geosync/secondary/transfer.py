@@ -145,10 +145,9 @@ def _stream(
             partial.restart()
         if not partial.written and (length := response.header("content-length")):
             partial.expect(int(length) if length.isdigit() else 0)
-        for chunk in response.iter_bytes(CHUNK):
+        while partial.pull(response):
             if cancel is not None and cancel.is_set():
                 raise Interrupted("Sync interrupted: the worker is shutting down")
-            partial.add(chunk)
 
 
 def check_response(response: BlobResponse) -> None:
