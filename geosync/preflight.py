@@ -21,7 +21,7 @@ import httpx
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from geosync.db.engines import is_sqlite
+from geosync.db.engines import error_line, is_sqlite
 from geosync.errors import GeoError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def database_check(name: str, engine: Engine, setting: str) -> Check:
     except SQLAlchemyError as exc:
         return failed(
             name,
-            f"cannot connect: {_first_line(exc)}",
+            f"cannot connect: {error_line(exc)}",
             f"check the setting '{setting}' and that the database server is running",
         )
     return passed(name, f"reachable ({engine.dialect.name})")
@@ -109,7 +109,7 @@ def tracking_writable(geo: Geo) -> Check:
                     )
     except SQLAlchemyError as exc:
         return failed(
-            name, f"cannot write: {_first_line(exc)}", "give the geosync user write access to it"
+            name, f"cannot write: {error_line(exc)}", "give the geosync user write access to it"
         )
     return passed(name, "writable")
 
@@ -125,7 +125,7 @@ def main_database_role(geo: Geo) -> Check:
         with geo.main_engine.connect() as conn:
             standby = bool(conn.execute(text("SELECT pg_is_in_recovery()")).scalar())
     except SQLAlchemyError as exc:
-        return failed(name, _first_line(exc), "check main_database_url")
+        return failed(name, error_line(exc), "check main_database_url")
     if secondary and not standby:
         return failed(
             name,
@@ -149,7 +149,7 @@ def registration(geo: Geo) -> tuple[Check, Node | None]:
         node = geo.current_node()
         primary = geo.primary_node()
     except SQLAlchemyError as exc:
-        return failed(name, _first_line(exc), "run `geosync db upgrade` on the primary"), None
+        return failed(name, error_line(exc), "run `geosync db upgrade` on the primary"), None
     if node is None:
         return failed(name, f"no node named {geo.settings.node_name!r}", fix), None
     secondary = geo.has_tracking_database
@@ -243,8 +243,3 @@ def _writable(name: str, path: Path) -> Check:
     except OSError as exc:
         return failed(name, f"cannot write to {path}: {exc.strerror}", fix)
     return passed(name, f"{path} is writable")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__

@@ -144,3 +144,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 def is_sqlite(engine: Engine) -> bool:
     """Whether `engine` talks to SQLite (some statements differ)."""
     return engine.dialect.name == "sqlite"
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of a database error's own message (the driver's, not SQLAlchemy's
+    wrapping with the statement), short enough for a log line or a check's answer."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
