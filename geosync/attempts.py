@@ -99,6 +99,18 @@ def _values(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+def forget_attempts(conn: Connection, replicable_name: str, model_record_ids: list[int]) -> None:
+    """Delete the history of items whose registry rows are deleted: nothing is left to explain,
+    and a history nobody can reach would only grow the table."""
+    if model_record_ids:
+        t = geo_sync_attempts
+        conn.execute(
+            delete(t).where(
+                t.c.replicable_name == replicable_name, t.c.model_record_id.in_(model_record_ids)
+            )
+        )
+
+
 def recent_attempts(
     conn: Connection, replicable_name: str, model_record_id: int, limit: int = KEEP
 ) -> list[Attempt]:

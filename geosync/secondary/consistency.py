@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Connection, bindparam, delete, func, literal, select, true
 
+from geosync.attempts import forget_attempts
 from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
 from geosync.errors import ConfigurationError, ValidationError
@@ -121,9 +122,10 @@ def delete_unused(conn: Connection, registry: Registry, ids: list[int]) -> list[
     deleted = conn.execute(
         delete(registry.table)
         .where(registry.key.in_(ids), c.state != SyncState.STARTED)
-        .returning(c.local_path)
-    )
-    return [path for (path,) in deleted]
+        .returning(registry.key, c.local_path)
+    ).all()
+    forget_attempts(conn, registry.replicator.replicable_name, [row[0] for row in deleted])
+    return [path for _, path in deleted]
 
 
 # -- local copies -----------------------------------------------------------------------------

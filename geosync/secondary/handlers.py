@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete
 
+from geosync.attempts import forget_attempts
 from geosync.errors import ValidationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
@@ -305,6 +306,7 @@ def remove_path(path: Path) -> bool:
 def delete_registry(
     conn: Connection, geo: Geo, replicator: type[Replicator], model_record_id: int
 ) -> None:
-    """Delete the registry row of one replicable (no-op if absent)."""
+    """Delete the registry row of one replicable and its attempt history (no-op if absent)."""
     registry = Registry(geo, replicator)
     conn.execute(delete(registry.table).where(registry.key == model_record_id))
+    forget_attempts(conn, replicator.replicable_name, [model_record_id])

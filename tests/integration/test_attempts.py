@@ -1,10 +1,15 @@
-"""Attempt history: appended in groups, the newest `KEEP` per item kept."""
+"""Attempt history: appended in groups, the newest `KEEP` per item kept, forgotten with the
+item's registry row."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from geosync.attempts import KEEP, Attempt, recent_attempts, record_attempt, record_attempts
+from geosync.demo.replicators import UploadReplicator
+from geosync.registry import Registry
+from geosync.secondary.consistency import delete_unused
+from geosync.secondary.handlers import delete_registry
 from geosync.testing import SitePair
 
 
@@ -42,3 +47,31 @@ def test_an_empty_group_writes_nothing(sites: SitePair) -> None:
     with sites.secondary.tracking() as conn:
         record_attempts(conn, [])
         assert recent_attempts(conn, "upload", 1) == []
+
+
+def test_deleting_a_registry_row_forgets_its_history_and_only_its_own(sites: SitePair) -> None:
+    geo = sites.secondary
+    uploads = Registry(geo, UploadReplicator)
+    with geo.tracking() as conn:
+        uploads.insert_pending(conn, [1, 2])
+        record_attempts(conn, [attempt(sites, i, 0) for i in (1, 2)])
+        record_attempt(conn, attempt(sites, 1, 0, "package_file"))
+        delete_registry(conn, geo, UploadReplicator, 1)  # a `deleted` event
+    with geo.tracking() as conn:
+        assert recent_attempts(conn, "upload", 1) == []
+        assert len(recent_attempts(conn, "upload", 2)) == 1
+        assert len(recent_attempts(conn, "package_file", 1)) == 1
+
+
+def test_the_consistency_sweep_forgets_the_history_of_the_rows_it_deletes(
+    sites: SitePair,
+) -> None:
+    geo = sites.secondary
+    uploads = Registry(geo, UploadReplicator)
+    with geo.tracking() as conn:
+        uploads.insert_pending(conn, [1, 2, 3])
+        uploads.start(conn, 2)  # being synced: left for the next pass, history and all
+        record_attempts(conn, [attempt(sites, i, 0) for i in (1, 2, 3)])
+        assert delete_unused(conn, uploads, [1, 2]) == [None]
+    with geo.tracking() as conn:
+        assert [i for i in (1, 2, 3) if recent_attempts(conn, "upload", i)] == [2, 3]
