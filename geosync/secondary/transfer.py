@@ -1,13 +1,16 @@
 """Blob download from the primary: streamed, hashed while streaming, written atomically.
 
-The body goes to `tmp_<random>` in the destination directory, is fsynced and then renamed into
-place, so a partial file is never visible under the real name. An interrupted download resumes
-with an HTTP Range request; the hash continues over the bytes already written. Large files are
-written past the page cache (`geosync.secondary.partial_file`).
+The body goes to an unnamed file (`O_TMPFILE`) in the destination directory, is fsynced and then
+linked into place, so a partial file is never visible under the real name, and a worker killed
+mid-download leaves nothing behind. A file system without unnamed files gets `tmp_<random>`
+instead, renamed into place. An interrupted download resumes with an HTTP Range request; the
+hash continues over the bytes already written. Large files are written past the page cache
+(`geosync.secondary.partial_file`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import threading
@@ -23,6 +26,11 @@ from geosync.secondary.partial_file import PartialFile
 CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
 TMP_PREFIX = "tmp_"
+_O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
+#: Unnamed temp files need O_TMPFILE (Linux) and /proc to name them when they are done.
+_UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+#: What open(2) answers where a file system has no unnamed files.
+_NO_UNNAMED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
 
 @dataclass(frozen=True)
@@ -85,24 +93,21 @@ def write_blob(
 
 @dataclass
 class _Temp:
-    """A temp file being written, and where it lies."""
+    """A temp file being written, and its name if it has one."""
 
-    path: Path
     partial: PartialFile
-    #: Renamed into place: nothing is left to remove.
+    #: None for an unnamed (`O_TMPFILE`) file.
+    path: Path | None
+    #: Placed under its real name: nothing is left to remove.
     placed: bool = False
 
 
 @contextmanager
 def _temp_file(dest: Path) -> Iterator[_Temp]:
-    """A new `tmp_<random>` beside `dest`, removed on the way out unless renamed into place."""
-    tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-    try:
-        handle = tmp.open("wb")
-    except FileNotFoundError:  # the first file of its directory (one syscall saved on the rest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        handle = tmp.open("wb")
-    temp = _Temp(tmp, PartialFile(handle))
+    """A new temp file in `dest`'s directory, gone on the way out unless placed at `dest`."""
+    fd, path = _open_temp(dest.parent)
+    handle = os.fdopen(fd, "wb")
+    temp = _Temp(PartialFile(handle), path)
     try:
         with handle:
             try:
@@ -110,8 +115,51 @@ def _temp_file(dest: Path) -> Iterator[_Temp]:
             finally:
                 temp.partial.close()
     finally:
-        if not temp.placed:
-            tmp.unlink(missing_ok=True)
+        if path is not None and not temp.placed:
+            path.unlink(missing_ok=True)
+
+
+def _open_temp(directory: Path) -> tuple[int, Path | None]:
+    """An unnamed file in `directory` where the file system has them, else `tmp_<random>`.
+
+    An unnamed file has no name to leave behind: if the worker dies mid-download, even by
+    SIGKILL, the kernel frees it. A named one stays until something removes it.
+    """
+    try:
+        return _open_in(directory)
+    except FileNotFoundError:  # the first file of its directory (a syscall saved on the rest)
+        directory.mkdir(parents=True, exist_ok=True)
+        return _open_in(directory)
+
+
+def _open_in(directory: Path) -> tuple[int, Path | None]:
+    if _UNNAMED:
+        try:
+            return os.open(directory, os.O_WRONLY | _O_TMPFILE, 0o666), None
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED:
+                raise
+    path = directory / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+
+
+def _place(temp: _Temp, dest: Path) -> None:
+    """Give the written file its real name, atomically (an older copy is replaced)."""
+    if temp.path is not None:
+        os.replace(temp.path, dest)
+        return
+    try:
+        _link(temp.partial.fd, dest)
+    except FileExistsError:  # a new version of a copy: named for a moment, then renamed over it
+        named = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        _link(temp.partial.fd, named)
+        os.replace(named, dest)
+
+
+def _link(fd: int, dest: Path) -> None:
+    # linkat(2) with AT_SYMLINK_FOLLOW through /proc names an O_TMPFILE file without privileges;
+    # os.link takes that path only when given a directory fd, which an absolute source ignores.
+    os.link(f"/proc/self/fd/{fd}", dest, src_dir_fd=fd, follow_symlinks=True)
 
 
 def _commit(
@@ -123,7 +171,7 @@ def _commit(
     actual = partial.digest.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ChecksumMismatch("Downloaded file checksum mismatch")
-    os.replace(temp.path, dest)
+    _place(temp, dest)
     temp.placed = True
     if sync_directory_too:
         sync_directory(dest.parent)

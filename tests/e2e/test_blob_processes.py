@@ -133,6 +133,8 @@ class SlowProxy:
     def __init__(self, target: str, bytes_per_second: int) -> None:
         self.target = target.rstrip("/")
         self.rate = bytes_per_second
+        #: Body bytes passed on so far, over all requests.
+        self.relayed = 0
 
     async def handle(self, request: Request) -> Response:
         client = httpx.AsyncClient()
@@ -149,6 +151,7 @@ class SlowProxy:
             try:
                 async for chunk in upstream.aiter_bytes(64 * 1024):
                     yield chunk
+                    self.relayed += len(chunk)
                     if self.rate:
                         await asyncio.sleep(len(chunk) / self.rate)
             finally:
@@ -187,11 +190,7 @@ def test_worker_killed_mid_download_leaves_no_partial_file_and_recovers(
         upload_id = make_upload(sites, "big/blob.bin", data)
         worker = sites.secondary.start("worker")
         directory = secondary_copy(sites, "big/blob.bin").parent
-        wait_for(
-            lambda: directory.is_dir() and any(directory.glob("tmp_*")),
-            timeout=60,
-            what="a download in progress",
-        )
+        wait_for(lambda: proxy.relayed >= len(data) // 8, timeout=60, what="a download in progress")
         os.kill(worker.pid, signal.SIGKILL)
         sites.secondary.stop("worker")
         assert not secondary_copy(sites, "big/blob.bin").exists()
@@ -200,6 +199,8 @@ def test_worker_killed_mid_download_leaves_no_partial_file_and_recovers(
     sites.secondary.start("worker")
     wait_for(lambda: synced(sites, [upload_id]), timeout=90, what="recovery after SIGKILL")
     assert secondary_copy(sites, "big/blob.bin").read_bytes() == data
+    # The killed download's temp file had no name: nothing of it is left.
+    assert sorted(p.name for p in directory.iterdir()) == ["blob.bin"]
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)

@@ -1,4 +1,5 @@
-"""One blob download: hashed while written, large files past the page cache, resumed when cut."""
+"""One blob download: hashed while written, large files past the page cache, resumed when cut,
+and never visible (nor left behind) under a name until it is whole."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from geosync.errors import ChecksumMismatch
+from geosync.secondary import transfer
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.partial_file import BLOCK, DIRECT_MIN, PartialFile
-from geosync.secondary.transfer import TMP_PREFIX, download_blob
+from geosync.secondary.transfer import TMP_PREFIX, download_blob, write_blob
 from tests.httputil import loopback_server
 
 LARGE = DIRECT_MIN + 3 * BLOCK + 4321  # direct blocks and a tail that is not a whole block
@@ -162,3 +164,55 @@ def test_a_wrong_checksum_leaves_no_file_at_all(
         download_blob(BlobClient(), url, dict, dest, expected_sha256="0" * 64)
     assert not dest.exists()
     assert not list(tmp_path.glob(f"{TMP_PREFIX}*"))
+
+
+def written_watching(dest: Path, parts: list[bytes]) -> list[str]:
+    """Write `parts` to `dest` with `write_blob`; the directory's names seen mid-write."""
+    seen: list[str] = []
+
+    def chunks() -> Iterator[bytes]:
+        for n, part in enumerate(parts):
+            if n:
+                seen.extend(sorted(p.name for p in dest.parent.iterdir()))
+            yield part
+
+    write_blob(dest, chunks())
+    return seen
+
+
+def test_a_file_being_written_has_no_name_at_all(tmp_path: Path) -> None:
+    # Unnamed (O_TMPFILE, as on ext4, xfs, btrfs and tmpfs): a worker killed mid-write leaves
+    # nothing behind for anyone to clean up.
+    dest = tmp_path / "new" / "blob.bin"
+    assert written_watching(dest, [b"a" * 1000, b"b" * 1000]) == []
+    assert dest.read_bytes() == b"a" * 1000 + b"b" * 1000
+    assert [p.name for p in dest.parent.iterdir()] == ["blob.bin"]
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_a_new_version_replaces_the_old_copy_whole_and_leaves_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    monkeypatch.setattr(transfer, "_UNNAMED", unnamed)
+    dest = tmp_path / "blob.bin"
+    dest.write_bytes(b"old")
+    seen = written_watching(dest, [b"new ", b"version"])
+    assert dest.read_bytes() == b"new version"
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
+    if unnamed:
+        assert seen == ["blob.bin"]
+    else:  # a file system without unnamed files: a named temp file, renamed into place
+        assert len(seen) == 2 and seen[0] == "blob.bin" and seen[1].startswith(TMP_PREFIX)
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_a_wrong_checksum_leaves_the_old_copy_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    monkeypatch.setattr(transfer, "_UNNAMED", unnamed)
+    dest = tmp_path / "blob.bin"
+    dest.write_bytes(b"old")
+    with pytest.raises(ChecksumMismatch):
+        write_blob(dest, [b"corrupt"], expected_sha256=hashlib.sha256(b"good").hexdigest())
+    assert dest.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
