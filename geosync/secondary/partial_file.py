@@ -12,6 +12,7 @@ every byte durable, and a file system without direct I/O simply keeps the page c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -102,7 +103,6 @@ class PartialFile:
         space = memoryview(self._block)[self._fill :]
         count = body.read_into(space)
         self.digest.update(space[:count])
-        space.release()
         self.written += count
         self._fill += count
         if self._fill == BLOCK:
@@ -130,7 +130,8 @@ class PartialFile:
     def close(self) -> None:
         """Release the block buffer (the file itself belongs to the caller)."""
         if self._block is not None:
-            self._block.close()
+            with contextlib.suppress(BufferError):  # still viewed by a failed read's traceback:
+                self._block.close()  # then it is freed with that traceback
             self._block = None
 
     def _write_block(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from geosync.errors import ChecksumMismatch
 from geosync.secondary import transfer
-from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.blob_client import BlobClient, TransportFailure
 from geosync.secondary.partial_file import BLOCK, DIRECT_MIN, PartialFile
 from geosync.secondary.transfer import TMP_PREFIX, download_blob, write_blob
 from tests.httputil import loopback_server
@@ -100,6 +100,67 @@ def test_a_restart_forgets_direct_blocks_already_written(tmp_path: Path) -> None
         partial.close()
     assert (tmp_path / "f").read_bytes() == second
     assert partial.digest.hexdigest() == hashlib.sha256(second).hexdigest()
+
+
+class CutBody:
+    """A response body that fails after `good` bytes: the fault a dropped connection is."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        self.data, self.good, self.at = data, good, 0
+
+    def read_chunk(self, size: int) -> bytes:
+        if self.at == len(self.data):
+            return b""
+        if self.at >= self.good:
+            raise TransportFailure("connection reset")
+        chunk = self.data[self.at : min(self.good, self.at + size)]
+        self.at += len(chunk)
+        return chunk
+
+    def read_into(self, buffer: memoryview) -> int:
+        if self.at == len(self.data):
+            return 0
+        if self.at >= self.good:
+            buffer[:10] = b"x" * 10  # what a failing read may have put there: not counted
+            raise TransportFailure("connection reset")
+        count = min(len(buffer), self.good - self.at, 300_000)
+        buffer[:count] = self.data[self.at : self.at + count]
+        self.at += count
+        return count
+
+
+def drain(partial: PartialFile, body: CutBody) -> None:
+    """Pull `body` into `partial` to its end (a bounded number of pulls)."""
+    for _ in range(len(body.data) // 1000 + 2):
+        if not partial.pull(body):
+            return
+    raise AssertionError("the body never ended")
+
+
+def test_a_body_failing_mid_block_keeps_what_came_before(tmp_path: Path) -> None:
+    data = os.urandom(LARGE)
+    with (tmp_path / "f").open("wb") as handle:
+        partial = PartialFile(handle)
+        partial.expect(len(data))
+        with pytest.raises(TransportFailure):
+            drain(partial, CutBody(data, BLOCK + 500_000))
+        assert partial.written == BLOCK + 500_000  # where the resume starts
+        drain(partial, CutBody(data[partial.written :], len(data) - partial.written))
+        partial.finish()
+        partial.close()
+    assert (tmp_path / "f").read_bytes() == data
+    assert partial.digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_download_given_up_mid_block_still_closes(tmp_path: Path) -> None:
+    with (tmp_path / "f").open("wb") as handle:
+        partial = PartialFile(handle)
+        partial.expect(LARGE)
+        try:
+            partial.pull(CutBody(b"never", 0))
+        except TransportFailure:
+            partial.close()  # as the temp file's cleanup does, the traceback still alive
+        assert partial.written == 0
 
 
 class Flaky:
