@@ -250,30 +250,35 @@ def test_a_file_being_written_has_no_name_at_all(tmp_path: Path) -> None:
     assert [p.name for p in dest.parent.iterdir()] == ["blob.bin"]
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
-def test_a_new_version_replaces_the_old_copy_whole_and_leaves_nothing_else(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
-) -> None:
-    monkeypatch.setattr(transfer, "_UNNAMED", unnamed)
+@pytest.fixture(params=[True, False], ids=["unnamed", "named"])
+def old_copy(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, bool]:
+    """A copy already in place, on a file system with unnamed temp files or (as if) without."""
+    monkeypatch.setattr(transfer, "_UNNAMED", request.param)
     dest = tmp_path / "blob.bin"
     dest.write_bytes(b"old")
+    return dest, request.param
+
+
+def test_a_new_version_replaces_the_old_copy_whole_and_leaves_nothing_else(
+    old_copy: tuple[Path, bool],
+) -> None:
+    dest, unnamed = old_copy
     seen = written_watching(dest, [b"new ", b"version"])
     assert dest.read_bytes() == b"new version"
-    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
+    assert [p.name for p in dest.parent.iterdir()] == ["blob.bin"]
     if unnamed:
         assert seen == ["blob.bin"]
     else:  # a file system without unnamed files: a named temp file, renamed into place
         assert len(seen) == 2 and seen[0] == "blob.bin" and seen[1].startswith(TMP_PREFIX)
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
 def test_a_wrong_checksum_leaves_the_old_copy_and_nothing_else(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+    old_copy: tuple[Path, bool],
 ) -> None:
-    monkeypatch.setattr(transfer, "_UNNAMED", unnamed)
-    dest = tmp_path / "blob.bin"
-    dest.write_bytes(b"old")
+    dest, _ = old_copy
     with pytest.raises(ChecksumMismatch):
         write_blob(dest, [b"corrupt"], expected_sha256=hashlib.sha256(b"good").hexdigest())
     assert dest.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]
+    assert [p.name for p in dest.parent.iterdir()] == ["blob.bin"]
