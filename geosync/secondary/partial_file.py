@@ -5,9 +5,10 @@ Written through the page cache, every byte of a file is first copied into cache 
 must find (on a virtual machine often fault in from the host) and then written out again by the
 fsync that makes it durable. For a large file that copy costs more than the disk write itself.
 So once a download is known to be large, its temp file takes `O_DIRECT` where the file system
-allows it: whole 1 MiB blocks go from one reused, page-aligned buffer straight to the disk, and
-only the last, partial block goes through the cache. The fsync before the rename still makes
-every byte durable, and a file system without direct I/O simply keeps the page cache.
+allows it: the body is read into one reused, page-aligned 1 MiB buffer, hashed there and written
+from it straight to the disk, and only the last, partial block goes through the cache. The
+fsync before the file gets its name still makes every byte durable, and a file system without
+direct I/O simply keeps the page cache.
 """
 
 from __future__ import annotations
