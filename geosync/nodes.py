@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from geosync.crypto import decrypt_secret, encrypt_secret
 from geosync.db.tables import geo_nodes
@@ -172,9 +174,16 @@ class NodeStore:
         if primary:
             self._require_no_other_primary(None)
         values = {**EDITABLE_DEFAULTS, **self._checked(settings)}
-        now = self.geo.clock.now()
         secret = generate_key(40)
-        node_id = self.connection.execute(
+        with _unique_rules(name):
+            node_id = self._insert(values, name, url, primary, secret)
+        return self.get(node_id)
+
+    def _insert(
+        self, values: dict[str, Any], name: str, url: str, primary: bool, secret: str
+    ) -> int:
+        now = self.geo.clock.now()
+        node_id: int = self.connection.execute(
             insert(geo_nodes).returning(geo_nodes.c.id),
             {
                 **values,
@@ -189,7 +198,7 @@ class NodeStore:
                 "updated_at": now,
             },
         ).scalar_one()
-        return self.get(node_id)
+        return node_id
 
     def update(self, node_id: int, **changes: Any) -> Node:
         """Change a node's settings (`name`, `url`, `primary` and the editable ones)."""
@@ -210,9 +219,10 @@ class NodeStore:
         values.update(self._checked(changes))
         if values:
             values["updated_at"] = self.geo.clock.now()
-            self.connection.execute(
-                update(geo_nodes).where(geo_nodes.c.id == node_id).values(**values)
-            )
+            with _unique_rules(values.get("name", node.name)):
+                self.connection.execute(
+                    update(geo_nodes).where(geo_nodes.c.id == node_id).values(**values)
+                )
         return self.get(node_id)
 
     def remove(self, node_id: int) -> None:
@@ -270,3 +280,23 @@ def _int_list(values: Any) -> list[int]:
         return sorted({int(v) for v in values})
     except (TypeError, ValueError):
         raise ValidationError("selective_sync_namespace_ids must be whole numbers") from None
+
+
+@contextmanager
+def _unique_rules(name: str) -> Iterator[None]:
+    """The database's uniqueness rules, as the errors `NodeStore`'s own checks give.
+
+    The checks run first and say which node is in the way; a write racing another transaction
+    past them is stopped by the database, and still gets an answer rather than a driver error.
+    """
+    try:
+        yield
+    except IntegrityError as exc:
+        text = str(exc.orig)
+        if "one_primary" in text or "geo_nodes.primary" in text:
+            raise ValidationError(
+                "another node became the primary meanwhile; there can be one"
+            ) from None
+        if "name" in text:
+            raise ValidationError(f"a node named {name!r} already exists") from None
+        raise

@@ -53,6 +53,15 @@ geo_nodes = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+#: At most one primary, held by the database too: two operators promoting nodes at once would
+#: each pass `NodeStore`'s check, and a second primary makes every secondary follow the wrong site.
+Index(
+    "uq_geo_nodes_one_primary",
+    geo_nodes.c.primary,
+    unique=True,
+    postgresql_where=geo_nodes.c.primary,
+    sqlite_where=geo_nodes.c.primary,
+)
 
 geo_node_statuses = Table(
     "geo_node_statuses",

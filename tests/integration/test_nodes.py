@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from geosync import ConfigurationError, NotFound, ValidationError
 from geosync.db.tables import geo_nodes
@@ -64,6 +66,45 @@ def test_there_can_be_only_one_primary(sites: SitePair, store: NodeStore) -> Non
     with pytest.raises(ValidationError, match=r"node 'primary' is already the primary"):
         store.update(sites.secondary_node.id, primary=True)
     assert [n.name for n in store.list() if n.primary] == ["primary"]
+
+
+def test_the_database_refuses_a_second_primary(sites: SitePair) -> None:
+    with sites.primary.main() as conn:
+        row = raw_row(conn, sites.secondary_node.id)
+    row.update(id=None, name="rogue", access_key="rogue-key", primary=True)
+    with pytest.raises(IntegrityError), sites.primary.main() as conn:
+        conn.execute(insert(geo_nodes), {k: v for k, v in row.items() if k != "id"})
+    with sites.primary.main() as conn:
+        assert [n.name for n in NodeStore(sites.primary, conn).list() if n.primary] == ["primary"]
+
+
+def test_two_promotions_at_once_leave_one_primary(sites: SitePair) -> None:
+    """Both pass the store's check; the database stops the later one, which gets a clear error."""
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).update(sites.primary_node.id, primary=False)
+    later: list[BaseException] = []
+
+    def promote_later() -> None:
+        try:
+            with sites.primary.main() as conn:
+                NodeStore(sites.primary, conn).add("later", "http://127.0.0.1:4/", primary=True)
+        except BaseException as exc:
+            later.append(exc)
+
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).add("first", "http://127.0.0.1:3/", primary=True)
+        thread = threading.Thread(target=promote_later)
+        thread.start()
+        thread.join(0.5)  # the later one runs its check, then waits on the first's row
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(later) == 1 and isinstance(later[0], ValidationError)
+    # SQLite serialises the two writes, so the later one's own check sees the first primary;
+    # PostgreSQL runs both checks before either commits, and the database stops the later one.
+    expected = "meanwhile" if sites.primary.main_engine.dialect.name == "postgresql" else "already"
+    assert expected in str(later[0])
+    with sites.primary.main() as conn:
+        assert [n.name for n in NodeStore(sites.primary, conn).list() if n.primary] == ["first"]
 
 
 def test_the_primary_can_be_moved_after_it_was_demoted(sites: SitePair, store: NodeStore) -> None:
