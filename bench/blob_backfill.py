@@ -21,9 +21,11 @@ Targets (issue 3): small files >= 400 files/s end to end; large files at least r
 peak memory (VmHWM) of every process under 300 MB. MB means 10^6 bytes. The large-file rate is
 geosync's copy rate — timed from the worker's "worker started" log line, so the one-off start of
 a Python process (about half a second of interpreter and imports) is not spread over a copy of a
-second or two — against `rsync -a`'s; the end-to-end rate is printed beside it. Large blobs are
-measured in three rounds by default (`--rounds`) and read at the median round: on a shared
-machine one copy of a gigabyte varies by half or more.
+second or two — against that of `rsync -a` copying the same files right after it; the
+end-to-end rate is printed beside it. Large blobs are measured in three rounds by default
+(`--rounds`): on a shared machine one copy of a gigabyte varies by half or more, so the target
+reads the median of the per-round ratios (each pair meets the same state of the machine), and
+the tables show the median round.
 """
 
 from __future__ import annotations
@@ -150,6 +152,17 @@ class Report:
     ready: float = 0.0
     #: How many rounds this report stands for (`median_round`).
     rounds: int = 1
+    #: Per round, geosync's copy rate over the rate of `rsync -a` run right after it on the same
+    #: files: each pair meets the same state of a shared machine, which two medians taken
+    #: across rounds do not.
+    copy_ratios: list[float] = field(default_factory=list)
+
+    def copy_ratio(self) -> float | None:
+        """This round's copy rate over rsync's (None without an rsync timing)."""
+        rsync = next((t for t in self.copies if t.label == "rsync -a"), None)
+        if rsync is None or self.from_ready.seconds <= 0:
+            return None
+        return rsync.seconds / self.from_ready.seconds
 
     @property
     def from_ready(self) -> Timing:
@@ -505,8 +518,9 @@ def measure(
 def median_round(rounds: list[Report]) -> Report:
     """The round with the median end-to-end time, with each copy tool's median time, the
     highest peak memory of each process and every problem of every round."""
+    ratios = [ratio for r in rounds if (ratio := r.copy_ratio()) is not None]
     if len(rounds) == 1:
-        return rounds[0]
+        return replace(rounds[0], copy_ratios=ratios)
     middle = sorted(rounds, key=lambda r: r.geosync.seconds)[(len(rounds) - 1) // 2]
     copies = []
     for timing in middle.copies:
@@ -517,7 +531,14 @@ def median_round(rounds: list[Report]) -> Report:
         for u in middle.usage
     ]
     problems = [p for r in rounds for p in r.problems]
-    return replace(middle, copies=copies, usage=usage, problems=problems, rounds=len(rounds))
+    return replace(
+        middle,
+        copies=copies,
+        usage=usage,
+        problems=problems,
+        rounds=len(rounds),
+        copy_ratios=ratios,
+    )
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -586,15 +607,15 @@ def targets(reports: list[Report]) -> list[tuple[str, bool]]:
             target = TARGET_FILES_PER_SECOND
             checks.append((f"{where}: >= {target} files/s ({rate:.0f})", rate >= target))
         else:
-            rsync = next((t for t in r.copies if t.label == "rsync -a"), None)
-            if rsync is not None:
-                rate, floor = r.from_ready.mb_per_second, rsync.mb_per_second
+            if r.copy_ratios:
+                ratio = statistics.median(r.copy_ratios)
+                each = ", ".join(f"{x:.2f}" for x in r.copy_ratios)
                 text = (
-                    f"{where}: copy rate >= rsync -a ({rate:.0f} vs {floor:.0f} MB/s;"
-                    f" end to end {r.geosync.mb_per_second:.0f} MB/s with the worker's"
-                    f" {r.ready:.2f} s start)"
+                    f"{where}: copy rate >= rsync -a's in the same round (median ratio"
+                    f" {ratio:.2f}; rounds {each}; end to end {r.geosync.mb_per_second:.0f} MB/s"
+                    f" with the worker's {r.ready:.2f} s start)"
                 )
-                checks.append((text, rate >= floor))
+                checks.append((text, ratio >= 1.0))
         peak = max((u.peak_mb for u in r.usage), default=0.0)
         limit = TARGET_PEAK_MB
         checks.append((f"{where}: every process < {limit} MB ({peak:.0f})", peak < limit))
