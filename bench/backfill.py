@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -61,10 +62,11 @@ def load_uploads(sites: SitePair, count: int) -> float:
         cursor = raw.cursor()
         if engine.dialect.name == "postgresql":
             statement = "COPY uploads (id, path, namespace_id, size) FROM STDIN"
-            with cursor.copy(statement) as copy:  # type: ignore[attr-defined]
+            with cursor.copy(statement) as copy:
                 for row in rows(count):
                     copy.write_row(row)
         else:
+            assert isinstance(cursor, sqlite3.Cursor)  # takes any iterable of rows, not a Sequence
             cursor.execute("BEGIN")
             statement = "INSERT INTO uploads (id, path, namespace_id, size) VALUES (?, ?, ?, ?)"
             cursor.executemany(statement, rows(count))

@@ -480,8 +480,9 @@ def check_copies(source: Path, copy: Path) -> list[str]:
 
 def rounds_of(workload: Workload, args: argparse.Namespace) -> int:
     """How many times to measure `workload`."""
-    if args.rounds is not None:
-        return max(1, args.rounds)
+    rounds: int | None = args.rounds
+    if rounds is not None:
+        return max(1, rounds)
     return LARGE_ROUNDS if workload.name == "large" else 1
 
 

@@ -215,7 +215,7 @@ def test_two_workers_on_one_tracking_database_sync_each_row_once(
     wait_for(lambda: synced(sites, ids), timeout=120, what="300 uploads synced by two workers")
     t = geo_sync_attempts
     with sites.pair.secondary.tracking_engine.connect() as conn:
-        per_item = dict(
+        per_item: dict[int, int] = dict(
             conn.execute(
                 select(t.c.model_record_id, func.count())
                 .where(t.c.replicable_name == "upload", t.c.kind == "sync", t.c.outcome == "synced")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -80,7 +81,7 @@ def create_snippets(sites: SitePair, count: int, namespace: int = 1) -> list[int
         return [int(r.id) for r in records]
 
 
-def register_secondary(sites: SitePair, **settings: object) -> Node:
+def register_secondary(sites: SitePair, **settings: Any) -> Node:
     """Register the secondary's node on the primary (a secondary added late)."""
     with sites.primary.main() as conn:
         return NodeStore(sites.primary, conn).add("secondary", "http://127.0.0.1:2/", **settings)
@@ -232,7 +233,7 @@ def checksummed(sites: SitePair) -> int:
 
 def primary_repo(sites: SitePair, snippet_id: int) -> Path:
     """The primary's bare repository of one snippet."""
-    record = sites.primary.load_record(Snippet, snippet_id)
+    record: Snippet | None = sites.primary.load_record(Snippet, snippet_id)
     assert record is not None and sites.primary.settings.repository_storage_root is not None
     return sites.primary.settings.repository_storage_root / record.disk_path
 

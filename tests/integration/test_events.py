@@ -6,10 +6,10 @@ Every test runs on SQLite and PostgreSQL through the `sites` fixture.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import Connection, event, select
+from sqlalchemy import Connection, Table, event, select
 from sqlalchemy.exc import DBAPIError
 
 from geosync import Geo, RecordNotFound, Settings, UnsupportedEvent
@@ -172,12 +172,14 @@ def test_an_update_published_before_commit_joins_the_sessions_transaction(
         session.commit()
     with sites.primary.session() as session:
         record = session.get(PackageFile, package_id)
+        assert record is not None
         record.size = 10
         PackageFileReplicator(record, geo=sites.primary).handle_after_update()
         session.rollback()
     assert [e["event_name"] for e in committed_events(sites.primary)] == ["created"]
     with sites.primary.session() as session:
         record = session.get(PackageFile, package_id)
+        assert record is not None
         record.size = 20
         PackageFileReplicator(record, geo=sites.primary).handle_after_update()
         session.commit()
@@ -278,7 +280,7 @@ def test_no_event_for_a_replicator_outside_the_sites_catalog(
 ) -> None:
     pair = build_site_pair(tmp_path / "sites", [UploadReplicator], databases)
     try:
-        PackageFile.__table__.create(pair.primary.main_engine)
+        cast(Table, PackageFile.__table__).create(pair.primary.main_engine)
         with pair.primary.session() as session:
             session.add(PackageFile(file_name="p.whl", namespace_id=1))
             session.add(Upload(path="u.png", namespace_id=1))

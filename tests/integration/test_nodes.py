@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert, select
@@ -192,7 +193,7 @@ def test_settings_can_be_updated_and_are_checked(sites: SitePair, store: NodeSto
     ],
 )
 def test_bad_settings_are_refused_by_name(
-    sites: SitePair, store: NodeStore, changes: dict[str, object], problem: str
+    sites: SitePair, store: NodeStore, changes: dict[str, Any], problem: str
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
         store.update(sites.secondary_node.id, **changes)

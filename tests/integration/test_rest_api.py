@@ -199,7 +199,8 @@ def test_pagination_headers_walk_every_page(api: Api) -> None:
     assert (first.headers["X-Next-Page"], first.headers["X-Prev-Page"]) == ("2", "")
     assert 'rel="last"' in first.headers["Link"] and "page=3" in first.headers["Link"]
 
-    seen, response = [], first
+    seen: list[int] = []
+    response = first
     while True:
         seen.extend(node["id"] for node in response.json())
         if "next" not in response.links:

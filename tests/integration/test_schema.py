@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, inspect, text
+from sqlalchemy import Engine, MetaData, String, Table, inspect, text
+from sqlalchemy.engine.interfaces import ReflectedIndex
 
 from geosync import ConfigurationError, Geo
 from geosync.db.schema import VERSION_TABLE, current_revision, head_revision, upgrade
@@ -72,7 +73,7 @@ def framework_diff(engine: Engine, metadata: MetaData, ignore: set[str]) -> list
         return list(compare_metadata(context, metadata))
 
 
-def normalised_where(engine: Engine, table: str, index: dict[str, Any]) -> str:
+def normalised_where(engine: Engine, table: str, index: ReflectedIndex) -> str:
     """The WHERE clause of a partial index, without spaces, parentheses or case."""
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
@@ -110,8 +111,8 @@ def test_the_registry_table_has_every_column_of_the_architecture(sites: SitePair
     assert set(columns) >= REGISTRY_COLUMNS
     assert columns["upload_id"]["nullable"] is False
     assert columns["state"]["nullable"] is False
-    assert columns["last_sync_failure"]["type"].length == 255
-    assert columns["verification_failure"]["type"].length == 255
+    assert cast(String, columns["last_sync_failure"]["type"]).length == 255
+    assert cast(String, columns["verification_failure"]["type"]).length == 255
 
 
 def test_the_registry_table_has_the_indexes_of_the_architecture(sites: SitePair) -> None:
@@ -195,7 +196,7 @@ def test_a_new_replicator_only_adds_its_own_tables(
         secondary = Geo(pair.secondary.settings, [UploadReplicator, SnippetReplicator])
         primary = Geo(pair.primary.settings, [UploadReplicator, SnippetReplicator])
         try:
-            SnippetReplicator.model.__table__.create(primary.main_engine)
+            cast(Table, SnippetReplicator.model.__table__).create(primary.main_engine)
             assert upgrade(primary).created_tables == ["snippet_states"]
             assert upgrade(secondary).created_tables == ["snippet_registry"]
             assert upgrade(primary).applied == {"main": None}

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from typer.testing import CliRunner
 
 from geosync.cli import app as cli_app
@@ -347,7 +348,7 @@ def test_backfill_adds_missing_state_rows_across_id_ranges(sites: SitePair) -> N
     target = vu.primary_states(geo)
     with geo.main() as conn:  # rows written behind the ORM's back get no state row
         conn.execute(
-            insert(Upload.__table__),
+            insert(cast(Table, Upload.__table__)),
             [{"id": i, "path": f"u/{i}", "namespace_id": 1, "size": 0} for i in (1, 2, 2500, 7001)],
         )
         conn.execute(insert(target.table), [{"upload_id": 1, "verification_state": S.SUCCEEDED}])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from structlog.testing import capture_logs
 
 from geosync import Geo
@@ -14,16 +16,23 @@ from geosync.web.app import create_app, warm_up
 from tests.conftest import DEMO_REPLICATORS
 
 
+def checked_in(engine: Engine) -> int:
+    """Connections idle in `engine`'s pool (geosync gives every engine a `QueuePool`)."""
+    pool = engine.pool
+    assert isinstance(pool, QueuePool), pool
+    return pool.checkedin()
+
+
 def test_a_served_site_holds_a_connection_to_each_database_before_its_first_request(
     sites: SitePair,
 ) -> None:
     geo = sites.secondary
     geo.dispose()  # no connection left from building the sites
-    assert geo.main_engine.pool.checkedin() == 0
-    assert geo.tracking_engine.pool.checkedin() == 0
+    assert checked_in(geo.main_engine) == 0
+    assert checked_in(geo.tracking_engine) == 0
     with serve_in_thread(create_app(geo)):
-        assert geo.main_engine.pool.checkedin() == 1
-        assert geo.tracking_engine.pool.checkedin() == 1
+        assert checked_in(geo.main_engine) == 1
+        assert checked_in(geo.tracking_engine) == 1
 
 
 def test_a_database_not_reachable_at_start_is_logged_and_the_site_still_serves(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from geosync.app import Geo
-from geosync.loops import HOUSEKEEPING_START
+from geosync.loops import HOUSEKEEPING_START, Loop
 from geosync.secondary.log_cursor import LogCursorLoop
 from geosync.secondary.scheduler import SchedulerLoop
 from geosync.testing import SitePair
-from geosync.worker import Worker
+from geosync.worker import LoopFactory, Worker
 
 
 class Recording:
@@ -25,9 +25,18 @@ class Recording:
         return 60.0
 
 
+def handing_out(loop: Recording) -> LoopFactory:
+    """A loop factory that ignores its arguments and returns `loop`."""
+
+    def factory(_geo: Geo, _worker: Worker) -> Loop:
+        return loop
+
+    return factory
+
+
 def worker_with(geo: Geo, *loops: Recording) -> Worker:
     """A worker running exactly `loops`."""
-    return Worker(geo, [lambda _geo, _worker, loop=loop: loop for loop in loops])
+    return Worker(geo, [handing_out(loop) for loop in loops])
 
 
 def test_a_loop_with_start_after_waits_before_its_first_round(sites: SitePair) -> None:

@@ -53,7 +53,7 @@ def test_the_required_names_are_public() -> None:
 
 def test_every_geosync_error_is_exported() -> None:
     def subclasses(cls: type) -> set[type]:
-        direct = set(cls.__subclasses__())
+        direct: set[type] = set(cls.__subclasses__())
         return direct.union(*(subclasses(c) for c in direct))
 
     errors = {cls.__name__ for cls in subclasses(GeoError) if cls.__module__ == "geosync.errors"}

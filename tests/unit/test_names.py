@@ -6,6 +6,7 @@ import pytest
 
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.names import DerivedNames, pluralize, snake_case
+from geosync.replicator import Replicator
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_package_file_replicator_derives_every_name_of_the_architecture_table() 
     ],
 )  # fmt: skip
 def test_single_word_replicators_derive_their_names(
-    replicator: type, graphql_field: str, graphql_type: str, enum: str, flag: str
+    replicator: type[Replicator], graphql_field: str, graphql_type: str, enum: str, flag: str
 ) -> None:
     assert replicator.graphql_field_name == graphql_field
     assert replicator.graphql_type_name == graphql_type
