@@ -469,12 +469,20 @@ def serve(
     from geosync.allocator import tune_for_streaming
     from geosync.log import configure
     from geosync.web.app import create_app
+    from geosync.web.zero_copy import ZeroCopyHttpToolsProtocol
 
     def action() -> None:
         geo = load_geo()
         configure(geo.settings.log_format, geo.settings.log_level)
         tune_for_streaming()
-        uvicorn.run(create_app(geo), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(geo),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            http=ZeroCopyHttpToolsProtocol,
+        )
 
     run(action)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from geosync.web.zero_copy import ZeroCopyHttpToolsProtocol
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now."""
@@ -20,10 +22,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
-    """Serve the ASGI `app` until the block ends; yields its base URL (with a trailing slash)."""
+def serve_in_thread(
+    app: Any, host: str = "127.0.0.1", port: int | None = None, http: Any = None
+) -> Iterator[str]:
+    """Serve the ASGI `app` until the block ends; yields its base URL (with a trailing slash).
+
+    `http` is uvicorn's HTTP protocol; by default the one `geosync serve` runs.
+    """
     port = port or free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=http or ZeroCopyHttpToolsProtocol,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
