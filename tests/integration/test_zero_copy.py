@@ -8,7 +8,8 @@ import os
 import socket
 import struct
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +61,31 @@ def file_app(path: Path, seen: list[str]) -> Any:
     return app
 
 
+@dataclass
+class Served:
+    """`file_app` served on 127.0.0.1: its URL, the file's content, what each request saw."""
+
+    base: str
+    data: bytes
+    seen: list[str]
+
+
+@pytest.fixture
+def served(content: tuple[Path, bytes]) -> Iterator[Served]:
+    """The file served by `file_app` through geosync's server."""
+    path, data = content
+    seen: list[str] = []
+    with serve_in_thread(file_app(path, seen)) as base:
+        yield Served(base, data, seen)
+
+
+def raw_socket(base: str) -> socket.socket:
+    """A plain TCP connection to the server at `base`."""
+    parts = urlsplit(base)
+    assert parts.hostname is not None and parts.port is not None
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
 def connection(base: str) -> http.client.HTTPConnection:
     """A keep-alive connection to the server at `base`."""
     parts = urlsplit(base)
@@ -75,94 +101,70 @@ def fetch(conn: http.client.HTTPConnection, path: str) -> bytes:
     return response.read()
 
 
-def test_a_file_larger_than_the_socket_buffers_arrives_whole(
-    content: tuple[Path, bytes],
-) -> None:
-    path, data = content
-    seen: list[str] = []
-    with serve_in_thread(file_app(path, seen)) as base:
-        conn = connection(base)
-        conn.connect()
-        # a small receive buffer: the server's send must wait for this reader again and again
-        assert conn.sock is not None
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        assert fetch(conn, "/whole") == data
-        conn.close()
-    assert seen == ["offered"]
+def test_a_file_larger_than_the_socket_buffers_arrives_whole(served: Served) -> None:
+    conn = connection(served.base)
+    conn.connect()
+    # a small receive buffer: the server's send must wait for this reader again and again
+    assert conn.sock is not None
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    assert fetch(conn, "/whole") == served.data
+    conn.close()
+    assert served.seen == ["offered"]
 
 
-def test_a_slice_is_sent_and_the_connection_serves_the_next_request(
-    content: tuple[Path, bytes],
-) -> None:
-    path, data = content
-    seen: list[str] = []
-    with serve_in_thread(file_app(path, seen)) as base:
-        conn = connection(base)
-        assert fetch(conn, "/slice") == data[100:1124]
-        first_socket = conn.sock
-        assert fetch(conn, "/whole") == data
-        assert conn.sock is first_socket  # kept alive: the response ended where it should
-        conn.close()
-    assert seen == ["offered", "offered"]
+def test_a_slice_is_sent_and_the_connection_serves_the_next_request(served: Served) -> None:
+    conn = connection(served.base)
+    assert fetch(conn, "/slice") == served.data[100:1124]
+    first_socket = conn.sock
+    assert fetch(conn, "/whole") == served.data
+    assert conn.sock is first_socket  # kept alive: the response ended where it should
+    conn.close()
+    assert served.seen == ["offered", "offered"]
 
 
-def test_a_file_shorter_than_promised_ends_the_connection_not_the_server(
-    content: tuple[Path, bytes],
-) -> None:
-    path, data = content
-    with serve_in_thread(file_app(path, [])) as base:
-        conn = connection(base)
-        conn.request("GET", "/short")
-        response = conn.getresponse()
-        with pytest.raises(http.client.IncompleteRead):
-            response.read()
-        conn.close()
-        assert fetch(connection(base), "/whole") == data
+def test_a_file_shorter_than_promised_ends_the_connection_not_the_server(served: Served) -> None:
+    conn = connection(served.base)
+    conn.request("GET", "/short")
+    response = conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+    conn.close()
+    assert fetch(connection(served.base), "/whole") == served.data
 
 
-def test_a_client_gone_mid_body_leaves_the_server_serving(content: tuple[Path, bytes]) -> None:
-    path, data = content
-    with serve_in_thread(file_app(path, [])) as base:
-        parts = urlsplit(base)
-        assert parts.hostname is not None and parts.port is not None
-        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-            sock.sendall(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert sock.recv(65536)  # the send has started
-            # close with a reset, as a client that crashed would
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        time.sleep(0.2)
-        assert fetch(connection(base), "/whole") == data
+def test_a_client_gone_mid_body_leaves_the_server_serving(served: Served) -> None:
+    with raw_socket(served.base) as sock:
+        sock.sendall(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536)  # the send has started
+        # close with a reset, as a client that crashed would
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.2)
+    assert fetch(connection(served.base), "/whole") == served.data
 
 
 def test_a_client_that_stops_reading_is_cut_off(
-    content: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+    served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, data = content
     monkeypatch.setattr(zero_copy, "STALL_SECONDS", 0.5)
-    with serve_in_thread(file_app(path, [])) as base:
-        parts = urlsplit(base)
-        assert parts.hostname is not None and parts.port is not None
-        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            sock.sendall(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
-            time.sleep(1.5)  # reads nothing while the server waits for it
-            received = 0
-            while chunk := sock.recv(1024 * 1024):  # what was in flight, then the end
-                received += len(chunk)
-        assert received < len(data)
-        assert fetch(connection(base), "/whole") == data
+    with raw_socket(served.base) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.5)  # reads nothing while the server waits for it
+        received = 0
+        while chunk := sock.recv(1024 * 1024):  # what was in flight, then the end
+            received += len(chunk)
+    assert received < len(served.data)
+    assert fetch(connection(served.base), "/whole") == served.data
 
 
-def test_a_head_request_gets_the_headers_only(content: tuple[Path, bytes]) -> None:
-    path, data = content
-    with serve_in_thread(file_app(path, [])) as base:
-        conn = connection(base)
-        conn.request("HEAD", "/whole")
-        response = conn.getresponse()
-        assert response.status == 200
-        assert response.getheader("content-length") == str(len(data))
-        assert response.read() == b""
-        assert fetch(conn, "/slice") == data[100:1124]  # and the connection goes on
+def test_a_head_request_gets_the_headers_only(served: Served) -> None:
+    conn = connection(served.base)
+    conn.request("HEAD", "/whole")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.getheader("content-length") == str(len(served.data))
+    assert response.read() == b""
+    assert fetch(conn, "/slice") == served.data[100:1124]  # and the connection goes on
 
 
 def test_a_server_without_the_extension_does_not_offer_it(content: tuple[Path, bytes]) -> None:
