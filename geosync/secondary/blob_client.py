@@ -51,8 +51,7 @@ class BlobResponse:
             chunk = self.raw.read(size)
         except (OSError, http.client.HTTPException) as exc:
             raise TransportFailure(f"the body was cut short: {exc}") from exc
-        if not chunk and size and self.raw.length:
-            raise TransportFailure(f"the body was cut short: {self.raw.length} bytes missing")
+        self._check_end(len(chunk), size)
         return chunk
 
     def read_into(self, buffer: memoryview) -> int:
@@ -65,9 +64,13 @@ class BlobResponse:
             count = self.raw.readinto(buffer)
         except (OSError, http.client.HTTPException) as exc:
             raise TransportFailure(f"the body was cut short: {exc}") from exc
-        if not count and len(buffer) and self.raw.length:
-            raise TransportFailure(f"the body was cut short: {self.raw.length} bytes missing")
+        self._check_end(count, len(buffer))
         return count
+
+    def _check_end(self, got: int, asked: int) -> None:
+        """Nothing read though bytes were asked for and the Content-Length promises more."""
+        if not got and asked and self.raw.length:
+            raise TransportFailure(f"the body was cut short: {self.raw.length} bytes missing")
 
     def iter_bytes(self, size: int) -> Iterator[bytes]:
         """The body in chunks of at most `size` bytes (cut short: `TransportFailure`)."""

@@ -139,8 +139,13 @@ def _open_in(directory: Path) -> tuple[int, Path | None]:
         except OSError as exc:
             if exc.errno not in _NO_UNNAMED:
                 raise
-    path = directory / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    path = _temp_name(directory)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+
+
+def _temp_name(directory: Path) -> Path:
+    """A fresh `tmp_<random>` name in `directory`."""
+    return directory / f"{TMP_PREFIX}{secrets.token_hex(8)}"
 
 
 def _place(temp: _Temp, dest: Path) -> None:
@@ -151,7 +156,7 @@ def _place(temp: _Temp, dest: Path) -> None:
     try:
         _link(temp.partial.fd, dest)
     except FileExistsError:  # a new version of a copy: named for a moment, then renamed over it
-        named = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        named = _temp_name(dest.parent)
         _link(temp.partial.fd, named)
         os.replace(named, dest)
 
