@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +29,16 @@ class SitePair:
     root: Path
 
     @contextmanager
-    def primary_served(self) -> Iterator[str]:
-        """Serve the primary's web app on a free loopback port and point its node at it."""
+    def primary_served(self, wrap: Callable[[Any], Any] | None = None) -> Iterator[str]:
+        """Serve the primary's web app on a free loopback port and point its node at it.
+
+        `wrap` takes the ASGI app and returns the one to serve: a test injects faults with it.
+        """
         from geosync.testing.servers import serve_in_thread
         from geosync.web.app import create_app
 
-        with serve_in_thread(create_app(self.primary)) as url:
+        app = create_app(self.primary)
+        with serve_in_thread(wrap(app) if wrap else app) as url:
             with self.primary.main() as conn:
                 NodeStore(self.primary, conn).update(self.primary_node.id, url=url)
             yield url

@@ -21,6 +21,7 @@ from geosync.git import repository_checksum
 from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
 from geosync.reverification import reverify_one
 from geosync.testing import SitePair
+from geosync.testing.servers import HeldResponses
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for
 from geosync.verification import primary_verifiable
 from geosync.web.node_paths import repository_base_path
@@ -410,22 +411,25 @@ def _big_history(repo: Path, commits: int, files: int) -> None:
     gitutil.git("--git-dir", str(repo), "fast-import", "--quiet", input=bytes(stream))
 
 
+def _held_pack() -> HeldResponses:
+    """The primary's pack responses held after their first bytes: the clone is surely still
+    running while the test changes the repository under it.
+    """
+    return HeldResponses(lambda path: path.endswith("/git-upload-pack"))
+
+
 def test_update_during_a_running_sync_ends_with_the_newest_refs(
     live_sites: SitePair, tmp_path: Path
 ) -> None:
     sites = live_sites
     repo = create_snippet(sites, tmp_path, commits=1)
     _big_history(repo.primary, 3000, 500)
-    with sites.primary_served(), secondary_worker(sites):
-        root = sites.secondary.settings.repository_storage_root
-        assert root is not None
-
-        def receiving_pack() -> bool:
-            return any(root.glob("snippets/*/tmp_*/objects/pack/tmp_pack_*"))
-
-        wait_for(receiving_pack, what="first clone receiving its pack", interval=0.002)
+    pack = _held_pack()
+    with sites.primary_served(pack.wrap), secondary_worker(sites):
+        wait_for(pack.holding.is_set, what="first clone receiving its pack")
         _big_history(repo.primary, 1, 1)  # a push while the clone runs
         publish_update(sites, repo.id)
+        pack.release()
         wait_for(mirrored(sites, repo), timeout=60, what="newest refs mirrored")
         with sites.secondary.tracking_engine.connect() as conn:
             from geosync.attempts import recent_attempts
@@ -442,16 +446,15 @@ def test_delete_during_a_running_clone_leaves_no_mirror(
     _big_history(repo.primary, 3000, 500)
     root = sites.secondary.settings.repository_storage_root
     assert root is not None
-    with sites.primary_served(), secondary_worker(sites):
-        wait_for(
-            lambda: any(root.glob("snippets/*/tmp_*/objects/pack/tmp_pack_*")),
-            what="the clone receiving its pack",
-            interval=0.002,
-        )
+    pack = _held_pack()
+    with sites.primary_served(pack.wrap), secondary_worker(sites):
+        wait_for(pack.holding.is_set, what="the clone receiving its pack")
+        assert any(root.glob("snippets/*/tmp_*"))
         with sites.primary.session() as session:
             session.delete(session.get(Snippet, repo.id))
             session.commit()
         wait_for(lambda: registry_row(sites, repo.id) is None, what="registry row removed")
+        pack.release()
 
         def clone_ended() -> bool:
             from geosync.attempts import recent_attempts
