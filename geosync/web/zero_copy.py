@@ -166,14 +166,51 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.on_response()
 
 
+#: The state of uvicorn's cycle that `ZeroCopyCycle` reads and writes; not a public API.
+CYCLE_STATE = (
+    "scope",
+    "transport",
+    "flow",
+    "keep_alive",
+    "message_event",
+    "on_response",
+    "disconnected",
+    "response_started",
+    "response_complete",
+    "chunked_encoding",
+    "expected_content_length",
+)
+
+
+def missing_cycle_state(cycle: object) -> list[str]:
+    """The names of `CYCLE_STATE` that `cycle` lacks: a uvicorn that changed its internals."""
+    return [name for name in CYCLE_STATE if not hasattr(cycle, name)]
+
+
+@functools.cache
+def _warn_unfit(missing: tuple[str, ...]) -> None:
+    log.warning("zero-copy sends off: this uvicorn's cycle lacks", missing=list(missing))
+
+
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, offering `http.response.zerocopysend` on plain TCP."""
+    """uvicorn's httptools protocol, offering `http.response.zerocopysend` on plain TCP.
+
+    A uvicorn whose request cycle no longer has the state the extension needs gets no
+    extension (and one warning): blobs are then streamed, slower but whole.
+    """
 
     def on_headers_complete(self) -> None:
-        """Advertise the extension, then make the new request's cycle able to honour it."""
-        plain = not is_ssl(self.transport)
-        if plain:
-            self.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
+        """Make the new request's cycle able to send files, then advertise the extension; the
+        app's task, created but not yet run, sees the extension in its scope."""
         super().on_headers_complete()
-        if plain and type(self.cycle) is RequestResponseCycle:
-            self.cycle.__class__ = ZeroCopyCycle
+        cycle = getattr(self, "cycle", None)
+        if type(cycle) is not RequestResponseCycle or cycle.scope is not self.scope:
+            return  # an upgrade, or no new cycle
+        if is_ssl(self.transport):
+            return
+        missing = missing_cycle_state(cycle)
+        if missing:
+            _warn_unfit(tuple(missing))
+            return
+        cycle.__class__ = ZeroCopyCycle
+        self.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}

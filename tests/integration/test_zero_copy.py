@@ -175,6 +175,20 @@ def test_a_server_without_the_extension_does_not_offer_it(content: tuple[Path, b
     assert seen == ["missing"]
 
 
+def test_a_uvicorn_whose_cycle_changed_gets_no_extension_and_still_serves(
+    content: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A uvicorn release without some state the extension needs, simulated by asking for more.
+    monkeypatch.setattr(zero_copy, "CYCLE_STATE", (*zero_copy.CYCLE_STATE, "gone_in_this_release"))
+    path, data = content
+    seen: list[str] = []
+    with serve_in_thread(file_app(path, seen)) as base:
+        conn = connection(base)
+        assert fetch(conn, "/whole") == data
+        assert fetch(conn, "/whole") == data
+    assert seen == ["missing", "missing"]
+
+
 def blob_app(path: Path, sent: list[str]) -> Any:
     """An ASGI app answering with a `BlobResponse` of `path`; records the messages' types."""
 
