@@ -83,6 +83,24 @@ def registry_row(sites: SitePair, snippet_id: int) -> RegistryRow | None:
         return Registry(sites.secondary, SnippetReplicator).get(conn, snippet_id)
 
 
+def events_read(sites: SitePair) -> Callable[[], bool]:
+    """Whether the secondary's log cursor has read every event the primary holds now."""
+    from sqlalchemy import func, select
+
+    from geosync.db.tables import geo_events
+    from geosync.secondary.log_cursor import LogCursor
+
+    with sites.primary.main() as conn:
+        newest = conn.execute(select(func.max(geo_events.c.id))).scalar_one()
+
+    def passed() -> bool:
+        with sites.secondary.tracking_engine.connect() as conn:
+            position = LogCursor(sites.secondary).position(conn)
+        return position is not None and position >= newest
+
+    return passed
+
+
 def expected_checksum(repo: Path) -> str:
     """§6's checksum computed independently from `git for-each-ref` output."""
     value = 0
@@ -218,10 +236,9 @@ def test_repository_deleted_on_primary_is_removed_on_secondary(
 def test_deleted_events_never_remove_anything_outside_the_mirror(
     live_sites: SitePair, tmp_path: Path
 ) -> None:
-    from sqlalchemy import func, insert, select
+    from sqlalchemy import insert
 
     from geosync.db.tables import geo_events
-    from geosync.secondary.log_cursor import LogCursor
 
     sites = live_sites
     kept = create_snippet(sites, tmp_path)
@@ -246,14 +263,7 @@ def test_deleted_events_never_remove_anything_outside_the_mirror(
                         created_at=sites.primary.clock.now(),
                     )
                 )
-            newest = conn.execute(select(func.max(geo_events.c.id))).scalar_one()
-
-        def cursor_passed() -> bool:
-            with sites.secondary.tracking_engine.connect() as conn:
-                position = LogCursor(sites.secondary).position(conn)
-            return position is not None and position >= newest
-
-        wait_for(cursor_passed, what="the crafted events read")
+        wait_for(events_read(sites), what="the crafted events read")
         assert mirrored(sites, kept)()
     assert (precious / "HEAD").is_file()
     assert (parent / "outside-link.git").is_symlink()
@@ -429,6 +439,7 @@ def test_update_during_a_running_sync_ends_with_the_newest_refs(
         wait_for(pack.holding.is_set, what="first clone receiving its pack")
         _big_history(repo.primary, 1, 1)  # a push while the clone runs
         publish_update(sites, repo.id)
+        wait_for(events_read(sites), what="the update read while the clone runs")
         pack.release()
         wait_for(mirrored(sites, repo), timeout=60, what="newest refs mirrored")
         with sites.secondary.tracking_engine.connect() as conn:
