@@ -132,7 +132,8 @@ def _settle_successes(
             answers[index] = Settled(True, pending_since=row.pending_since), "synced"
         else:  # read after the UPDATE: on PostgreSQL it waited for a deletion in flight
             gone = registry.get(conn, item.model_record_id) is None
-            answers[index] = Settled(False, gone=gone), "superseded"
+            # A deleted row's history went with it; a superseded one keeps the attempt.
+            answers[index] = Settled(False, gone=gone), None if gone else "superseded"
     return answers
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from structlog.testing import capture_logs
 
 from geosync.auth import REPOSITORY_TOKEN_TTL, node_header, request_data, sign_request
 from geosync.demo.models import Snippet
@@ -458,7 +459,7 @@ def test_delete_during_a_running_clone_leaves_no_mirror(
     root = sites.secondary.settings.repository_storage_root
     assert root is not None
     pack = _held_pack()
-    with sites.primary_served(pack.wrap), secondary_worker(sites):
+    with capture_logs() as logs, sites.primary_served(pack.wrap), secondary_worker(sites):
         wait_for(pack.holding.is_set, what="the clone receiving its pack")
         assert any(root.glob("snippets/*/tmp_*"))
         with sites.primary.session() as session:
@@ -466,16 +467,15 @@ def test_delete_during_a_running_clone_leaves_no_mirror(
             session.commit()
         wait_for(lambda: registry_row(sites, repo.id) is None, what="registry row removed")
         pack.release()
-
-        def clone_ended() -> bool:
-            from geosync.attempts import recent_attempts
-
-            with sites.secondary.tracking_engine.connect() as conn:
-                return bool(recent_attempts(conn, "snippet", repo.id))
-
-        wait_for(clone_ended, what="the running clone ended")
+    # Leaving the block waited for the clone, which finished after the deletion.
+    ends = [e for e in logs if e.get("replicable") == "snippet" and e.get("id") == repo.id]
+    assert [e["event"] for e in ends] == ["sync superseded by a newer change"]
     assert not repo.mirror(sites).exists()
     assert not list(root.glob("snippets/*/tmp_*"))
+    with sites.secondary.tracking_engine.connect() as conn:
+        from geosync.attempts import recent_attempts
+
+        assert recent_attempts(conn, "snippet", repo.id) == []  # its history went with its row
 
 
 def test_openapi_lists_the_git_endpoint_once_per_method(sites: SitePair) -> None:

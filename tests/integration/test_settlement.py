@@ -115,6 +115,7 @@ def test_many_threads_each_get_their_own_answer(registry: Registry, sites: SiteP
         attempts = [recent_attempts(conn, "upload", i) for i in IDS]
     assert [a[0].outcome for a in attempts[2:]] == ["synced"] * (len(IDS) - 2)
     assert attempts[0][0].outcome == "superseded"
+    assert attempts[1] == []  # deleted meanwhile: no history for a row that is gone
     assert attempts[2][0].bytes == 3
 
 
