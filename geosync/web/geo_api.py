@@ -47,12 +47,11 @@ def _authorize(geo: Geo, request: Request, scope_path: str) -> None:
 
 
 class BlobResponse(FileResponse):
-    """A blob's file: sent by the kernel from the open `handle` where the server offers
-    zero-copy bodies (`geosync.web.zero_copy`), else streamed in 1 MiB reads (Starlette's
-    64 KiB default costs a loop turn per read). Ranges (resumes) are always streamed.
-
-    Sending from the handle whose size went into Content-Length keeps length and bytes of one
-    version of a file that is being replaced.
+    """A blob's file, sent from the open `handle` whose size went into Content-Length, so that
+    length and bytes come from one version of a file being replaced by rename: by the kernel
+    where the server offers zero-copy bodies (`geosync.web.zero_copy`), else in 1 MiB reads
+    (Starlette's 64 KiB default costs a loop turn per read). Ranges (resumes) are left to
+    Starlette, which reopens the path; the secondary's checksum catches a version change there.
     """
 
     chunk_size = 1024 * 1024
@@ -65,24 +64,30 @@ class BlobResponse(FileResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the file, then close its handle whatever happened."""
         try:
-            if self._zero_copy(scope):
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-                )
+            if scope["method"] != "GET" or any(name == b"range" for name, _ in scope["headers"]):
+                await super().__call__(scope, receive, send)
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if ZERO_COPY_SEND in scope.get("extensions", {}):
                 body = {"type": ZERO_COPY_SEND, "file": self.handle, "offset": 0}
                 await send({**body, "count": self.size, "more_body": False})
             else:
-                await super().__call__(scope, receive, send)
+                await self._stream(send)
         finally:
             self.handle.close()
 
-    @staticmethod
-    def _zero_copy(scope: Scope) -> bool:
-        return (
-            ZERO_COPY_SEND in scope.get("extensions", {})
-            and scope["method"] == "GET"
-            and not any(name == b"range" for name, _ in scope["headers"])
-        )
+    async def _stream(self, send: Send) -> None:
+        """The handle's bytes as body messages; a file shorter than promised ends the body
+        early, and the server breaks off the response."""
+        left = self.size
+        while True:
+            chunk = b""
+            if left > 0:
+                chunk = await run_in_threadpool(self.handle.read, min(self.chunk_size, left))
+            left = left - len(chunk) if chunk else 0
+            await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+            if not left:
+                return
 
 
 def _replicator(

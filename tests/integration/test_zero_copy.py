@@ -223,6 +223,16 @@ def test_a_blob_response_sends_zero_copy_where_offered(
         assert len(sent[1:]) >= BIG // MiB  # streamed in 1 MiB reads
 
 
+@pytest.mark.parametrize("server", [None, "h11"])
+def test_a_blob_response_of_an_empty_file_ends(tmp_path: Path, server: str | None) -> None:
+    path = tmp_path / "empty.bin"
+    path.write_bytes(b"")
+    with serve_in_thread(blob_app(path, []), http=server) as base:
+        conn = connection(base)
+        assert fetch(conn, "/") == b""
+        assert fetch(conn, "/") == b""  # and the connection serves the next request
+
+
 def test_a_blob_response_streams_a_range(content: tuple[Path, bytes]) -> None:
     path, data = content
     sent: list[str] = []
@@ -235,8 +245,9 @@ def test_a_blob_response_streams_a_range(content: tuple[Path, bytes]) -> None:
     assert ZERO_COPY_SEND not in sent
 
 
+@pytest.mark.parametrize("server", [None, "h11"])
 def test_a_file_replaced_after_it_was_opened_is_sent_as_opened(
-    content: tuple[Path, bytes], tmp_path: Path
+    content: tuple[Path, bytes], tmp_path: Path, server: str | None
 ) -> None:
     path, data = content
 
@@ -250,5 +261,5 @@ def test_a_file_replaced_after_it_was_opened_is_sent_as_opened(
         newer.replace(path)  # as a rewrite by rename does
         await BlobResponse(handle, path, stat)(scope, receive, send)
 
-    with serve_in_thread(app) as base:
+    with serve_in_thread(app, http=server) as base:
         assert fetch(connection(base), "/") == data
