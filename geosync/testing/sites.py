@@ -88,7 +88,11 @@ def build_site_pair(
     register_secondary: bool = True,
     **extra: Any,
 ) -> SitePair:
-    """Create, migrate and register a primary and a secondary for `replicators`."""
+    """Create, migrate and register a primary and a secondary for `replicators`.
+
+    The tables of the replicators' models (and every other table of their metadata) are created
+    on the shared main database before `geosync db upgrade`'s work, as on a real site.
+    """
     secret = secrets.token_urlsafe(32)
     main_url = databases.url("main")
     primary = Geo(
@@ -96,8 +100,10 @@ def build_site_pair(
         list(replicators),
         clock=clock,
     )
-    for replicator in primary.catalog:
-        replicator.model.__table__.create(primary.main_engine, checkfirst=True)
+    # The application's tables first, as its migrations would: every table of its models'
+    # metadata, so that a model referring to other tables (users, projects) can be created.
+    for metadata in {id(r.model.metadata): r.model.metadata for r in primary.catalog}.values():
+        metadata.create_all(primary.main_engine, checkfirst=True)
     upgrade(primary)
     with primary.main() as conn:
         store = NodeStore(primary, conn)
