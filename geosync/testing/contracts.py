@@ -192,13 +192,16 @@ class _ReplicatorContract:
         record_id = factory.create(sites.primary, namespace_id)
         name = type(factory).__name__
         if not isinstance(record_id, int) or isinstance(record_id, bool):
-            pytest.fail(f"{name}.create() must return the record's id, not {record_id!r}")
+            pytest.fail(
+                f"{name}.create() must return the record's id, not {record_id!r}", pytrace=False
+            )
         with sites.primary.session() as session:
             found = session.get(factory.replicator.model, record_id) is not None
         if not found:
             pytest.fail(
                 f"{name}.create() returned {record_id}, but no {factory.replicator.model.__name__}"
-                " row with that id is committed on the primary (commit through geo.session())"
+                " row with that id is committed on the primary (commit through geo.session())",
+                pytrace=False,
             )
         where = self.copy_path(self.on_primary(sites, factory, record_id))
         if not where.exists():
@@ -206,7 +209,8 @@ class _ReplicatorContract:
                 f"{name}.create() made {factory.replicator.model.__name__} {record_id}, but"
                 f" nothing is at {where}, where {factory.replicator.__name__} says its resource"
                 " is: the replicator's path and the application's disagree, or the resource was"
-                " not in place when create() returned"
+                " not in place when create() returned",
+                pytrace=False,
             )
         return record_id
 
