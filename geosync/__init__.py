@@ -25,6 +25,7 @@ from geosync.errors import (
     ValidationError,
 )
 from geosync.model import Replicable, VerificationStateMixin
+from geosync.nodes import Node
 from geosync.registry import SyncState, VerificationState
 from geosync.replicator import Replicator
 from geosync.settings import Settings
@@ -45,6 +46,7 @@ __all__ = [
     "GeoError",
     "InvalidTransition",
     "LeaseLost",
+    "Node",
     "NotFound",
     "PrimaryMissing",
     "ReadOnlyViolation",

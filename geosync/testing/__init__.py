@@ -1,7 +1,10 @@
 """Test support for geosync and for applications that declare replicators.
 
-`sites` builds real primary/secondary site pairs on SQLite or PostgreSQL; the contract base
-classes (`BlobReplicatorContract`, ...) run the full replication cycle against them.
+The contract kit (docs/adding-a-data-type.md): subclass `BlobReplicatorContract` or
+`RepositoryReplicatorContract` and define one fixture, ``replicator_factory``, returning a
+`ReplicatorFactory`. `create_bare_repository`, `push_commit` and `repository_refs` make and read
+the git repositories such a factory needs. `sites` builds real primary/secondary site pairs on
+SQLite or PostgreSQL (`DatabaseFactory`); the contracts run the full replication cycle on them.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from geosync.testing.databases import DatabaseFactory
+from geosync.testing.git import create_bare_repository, push_commit, repository_refs
 from geosync.testing.sites import SitePair, build_site_pair
 
 if TYPE_CHECKING:
@@ -25,6 +29,9 @@ __all__ = [
     "RepositoryReplicatorContract",
     "SitePair",
     "build_site_pair",
+    "create_bare_repository",
+    "push_commit",
+    "repository_refs",
 ]
 
 _CONTRACTS = ("BlobReplicatorContract", "ReplicatorFactory", "RepositoryReplicatorContract")

@@ -1,53 +1,43 @@
 """Contract test suites for replicator authors (ARCHITECTURE.md §11): pytest base classes.
 
-An application's engineer subclasses one and supplies ONE fixture; the suite then runs the whole
-replication cycle for that replicator against a real primary (served on 127.0.0.1) and a real
-secondary (SQLite, real files, real `git`), with both sites' background loops running::
+An application's engineer subclasses `BlobReplicatorContract` or `RepositoryReplicatorContract`
+and supplies ONE fixture, ``replicator_factory``, returning a `ReplicatorFactory`: the replicator
+class under test and a ``create(geo, namespace_id)`` that makes one record plus its resource on
+the primary site it is given. The suite then runs the whole replication cycle for that
+replicator against a real primary (served on 127.0.0.1) and a real secondary (SQLite files, real
+files, real ``git``), with both sites' background loops running in threads::
 
-    def create_snippet(geo: Geo, namespace_id: int) -> int:
-        with geo.session() as session:
-            snippet = Snippet(title="t", namespace_id=namespace_id)
-            session.add(snippet)
-            session.flush()
-            init_bare(snippet.replicator.repository_dir())  # plus some commits
-            session.commit()
-            return snippet.id
+    class WikiFactory:
+        replicator = WikiReplicator
 
-    class TestSnippetReplicator(RepositoryReplicatorContract):
+        def create(self, geo: Geo, namespace_id: int) -> int:
+            with geo.session() as session:
+                wiki = Wiki(title="Home", namespace_id=namespace_id)
+                session.add(wiki)
+                session.flush()
+                create_bare_repository(WikiReplicator(wiki, geo=geo).repository_dir())
+                session.commit()
+                return wiki.id
+
+    class TestWikiReplicator(RepositoryReplicatorContract):
         @pytest.fixture
         def replicator_factory(self) -> ReplicatorFactory:
-            return ReplicatorFactory(SnippetReplicator, create_snippet)
+            return WikiFactory()
 
-Fixtures the suites need:
-
-- ``replicator_factory`` (required): a `ReplicatorFactory` — the replicator class under test and
-  a function that creates one model record *plus its resource* (file or bare repository) on the
-  primary site it is given, in the namespace it is given, through ``geo.session()`` (so the
-  `created` event is published), and returns the record's id.
-- ``geosync_databases`` (optional): the `DatabaseFactory` the sites are built on; SQLite files
-  under ``tmp_path`` by default. Override it to run the suite on PostgreSQL as well.
-- ``tmp_path`` (pytest's own).
-
-Class attributes a subclass may set:
-
-- ``namespace_selective_sync`` (default True): the replicator honours ``selective_sync_type =
-  "namespaces"`` with the namespace passed to the factory; set False if it has no namespaces.
-
-Tests: publish → consume → sync → verify → delete; selective sync scope; flag off; missing on
-the primary; and the strategy's update path (a push plus `handle_after_update()`, a rewrite of a
-mutable blob).
+Optional: override ``geosync_databases`` (a `DatabaseFactory`) to run on PostgreSQL. Selective
+sync is checked only for a replicator that overrides ``replicables_for_current_secondary``; a type
+without it is checked to be replicated in full instead. docs/adding-a-data-type.md is the guide.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import pytest
 from sqlalchemy import select
@@ -63,44 +53,71 @@ from geosync.secondary.log_cursor import LogCursor
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
 from geosync.testing.databases import DatabaseFactory
+from geosync.testing.git import push_commit, repository_refs
 from geosync.testing.sites import SitePair, build_site_pair
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for
 from geosync.verification import primary_verifiable
 
 __all__ = [
     "BlobReplicatorContract",
-    "CreateReplicable",
     "ReplicatorFactory",
     "RepositoryReplicatorContract",
 ]
 
+#: The namespace `create()` is given, and the one a secondary selects in the selective sync test.
 IN_SCOPE = 101
+#: The namespace the selective sync test expects to stay on the primary.
 OUT_OF_SCOPE = 202
 TIMEOUT = 30.0
 
 
-class CreateReplicable(Protocol):
-    """Creates one model record plus its resource on the primary `geo`; returns the record id."""
+@runtime_checkable
+class ReplicatorFactory(Protocol):
+    """What the ``replicator_factory`` fixture returns: the replicator under test, and how to
+    make one record of its model, resource included, the way the application makes them.
 
-    def __call__(self, geo: Geo, namespace_id: int) -> int: ...
+    Any object with these two members will do; a small class with a class attribute
+    ``replicator = YourReplicator`` and a ``create`` method is the usual shape.
+    """
+
+    @property
+    def replicator(self) -> type[Replicator]:
+        """The replicator class under test (a `BlobReplicator` or `RepositoryReplicator`)."""
+        ...
+
+    def create(self, geo: Geo, namespace_id: int) -> int:
+        """Create one record plus its resource on the primary site `geo`; return the record's id.
+
+        The resource (the file at the replicator's ``file_path()``, or the bare repository at
+        its ``repository_dir()``) must be in place before the row commits, and the row must be
+        committed through ``geo.session()`` so that its `created` event is published. Put the
+        record in namespace `namespace_id` if the model has namespaces; otherwise ignore it.
+        The suite calls this several times per test: each call makes a new record.
+        """
+        ...
 
 
-@dataclass(frozen=True)
-class ReplicatorFactory:
-    """What a contract suite needs from the application: the replicator and how to make one."""
-
-    replicator: type[Replicator]
-    create: CreateReplicable
-
-    def __call__(self, geo: Geo, namespace_id: int = IN_SCOPE) -> int:
-        """Create one record plus its resource on the primary `geo`; returns its id."""
-        return self.create(geo, namespace_id)
+def declares_selective_sync(replicator: type[Replicator]) -> bool:
+    """Whether `replicator` narrows what a secondary holds: it (or an application base class)
+    overrides `Replicator.replicables_for_current_secondary`.
+    """
+    owner = next(
+        cls for cls in replicator.__mro__ if "replicables_for_current_secondary" in cls.__dict__
+    )
+    return owner is not Replicator
 
 
 class _ReplicatorContract:
     """The tests every strategy shares; the strategy subclasses say what a "copy" is."""
 
-    namespace_selective_sync: ClassVar[bool] = True
+    #: The strategy base class a replicator under this contract must subclass.
+    strategy_class: ClassVar[type[Replicator]] = Replicator
+    #: Whether to run the namespace selective sync test. None (the default): run it exactly
+    #: when the replicator overrides `replicables_for_current_secondary`. Set False for a
+    #: replicator whose selective sync is not by namespaces (by shards only, say).
+    namespace_selective_sync: ClassVar[bool | None] = None
+    #: Seconds each wait for replication may take before the test fails.
+    timeout: ClassVar[float] = TIMEOUT
 
     # -- fixtures ----------------------------------------------------------------------------
 
@@ -119,6 +136,7 @@ class _ReplicatorContract:
         replicator_factory: ReplicatorFactory,
     ) -> Iterator[SitePair]:
         """A primary and a secondary cataloguing only the replicator under test."""
+        self.check_factory(replicator_factory)
         pair = build_site_pair(
             tmp_path / "contract-sites",
             [replicator_factory.replicator],
@@ -128,6 +146,28 @@ class _ReplicatorContract:
         )
         yield pair
         pair.dispose()
+
+    def check_factory(self, factory: object) -> None:
+        """Fail in one line when the fixture returns something the suite cannot use."""
+        if not isinstance(factory, ReplicatorFactory):
+            pytest.fail(
+                "the replicator_factory fixture must return a ReplicatorFactory (an object with"
+                f" `replicator` and `create(geo, namespace_id)`), not {factory!r}",
+                pytrace=False,
+            )
+        replicator = factory.replicator
+        if not (isinstance(replicator, type) and issubclass(replicator, self.strategy_class)):
+            pytest.fail(
+                f"{type(self).__name__} tests a {self.strategy_class.__name__} subclass;"
+                f" replicator_factory.replicator is {replicator!r}",
+                pytrace=False,
+            )
+
+    def selective_sync_tested(self, factory: ReplicatorFactory) -> bool:
+        """Whether this suite checks namespace selective sync for the replicator."""
+        if self.namespace_selective_sync is not None:
+            return self.namespace_selective_sync
+        return declares_selective_sync(factory.replicator)
 
     # -- what a copy is (strategies implement) -----------------------------------------------
 
@@ -144,6 +184,35 @@ class _ReplicatorContract:
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def created(
+        self, sites: SitePair, factory: ReplicatorFactory, namespace_id: int = IN_SCOPE
+    ) -> int:
+        """A new record made by `factory` on the primary, its resource checked to be in place."""
+        record_id = factory.create(sites.primary, namespace_id)
+        name = type(factory).__name__
+        if not isinstance(record_id, int) or isinstance(record_id, bool):
+            pytest.fail(
+                f"{name}.create() must return the record's id, not {record_id!r}", pytrace=False
+            )
+        with sites.primary.session() as session:
+            found = session.get(factory.replicator.model, record_id) is not None
+        if not found:
+            pytest.fail(
+                f"{name}.create() returned {record_id}, but no {factory.replicator.model.__name__}"
+                " row with that id is committed on the primary (commit through geo.session())",
+                pytrace=False,
+            )
+        where = self.copy_path(self.on_primary(sites, factory, record_id))
+        if not where.exists():
+            pytest.fail(
+                f"{name}.create() made {factory.replicator.model.__name__} {record_id}, but"
+                f" nothing is at {where}, where {factory.replicator.__name__} says its resource"
+                " is: the replicator's path and the application's disagree, or the resource was"
+                " not in place when create() returned",
+                pytrace=False,
+            )
+        return record_id
 
     def bound(self, sites: SitePair, factory: ReplicatorFactory, record_id: int) -> Replicator:
         """A replicator of the record for the secondary (its storage, its read-only main DB)."""
@@ -221,7 +290,16 @@ class _ReplicatorContract:
                 position = cursor.position(conn)
             return position is not None and position >= target
 
-        wait_for(caught_up, TIMEOUT, "the log cursor to read every event")
+        wait_for(caught_up, self.timeout, "the log cursor to read every event")
+
+    def select_namespace(self, sites: SitePair, namespace_id: int) -> None:
+        """Make the secondary select only `namespace_id` (namespace selective sync)."""
+        with sites.primary.main() as conn:
+            NodeStore(sites.primary, conn).update(
+                sites.secondary_node.id,
+                selective_sync_type="namespaces",
+                selective_sync_namespace_ids=[namespace_id],
+            )
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -229,48 +307,67 @@ class _ReplicatorContract:
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
-        record_id = factory(sites.primary)
+        record_id = self.created(sites, factory)
         assert self.events_of(sites, factory, record_id) == [CREATED]
         with self.running(sites):
-            wait_for(self.replicated(sites, factory, record_id), TIMEOUT, "synced and verified")
+            wait_for(
+                self.replicated(sites, factory, record_id), self.timeout, "synced and verified"
+            )
             copy = self.copy_path(self.bound(sites, factory, record_id))
+            source = self.copy_path(self.on_primary(sites, factory, record_id))
             assert copy.exists()
             with sites.primary.session() as session:
                 session.delete(session.get(factory.replicator.model, record_id))
                 session.commit()
             wait_for(
                 lambda: self.row(sites, factory, record_id) is None,
-                TIMEOUT,
+                self.timeout,
                 "the registry row removed",
             )
         assert not copy.exists()
+        # geosync removes secondaries' copies only: the primary's is the application's to delete.
+        assert source.exists()
 
     def test_record_outside_the_selected_namespaces_is_not_replicated(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
-        if not self.namespace_selective_sync:
-            pytest.skip("the replicator declares no namespace-based selective sync")
         sites, factory = contract_sites, replicator_factory
-        with sites.primary.main() as conn:
-            NodeStore(sites.primary, conn).update(
-                sites.secondary_node.id,
-                selective_sync_type="namespaces",
-                selective_sync_namespace_ids=[IN_SCOPE],
+        if not self.selective_sync_tested(factory):
+            pytest.skip(
+                f"{factory.replicator.__name__} declares no selective sync"
+                " (it does not override replicables_for_current_secondary)"
             )
-        outside = factory(sites.primary, OUT_OF_SCOPE)
-        inside = factory(sites.primary, IN_SCOPE)
+        self.select_namespace(sites, IN_SCOPE)
+        outside = self.created(sites, factory, OUT_OF_SCOPE)
+        inside = self.created(sites, factory, IN_SCOPE)
         outside_copy = self.copy_path(self.bound(sites, factory, outside))
         with self.running(sites):
-            wait_for(self.replicated(sites, factory, inside), TIMEOUT, "the in-scope record")
+            wait_for(self.replicated(sites, factory, inside), self.timeout, "the in-scope record")
             self.wait_for_cursor(sites)
         assert self.row(sites, factory, outside) is None
         assert not outside_copy.exists()
+
+    def test_type_without_selective_sync_is_replicated_in_full(
+        self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
+    ) -> None:
+        sites, factory = contract_sites, replicator_factory
+        if declares_selective_sync(factory.replicator):
+            pytest.skip(f"{factory.replicator.__name__} declares selective sync")
+        self.select_namespace(sites, IN_SCOPE)
+        records = [self.created(sites, factory, OUT_OF_SCOPE), self.created(sites, factory)]
+        with self.running(sites):
+            for record_id in records:
+                wait_for(
+                    self.replicated(sites, factory, record_id),
+                    self.timeout,
+                    f"record {record_id} replicated whatever namespaces the secondary selects",
+                )
 
     def test_flag_off_creates_no_registry_and_syncs_nothing(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
-        published = factory(sites.primary)  # its `created` event is in the log ...
+        published = self.created(sites, factory)  # its `created` event is in the log ...
         with sites.primary.main() as conn:  # ... but the flag is off before it is consumed
             set_flag(
                 conn,
@@ -279,7 +376,7 @@ class _ReplicatorContract:
                 False,
                 sites.primary.clock.now(),
             )
-        unpublished = factory(sites.primary)
+        unpublished = self.created(sites, factory)
         assert self.events_of(sites, factory, unpublished) == []
         with self.running(sites):
             self.wait_for_cursor(sites)
@@ -291,7 +388,7 @@ class _ReplicatorContract:
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
-        record_id = factory(sites.primary)
+        record_id = self.created(sites, factory)
         _remove(self.copy_path(self.on_primary(sites, factory, record_id)))
 
         def recorded() -> bool:
@@ -299,24 +396,23 @@ class _ReplicatorContract:
             return row is not None and self.missing_recorded(row)
 
         with self.running(sites):
-            wait_for(recorded, TIMEOUT, "missing_on_primary recorded")
+            wait_for(recorded, self.timeout, "missing_on_primary recorded")
         row = self.row(sites, factory, record_id)
         assert row is not None and row.missing_on_primary is True
 
 
 class BlobReplicatorContract(_ReplicatorContract):
-    """The contract of a `BlobReplicator`.
+    """The contract of a `BlobReplicator`: subclass it and define the ``replicator_factory``
+    fixture, returning a `ReplicatorFactory` whose ``create`` writes the file and then commits
+    its record.
 
-    Fixtures it needs: ``replicator_factory`` (required) returning
-    ``ReplicatorFactory(YourReplicator, create)``, where ``create(geo, namespace_id)`` writes the
-    file and commits its record on the primary ``geo`` and returns the record id;
-    ``geosync_databases`` (optional, SQLite by default); pytest's ``tmp_path``. Set
-    ``namespace_selective_sync = False`` if the replicator has no namespace-based scope.
-
-    Beyond the shared tests: a file missing on the primary fails the sync with
-    `missing_on_primary`; a mutable blob rewritten on the primary (plus `handle_after_update()`)
-    arrives again.
+    Beyond the shared tests (create → sync → verify → delete, selective sync or its absence,
+    flag off, missing on the primary): a file missing on the primary fails the sync with
+    `missing_on_primary`; a mutable blob rewritten on the primary (atomically, plus
+    `handle_after_update()`) arrives again; an immutable one refuses `handle_after_update()`.
     """
+
+    strategy_class: ClassVar[type[Replicator]] = BlobReplicator
 
     def copy_path(self, replicator: Replicator) -> Path:
         """The blob's file on the replicator's site."""
@@ -336,32 +432,30 @@ class BlobReplicatorContract(_ReplicatorContract):
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
-        record_id = factory(sites.primary)
+        record_id = self.created(sites, factory)
         if not factory.replicator.mutable:
             with pytest.raises(UnsupportedEvent):
                 self.on_primary(sites, factory, record_id).handle_after_update()
             return
         with self.running(sites):
-            wait_for(self.replicated(sites, factory, record_id), TIMEOUT, "first sync")
+            wait_for(self.replicated(sites, factory, record_id), self.timeout, "first sync")
             source = self.on_primary(sites, factory, record_id)
-            self.copy_path(source).write_bytes(b"rewritten by the geosync contract\n" * 100)
+            _replace_atomically(self.copy_path(source), b"rewritten" + os.urandom(4000))
             source.handle_after_update()
-            wait_for(self.replicated(sites, factory, record_id), TIMEOUT, "the rewrite synced")
+            wait_for(self.replicated(sites, factory, record_id), self.timeout, "the rewrite synced")
 
 
 class RepositoryReplicatorContract(_ReplicatorContract):
-    """The contract of a `RepositoryReplicator`.
+    """The contract of a `RepositoryReplicator`: subclass it and define the
+    ``replicator_factory`` fixture, returning a `ReplicatorFactory` whose ``create`` makes the
+    bare repository (with commits, or empty) and then commits its record.
 
-    Fixtures it needs: ``replicator_factory`` (required) returning
-    ``ReplicatorFactory(YourReplicator, create)``, where ``create(geo, namespace_id)`` creates
-    the bare repository (with commits, or empty) and commits its record on the primary ``geo``
-    and returns the record id; ``geosync_databases`` (optional, SQLite by default); pytest's
-    ``tmp_path``. Set ``namespace_selective_sync = False`` if the replicator has no
-    namespace-based scope.
-
-    Beyond the shared tests: a repository missing on the primary is synced with
+    Beyond the shared tests (create → sync → verify → delete, selective sync or its absence,
+    flag off, missing on the primary): a repository missing on the primary is synced with
     `missing_on_primary`; a push plus `handle_after_update()` is mirrored.
     """
+
+    strategy_class: ClassVar[type[Replicator]] = RepositoryReplicator
 
     def copy_path(self, replicator: Replicator) -> Path:
         """The bare repository on the replicator's site."""
@@ -371,7 +465,9 @@ class RepositoryReplicatorContract(_ReplicatorContract):
     def same_copy(self, on_primary: Replicator, on_secondary: Replicator) -> bool:
         """The mirror has exactly the primary's refs."""
         mirror = self.copy_path(on_secondary)
-        return (mirror / "HEAD").is_file() and _refs(mirror) == _refs(self.copy_path(on_primary))
+        return (mirror / "HEAD").is_file() and repository_refs(mirror) == repository_refs(
+            self.copy_path(on_primary)
+        )
 
     def missing_recorded(self, row: RegistryRow) -> bool:
         """Synced, flagged missing on the primary (nothing to mirror, nothing to retry)."""
@@ -381,54 +477,25 @@ class RepositoryReplicatorContract(_ReplicatorContract):
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
-        record_id = factory(sites.primary)
+        record_id = self.created(sites, factory)
         with self.running(sites):
-            wait_for(self.replicated(sites, factory, record_id), TIMEOUT, "first mirror")
+            wait_for(self.replicated(sites, factory, record_id), self.timeout, "first mirror")
             source = self.on_primary(sites, factory, record_id)
-            before = _refs(self.copy_path(source))
-            _push_branch(self.copy_path(source), "geosync-contract")
-            assert _refs(self.copy_path(source)) != before
+            before = repository_refs(self.copy_path(source))
+            push_commit(self.copy_path(source), "geosync-contract")
+            assert repository_refs(self.copy_path(source)) != before
             source.handle_after_update()
-            wait_for(self.replicated(sites, factory, record_id), TIMEOUT, "the push mirrored")
+            wait_for(self.replicated(sites, factory, record_id), self.timeout, "the push mirrored")
 
 
-# -- git and files, without any geosync code in the way -------------------------------------------
+# -- files, without any geosync code in the way ----------------------------------------------------
 
 
-def _git(repo: Path, *args: str, stdin: bytes | None = None) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0")
-    result = subprocess.run(
-        ["git", "--git-dir", str(repo), *args],
-        input=stdin,
-        capture_output=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed: {result.stderr.decode()}")
-    return result.stdout.decode()
-
-
-def _refs(repo: Path) -> list[str]:
-    """Every "<object id> <ref name>" line of `repo`."""
-    return _git(repo, "for-each-ref", "--format=%(objectname) %(refname)").splitlines()
-
-
-def _push_branch(repo: Path, branch: str) -> None:
-    """What a push of a new branch does to a bare repository: one new commit under a new ref."""
-    message = b"pushed by the geosync contract\n"
-    content = b"contract\n"
-    stream = (
-        f"commit refs/heads/{branch}\n".encode()
-        + b"committer geosync <contract@example.invalid> 1700000000 +0000\n"
-        + f"data {len(message)}\n".encode()
-        + message
-        + f"M 100644 inline CONTRACT\ndata {len(content)}\n".encode()
-        + content
-    )
-    _git(repo, "fast-import", "--quiet", stdin=stream)
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Rewrite `path` as an application must: a temp file beside it, renamed over it."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
 
 
 def _remove(path: Path) -> None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Table
+
 from geosync.app import Geo
 from geosync.clock import Clock
 from geosync.db.schema import upgrade
@@ -88,7 +90,11 @@ def build_site_pair(
     register_secondary: bool = True,
     **extra: Any,
 ) -> SitePair:
-    """Create, migrate and register a primary and a secondary for `replicators`."""
+    """Create, migrate and register a primary and a secondary for `replicators`.
+
+    The tables of the replicators' models (and the tables they refer to) are created on the
+    shared main database before `geosync db upgrade`'s work, as on a real site.
+    """
     secret = secrets.token_urlsafe(32)
     main_url = databases.url("main")
     primary = Geo(
@@ -96,8 +102,11 @@ def build_site_pair(
         list(replicators),
         clock=clock,
     )
+    # The application's tables first, as its migrations would: each model's table and the
+    # tables it refers to (users, projects), so that its foreign keys can be created.
     for replicator in primary.catalog:
-        replicator.model.__table__.create(primary.main_engine, checkfirst=True)
+        table = replicator.model.__table__
+        table.metadata.create_all(primary.main_engine, tables=_with_referred(table))
     upgrade(primary)
     with primary.main() as conn:
         store = NodeStore(primary, conn)
@@ -114,3 +123,15 @@ def build_site_pair(
     )
     upgrade(secondary)
     return SitePair(primary, secondary, primary_node, secondary_node, root)
+
+
+def _with_referred(table: Table) -> list[Table]:
+    """`table` and every table its foreign keys refer to, directly or through others."""
+    found: dict[str, Table] = {}
+    todo = [table]
+    while todo:
+        current = todo.pop()
+        if current.key not in found:
+            found[current.key] = current
+            todo.extend(key.column.table for key in current.foreign_keys)
+    return list(found.values())
