@@ -602,12 +602,27 @@ def demo(
     timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print final status as JSON.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed for reproducible content.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temp dir at exit (a --dir is always kept).")
+    ] = False,
 ) -> None:
-    """Run a primary and a secondary on this machine and replicate sample data live."""
+    """Run a primary and a secondary on this machine and replicate sample data live.
+
+    Prints both sites' URLs, config files and an admin token for their REST API.
+    """
     from geosync.demo.runner import DemoOptions, run_demo
 
     options = DemoOptions(
-        directory, blobs, repos, churn, churn_seconds, exit_when_synced, timeout, as_json, seed
+        directory=directory,
+        blobs=blobs,
+        repos=repos,
+        churn=churn,
+        churn_seconds=churn_seconds,
+        exit_when_synced=exit_when_synced,
+        timeout=timeout,
+        as_json=as_json,
+        seed=seed,
+        keep=keep,
     )
     code = run(lambda: run_demo(options))
     raise typer.Exit(code)
