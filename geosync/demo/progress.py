@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.table import Column
 from rich.text import Text
 
 from geosync.status import compute_status
@@ -135,9 +136,9 @@ class DemoDisplay:
         self.quiet = quiet
         self.plain = not self.console.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description:<34}"),
-            BarColumn(),
-            _Count(),
+            TextColumn("{task.description:<24}"),
+            BarColumn(bar_width=18),
+            _Count(table_column=Column(no_wrap=True, min_width=11)),
             TextColumn("{task.fields[note]}"),
             console=self.console,
             disable=quiet,

@@ -324,7 +324,7 @@ def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
 
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with display.step("preparing both sites' databases"):
+    with display.step("preparing the databases"):
         primary, secondary = prepare(root)
     primary_geo = Geo(primary.settings)
     secondary_geo = Geo(secondary.settings)
@@ -333,7 +333,7 @@ def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
     churn: Churn | None = None
     try:
         for site in sites:  # the primary first, listening before the secondary asks it
-            with display.step(f"starting the {site.name} (web server, worker)"):
+            with display.step(f"starting the {site.name}"):
                 site.start(logs)
                 site.wait_serving()
         display.say(access_text(primary, secondary, admin_token(primary_geo)))
@@ -366,12 +366,12 @@ def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
 def _seed(seeder: Seeder, options: DemoOptions, display: DemoDisplay) -> None:
     """Create the demo's initial blobs and repositories, counting them on the display."""
     if options.blobs:
-        one_more = display.counter("seeding blobs on the primary", options.blobs)
+        one_more = display.counter("seeding blobs", options.blobs)
         for _ in range(options.blobs):
             seeder.create_blob()
             one_more()
     if options.repos:
-        one_more = display.counter("seeding repositories on the primary", options.repos)
+        one_more = display.counter("seeding repositories", options.repos)
         for _ in range(options.repos):
             seeder.create_repository()
             one_more()

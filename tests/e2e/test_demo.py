@@ -201,8 +201,9 @@ def test_a_running_demo_prints_urls_configs_and_a_token_that_works_and_cleans_up
     assert shown.returncode == 0, shown.stderr
     assert [node["node"]["name"] for node in json.loads(shown.stdout)] == ["primary", "secondary"]
     text = "\n".join(err.lines)
-    assert text.index("preparing both sites' databases") < text.index("both sites are up")
-    assert text.index("both sites are up") < text.index("seeding blobs on the primary")
+    assert text.index("preparing the databases") < text.index("starting the primary")
+    assert text.index("starting the secondary") < text.index("both sites are up")
+    assert text.index("both sites are up") < text.index("seeding blobs")
     assert code == 130
     assert "Traceback" not in text
     assert not scratch.exists(), "the scratch directory is removed at exit"
