@@ -305,8 +305,8 @@ def run_demo(options: DemoOptions) -> int:
         return code
     finally:
         with _uninterrupted():
-            signal.signal(signal.SIGTERM, previous)
             _leave(root, keep, code, display)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _leave(root: Path, keep: bool, code: int, display: DemoDisplay) -> None:
@@ -320,6 +320,7 @@ def _leave(root: Path, keep: bool, code: int, display: DemoDisplay) -> None:
 
 
 def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
+    """Prepare and start both sites, seed, watch; the sites are stopped however it ends."""
     from geosync.demo.progress import watch
 
     logs = root / "logs"
