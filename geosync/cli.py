@@ -453,6 +453,37 @@ def explain(
     run(action)
 
 
+# -- registries -----------------------------------------------------------------------------
+
+
+@app.command("registries")
+def registries(
+    name: NameArgument,
+    state: Annotated[
+        str | None, typer.Option(help="Only this sync state: pending, started, synced, failed.")
+    ] = None,
+    verification: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this verification state: pending, started, succeeded, failed, disabled."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows (1 to 1000).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list.")] = False,
+) -> None:
+    """List one type's registry rows on this secondary, newest (highest id) first."""
+    from geosync.registry_view import list_registries, listing_json, listing_table
+
+    def action() -> None:
+        listing = list_registries(load_geo(), name, state, verification, limit)
+        if as_json:
+            print_json(listing_json(listing))
+        else:
+            console.print(listing_table(listing))
+
+    run(action)
+
+
 # -- services ---------------------------------------------------------------------------------
 
 
@@ -538,17 +569,20 @@ def check() -> None:
     """Preflight: settings, databases and roles, node registration, clock, git, storages."""
     from geosync.preflight import run_checks
 
-    failures = 0
+    failures = warnings = 0
     for result in run_checks(load_geo):
         mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"
-        console.print(f"{mark} {result.name}: {result.message}", highlight=False)
-        if not result.ok:
-            failures += 1
-            console.print(f"      fix: {result.fix}", highlight=False)
+        if result.warning:
+            mark = "[yellow]warn[/yellow]"
+        console.print(f"{mark} {result.name}: {escape(result.message)}", highlight=False)
+        failures += not result.ok
+        warnings += result.warning
+        if result.fix is not None:
+            console.print(f"      fix: {escape(result.fix)}", highlight=False)
     if failures:
         err_console.print(f"[red]{failures} check(s) failed[/red]")
         raise typer.Exit(1)
-    console.print("all checks passed")
+    console.print(f"all checks passed ({warnings} warning(s))" if warnings else "all checks passed")
 
 
 @app.command("demo")
@@ -568,12 +602,27 @@ def demo(
     timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print final status as JSON.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed for reproducible content.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temp dir at exit (a --dir is always kept).")
+    ] = False,
 ) -> None:
-    """Run a primary and a secondary on this machine and replicate sample data live."""
+    """Run a primary and a secondary on this machine and replicate sample data live.
+
+    Prints both sites' URLs, config files and an admin token for their REST API.
+    """
     from geosync.demo.runner import DemoOptions, run_demo
 
     options = DemoOptions(
-        directory, blobs, repos, churn, churn_seconds, exit_when_synced, timeout, as_json, seed
+        directory=directory,
+        blobs=blobs,
+        repos=repos,
+        churn=churn,
+        churn_seconds=churn_seconds,
+        exit_when_synced=exit_when_synced,
+        timeout=timeout,
+        as_json=as_json,
+        seed=seed,
+        keep=keep,
     )
     code = run(lambda: run_demo(options))
     raise typer.Exit(code)

@@ -2,6 +2,11 @@
 
 Each check says what it found and, when it fails, the one thing to do about it. Checks that
 need an earlier one (a database, a registered node) are skipped when it failed.
+
+A secondary whose primary does not answer gets a warning, not a failure: the documented order
+runs `geosync check` on every site before any `geosync serve`, and a secondary's worker waits
+for its primary by itself (retries with backoff). A primary that answers wrongly (no `Date`
+header, skewed clock) is still a failure.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ HTTP_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Check:
-    """The outcome of one check; `fix` is set when it failed."""
+    """The outcome of one check; `fix` is set when it failed or warns.
+
+    A warning is `ok` (it fails nothing) but says what to look at.
+    """
 
     name: str
     ok: bool
     message: str
     fix: str | None = None
+    warning: bool = False
 
 
 def passed(name: str, message: str) -> Check:
@@ -51,6 +60,11 @@ def passed(name: str, message: str) -> Check:
 def failed(name: str, message: str, fix: str) -> Check:
     """A check that failed, with the one-line fix."""
     return Check(name, False, message, fix)
+
+
+def warned(name: str, message: str, fix: str) -> Check:
+    """A check that does not fail the preflight but names something to look at."""
+    return Check(name, True, message, fix, warning=True)
 
 
 def run_checks(load: Callable[[], Geo]) -> list[Check]:
@@ -64,17 +78,20 @@ def run_checks(load: Callable[[], Geo]) -> list[Check]:
     checks = [passed("settings", f"node {geo.settings.node_name!r}, configured as {role}")]
     main = database_check("main database", geo.main_engine, "main_database_url")
     checks.append(main)
+    if main.ok:
+        checks.append(schema_check(geo, "main"))
     if secondary:
-        checks.append(
-            database_check("tracking database", geo.tracking_engine, "tracking_database_url")
-        )
+        tracking = database_check("tracking database", geo.tracking_engine, "tracking_database_url")
+        checks.append(tracking)
+        if tracking.ok:
+            checks.append(schema_check(geo, "tracking"))
         checks.append(tracking_writable(geo))
     if main.ok:
         checks.append(main_database_role(geo))
         node_check, node = registration(geo)
         checks.append(node_check)
         if secondary and node is not None:
-            checks.append(clock_skew(geo))
+            checks.extend(primary_checks(geo))
     checks.append(git_present())
     checks.extend(storages_writable(geo))
     return checks
@@ -92,6 +109,26 @@ def database_check(name: str, engine: Engine, setting: str) -> Check:
             f"check the setting '{setting}' and that the database server is running",
         )
     return passed(name, f"reachable ({engine.dialect.name})")
+
+
+def schema_check(geo: Geo, database: str) -> Check:
+    """The database is at the framework's Alembic head and has every derived table and index."""
+    from geosync.db.schema import schema_state
+
+    name = f"{database} database schema"
+    if database == "main":
+        engine, derived = geo.main_engine, geo.tables.main
+        # A secondary's main database is the primary's replica: it is upgraded there.
+        where = " on the primary" if geo.main_readonly else ""
+    else:
+        engine, derived, where = geo.tracking_engine, geo.tables.tracking, ""
+    try:
+        state = schema_state(engine, database, derived)
+    except SQLAlchemyError as exc:
+        return failed(name, f"cannot read: {error_line(exc)}", f"run `geosync db upgrade`{where}")
+    if not state.current:
+        return failed(name, state.describe(), f"run `geosync db upgrade`{where}")
+    return passed(name, state.describe())
 
 
 def tracking_writable(geo: Geo) -> Check:
@@ -171,9 +208,9 @@ def registration(geo: Geo) -> tuple[Check, Node | None]:
     return passed(name, f"node {node.name!r} (id {node.id}) registered"), node
 
 
-def clock_skew(geo: Geo) -> Check:
-    """This machine's clock agrees with the primary's (the `Date` of an HTTP answer)."""
-    name = "clock skew with the primary"
+def primary_checks(geo: Geo) -> list[Check]:
+    """A secondary's primary answers over HTTP (a warning if not) and its clock agrees."""
+    name = "primary reachable"
     primary = geo.primary_node()
     assert primary is not None
     url = primary.effective_internal_url
@@ -181,12 +218,21 @@ def clock_skew(geo: Geo) -> Check:
         before = time.monotonic()
         response = httpx.get(url, timeout=HTTP_TIMEOUT)
         half_trip = timedelta(seconds=(time.monotonic() - before) / 2)
-    except httpx.HTTPError as exc:
-        return failed(
-            name,
-            f"cannot reach the primary at {url}: {type(exc).__name__}",
-            "check the primary node's internal_url and that `geosync serve` runs there",
-        )
+    except httpx.HTTPError:
+        return [
+            warned(
+                name,
+                f"primary not reachable at {url} (is `geosync serve` running there?)",
+                "start `geosync serve` on the primary (or correct its node's internal_url);"
+                " the clock skew is checked once it answers",
+            )
+        ]
+    return [passed(name, f"{url} answers"), clock_skew(geo, url, response, half_trip)]
+
+
+def clock_skew(geo: Geo, url: str, response: httpx.Response, half_trip: timedelta) -> Check:
+    """This machine's clock agrees with the primary's (the `Date` of its HTTP answer)."""
+    name = "clock skew with the primary"
     date = response.headers.get("date")
     if not date:
         return failed(name, f"{url} sent no Date header", "serve the primary with `geosync serve`")

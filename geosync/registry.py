@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -39,15 +39,20 @@ from sqlalchemy import (
 )
 
 from geosync.db.engines import is_sqlite
-from geosync.errors import InvalidTransition, NotFound
+from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
 
 if TYPE_CHECKING:
     from geosync.app import Geo
     from geosync.replicator import Replicator
 
 MAX_MESSAGE = 255
+#: The most rows `Registry.newest` returns at once.
+MAX_LISTED = 1000
 DEFAULT_CAP = timedelta(hours=1)
 MISSING_ON_PRIMARY_CAP = timedelta(hours=4)
+
+
+StateT = TypeVar("StateT", "SyncState", "VerificationState")
 
 
 class SyncState(IntEnum):
@@ -67,6 +72,16 @@ class VerificationState(IntEnum):
     SUCCEEDED = 2
     FAILED = 3
     DISABLED = 4
+
+
+def state_named(states: type[StateT], name: str) -> StateT:
+    """The member of `states` called `name` (any case), or `ValidationError` naming the choices."""
+    try:
+        return states[name.upper()]
+    except KeyError:
+        choices = ", ".join(member.name.lower() for member in states)
+        what = "sync" if states is SyncState else "verification"
+        raise ValidationError(f"unknown {what} state {name!r} (use: {choices})") from None
 
 
 def cut(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -168,6 +183,17 @@ class Registry:
         self.key = self.table.c[replicator.registry_foreign_key]
         self.backoff = Backoff(geo.random, geo.settings.backoff_scale)
 
+    @classmethod
+    def of_secondary(cls, geo: Geo, replicator: type[Replicator], command: str) -> Registry:
+        """The registry of `replicator` for an operator's `command`, or `ConfigurationError`
+        when this site has no tracking database (a primary keeps no registries)."""
+        if not geo.has_tracking_database:
+            raise ConfigurationError(
+                f"{command} runs on a secondary: this site has no tracking database"
+                " (run it with a secondary's configuration)"
+            )
+        return cls(geo, replicator)
+
     def __repr__(self) -> str:
         return f"<Registry {self.table.name}>"
 
@@ -194,6 +220,25 @@ class Registry:
         for state, count in rows:
             counts[SyncState(state)] = int(count)
         return counts
+
+    def newest(
+        self,
+        conn: Connection,
+        limit: int,
+        state: SyncState | None = None,
+        verification: VerificationState | None = None,
+    ) -> list[RegistryRow]:
+        """Up to `limit` rows, newest (highest id) first, of one sync and/or verification state
+        when given; a sync state filter reads along the state index."""
+        if not 1 <= limit <= MAX_LISTED:
+            raise ValidationError(f"limit must be between 1 and {MAX_LISTED}, got {limit}")
+        c = self.table.c
+        query = select(self.table).order_by(c.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(c.state == state)
+        if verification is not None:
+            query = query.where(c.verification_state == verification)
+        return [RegistryRow(dict(row._mapping)) for row in conn.execute(query)]
 
     # -- creation ----------------------------------------------------------------------------
 

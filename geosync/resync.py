@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 
-from geosync.errors import ConfigurationError
 from geosync.registry import Registry, SyncState, pending_values
 
 if TYPE_CHECKING:
@@ -22,9 +21,7 @@ KEYSET_BATCH = 1000
 
 
 def _registry(geo: Geo, replicator: type[Replicator]) -> Registry:
-    if not geo.has_tracking_database:
-        raise ConfigurationError("resync runs on a secondary: this site has no registries")
-    return Registry(geo, replicator)
+    return Registry.of_secondary(geo, replicator, "resync")
 
 
 def _states(failed_only: bool) -> list[int]:

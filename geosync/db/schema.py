@@ -14,7 +14,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, Table, inspect
+from sqlalchemy import Connection, Engine, Index, MetaData, Table, inspect
+from sqlalchemy.engine.reflection import Inspector
 
 from geosync.errors import ConfigurationError
 
@@ -80,15 +81,67 @@ def _upgrade_one(engine: Engine, database: str, derived: MetaData, report: Upgra
 
 def _create_missing_indexes(connection: Connection, tables: list[Table]) -> list[str]:
     """Create the indexes a newer geosync declares on derived tables that already exist."""
-    inspector = inspect(connection)
     created = []
+    for index in _missing_indexes(inspect(connection), tables):
+        index.create(connection)
+        created.append(str(index.name))
+    return created
+
+
+def _missing_indexes(inspector: Inspector, tables: list[Table]) -> list[Index]:
+    """The declared indexes of `tables` (which exist) that the database lacks."""
+    missing: list[Index] = []
     for table in tables:
         present = {index["name"] for index in inspector.get_indexes(table.name)}
-        for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            if index.name not in present:
-                index.create(connection)
-                created.append(str(index.name))
-    return created
+        missing.extend(
+            index
+            for index in sorted(table.indexes, key=lambda i: str(i.name))
+            if index.name not in present
+        )
+    return missing
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """How far one database is from what `geosync db upgrade` would make it."""
+
+    revision: str | None
+    head: str | None
+    missing_tables: list[str]
+    missing_indexes: list[str]
+
+    @property
+    def current(self) -> bool:
+        """Whether `geosync db upgrade` would change nothing."""
+        return self.revision == self.head and not self.missing_tables and not self.missing_indexes
+
+    def describe(self) -> str:
+        """One line: what is out of date (or that nothing is)."""
+        if self.current:
+            return f"schema current (revision {self.head})"
+        parts = []
+        if self.revision is None:
+            parts.append("never upgraded")
+        elif self.revision != self.head:
+            parts.append(f"at revision {self.revision}, the current one is {self.head}")
+        if self.missing_tables:
+            parts.append("missing tables " + ", ".join(self.missing_tables))
+        if self.missing_indexes:
+            parts.append("missing indexes " + ", ".join(self.missing_indexes))
+        return "; ".join(parts)
+
+
+def schema_state(engine: Engine, database: str, derived: MetaData) -> SchemaState:
+    """Compare `database` (`main` or `tracking`) with the framework head and the derived
+    tables of the catalog, reading only (a secondary's main database is a read-only replica)."""
+    with engine.connect() as connection:
+        revision = current_revision(connection)
+        inspector = inspect(connection)
+        existing = set(inspector.get_table_names())
+        missing = [t.name for t in derived.sorted_tables if t.name not in existing]
+        present = [t for t in derived.sorted_tables if t.name in existing]
+        indexes = [str(index.name) for index in _missing_indexes(inspector, present)]
+    return SchemaState(revision, head_revision(database), missing, indexes)
 
 
 def _require_model_tables(derived: MetaData, existing: set[str]) -> None:

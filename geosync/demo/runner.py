@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +19,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from geosync.app import Geo
+from geosync.auth import create_admin_token
 from geosync.db.schema import upgrade
 from geosync.demo.models import Base
 from geosync.demo.seed import Seeder
@@ -31,6 +36,9 @@ from geosync.errors import GeoError
 from geosync.nodes import NodeStore
 from geosync.settings import Settings
 from geosync.testing.servers import free_port
+
+if TYPE_CHECKING:
+    from geosync.demo.progress import DemoDisplay
 
 REPLICATORS = "geosync.demo.replicators"
 STOP_GRACE = 10.0
@@ -51,6 +59,8 @@ class DemoOptions:
     timeout: float = 300.0
     as_json: bool = False
     seed: int | None = None
+    #: Keep a scratch directory at exit (a `--dir` is always kept).
+    keep: bool = False
 
 
 @dataclass
@@ -146,9 +156,22 @@ def _site(root: Path, name: str, secret: str, tracking: bool) -> Site:
         poll_interval=0.5,
     )
     config = base / "geosync.toml"
-    config.write_text(settings.to_toml(), encoding="utf-8")
+    config.write_text(config_text(settings), encoding="utf-8")
     config.chmod(0o600)
     return Site(name, base, port, settings, config)
+
+
+def config_text(settings: Settings) -> str:
+    """The TOML config of a site, with durations in whole seconds: the form both the file and
+    the `GEOSYNC_*` variables read (`to_toml` writes a timedelta's `str`)."""
+    lines = []
+    for line in settings.to_toml().splitlines():
+        key, sep, _value = line.partition(" = ")
+        value = getattr(settings, key, None) if sep and not line.startswith(" ") else None
+        if isinstance(value, timedelta):
+            line = f"{key} = {int(value.total_seconds())}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def prepare(root: Path) -> tuple[Site, Site]:
@@ -236,55 +259,159 @@ class Churn(threading.Thread):
         self.stopped.set()
 
 
-def run_demo(options: DemoOptions) -> int:
-    """Run the demo; returns the process exit code."""
-    from geosync.demo.progress import watch
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    """SIGTERM stops the demo as Ctrl-C does: both sites stopped, the scratch removed."""
+    raise KeyboardInterrupt
 
-    root = options.directory or Path(tempfile.mkdtemp(prefix="geosync-demo-"))
-    root = root.resolve()
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while the demo stops its sites and cleans up (bounded by
+    `STOP_GRACE`): a second signal must not leave children running or the scratch behind."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _directory(options: DemoOptions) -> tuple[Path, bool]:
+    """The demo's directory, and whether it is kept at exit (a `--dir` always is)."""
+    if options.directory is None:
+        return Path(tempfile.mkdtemp(prefix="geosync-demo-")).resolve(), options.keep
+    root = options.directory.resolve()
     if root.exists() and any(root.iterdir()):
         raise GeoError(f"demo directory {root} is not empty: choose another with --dir")
+    return root, True
+
+
+def run_demo(options: DemoOptions) -> int:
+    """Run the demo; returns the process exit code. A scratch directory is removed at exit."""
+    from geosync.demo.progress import DemoDisplay
+
+    root, keep = _directory(options)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    display = DemoDisplay(quiet=options.as_json)
+    code = 1
+    try:
+        with display:
+            kept = "kept at exit" if keep else "removed at exit; --keep keeps it"
+            display.say(f"geosync demo: a primary and a secondary in {root} ({kept})")
+            code = _run(root, options, display)
+            return code
+    except KeyboardInterrupt:
+        code = 130
+        return code
+    finally:
+        with _uninterrupted():
+            _leave(root, keep, code, display)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _leave(root: Path, keep: bool, code: int, display: DemoDisplay) -> None:
+    """Say where the demo's data is, or remove the scratch directory."""
+    if keep:
+        display.say(f"demo data and logs kept in {root}")
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    if code not in (0, 130):
+        display.say("removed the demo's directory; run with --keep to keep its logs")
+
+
+def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
+    """Prepare and start both sites, seed, watch; the sites are stopped however it ends."""
+    from geosync.demo.progress import watch
+
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    primary, secondary = prepare(root)
+    with display.step("preparing the databases"):
+        primary, secondary = prepare(root)
     primary_geo = Geo(primary.settings)
     secondary_geo = Geo(secondary.settings)
     seeder = Seeder(primary_geo, random.Random(options.seed))
     sites = (primary, secondary)
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     churn: Churn | None = None
     try:
         for site in sites:  # the primary first, listening before the secondary asks it
-            site.start(logs)
-            site.wait_serving()
-        for _ in range(options.blobs):
-            seeder.create_blob()
-        for _ in range(options.repos):
-            seeder.create_repository()
+            with display.step(f"starting the {site.name}"):
+                site.start(logs)
+                site.wait_serving()
+        display.say(access_text(primary, secondary, admin_token(primary_geo)))
+        _seed(seeder, options, display)
         if options.churn:
             seconds = options.churn_seconds if options.exit_when_synced else None
             churn = Churn(seeder, seconds, repos=options.repos > 0)
             churn.start()
-        outcome = watch(primary_geo, secondary_geo, sites, churn, options)
+        outcome = watch(primary_geo, secondary_geo, sites, churn, options, display)
+        display.finish()
         if options.as_json:
             sys.stdout.write(json.dumps(outcome.report, indent=2, sort_keys=True) + "\n")
-        if not options.as_json:
-            print(outcome.message, file=sys.stderr)
-        print(f"demo data and logs: {root}", file=sys.stderr)
+        else:
+            display.say(outcome.message)
         return outcome.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted: stopping both sites", file=sys.stderr)
-        return 130
+        display.say("interrupted: stopping both sites")
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if churn is not None:  # no change half made on the primary while it stops
-            churn.stopped.set()
-            churn.join(STOP_GRACE)
-        for site in reversed(sites):
-            site.stop()
-        primary_geo.dispose()
-        secondary_geo.dispose()
+        with _uninterrupted():
+            if churn is not None:  # no change half made on the primary while it stops
+                churn.stopped.set()
+                churn.join(STOP_GRACE)
+            for site in reversed(sites):
+                site.stop()
+            primary_geo.dispose()
+            secondary_geo.dispose()
+
+
+def _seed(seeder: Seeder, options: DemoOptions, display: DemoDisplay) -> None:
+    """Create the demo's initial blobs and repositories, counting them on the display."""
+    if options.blobs:
+        one_more = display.counter("seeding blobs", options.blobs)
+        for _ in range(options.blobs):
+            seeder.create_blob()
+            one_more()
+    if options.repos:
+        one_more = display.counter("seeding repositories", options.repos)
+        for _ in range(options.repos):
+            seeder.create_repository()
+            one_more()
+
+
+def admin_token(geo: Geo) -> str:
+    """A new admin token for the demo's REST API (stored hashed in the primary's database)."""
+    with geo.main() as conn:
+        return create_admin_token(conn, "geosync demo", geo.clock.now())
+
+
+def geosync_command() -> str:
+    """How to run `geosync` from here: this interpreter's console script (relative to the
+    working directory when inside it, e.g. `.venv/bin/geosync`), else `python -m geosync`."""
+    script = Path(sys.executable).parent / "geosync"
+    if not script.is_file():
+        return f"{sys.executable} -m geosync"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def access_text(primary: Site, secondary: Site, token: str) -> str:
+    """The lines that tell a user how to look at the running sites."""
+    command = geosync_command()
+    return "\n".join(
+        [
+            "both sites are up:",
+            f"  primary    {primary.url}  config {primary.config}",
+            f"  secondary  {secondary.url}  config {secondary.config}",
+            f"  admin token (REST API of both sites): {token}",
+            "try:",
+            f'  curl -H "PRIVATE-TOKEN: {token}" {primary.url}api/v4/geo_nodes',
+            f"  {command} --config {secondary.config} status",
+            f"  {command} --config {secondary.config} registries uploads",
+            f"  {command} --config {primary.config} check",
+        ]
+    )
 
 
 def node_report(geo: Geo) -> dict[str, Any]:

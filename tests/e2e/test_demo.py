@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -74,12 +80,10 @@ def test_demo_replicates_everything_and_reports_gitlab_fields(tmp_path: Path) ->
     assert "cannot reach" not in worker_log and "Couldn't connect" not in worker_log
 
 
-def test_demo_times_out_with_a_clear_message(tmp_path: Path) -> None:
+def test_demo_times_out_with_a_clear_message_and_removes_its_scratch(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             *DEMO,
-            "--dir",
-            str(tmp_path / "demo"),
             "--blobs",
             "20",
             "--repos",
@@ -95,10 +99,13 @@ def test_demo_times_out_with_a_clear_message(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 1
     assert "timed out after 1 s" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "run with --keep to keep its logs" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # the scratch directory went with the failure
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path: Path) -> None:
@@ -126,3 +133,111 @@ def test_ctrl_c_stops_both_sites(tmp_path: Path) -> None:
     assert process.wait(60) == 130
     assert all(not Path(f"/proc/{pid}").exists() or children_of(pid) == [] for pid in sites)
     assert [pid for pid in sites if Path(f"/proc/{pid}/stat").exists()] == []
+
+
+class Lines:
+    """The lines a running process writes to a pipe, collected by a thread as they come."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first line matching `pattern`, waiting for it up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if found := re.search(pattern, line):
+                    return found
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+
+def test_a_running_demo_prints_urls_configs_and_a_token_that_works_and_cleans_up(
+    tmp_path: Path,
+) -> None:
+    process = subprocess.Popen(
+        [*DEMO, "--blobs", "4", "--repos", "1", "--timeout", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        err = Lines(process.stderr)
+        scratch = Path(err.wait_for(r" in (\S+) \(removed at exit; --keep keeps it\)", 10)[1])
+        assert err.lines[0].startswith("geosync demo:")  # said before anything else
+        primary = err.wait_for(r"^  primary    (\S+)  config (\S+)$", 90)
+        primary_url, primary_config = primary.groups()
+        secondary_url, secondary_config = err.wait_for(
+            r"^  secondary  (\S+)  config (\S+)$", 5
+        ).groups()
+        token = err.wait_for(r"admin token \(REST API of both sites\): (\S+)$", 5)[1]
+        curl = err.wait_for(r"^  curl .*", 5)[0]
+        status = err.wait_for(r"^  (\S+ --config \S+ status)$", 5)[1]
+        sites = children_of(process.pid)
+
+        answer = httpx.get(f"{primary_url}api/v4/geo_nodes", headers={"PRIVATE-TOKEN": token})
+        refused = httpx.get(f"{primary_url}api/v4/geo_nodes")
+        shown = subprocess.run(
+            [*shlex.split(status), "--json"], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+
+    assert curl == f'  curl -H "PRIVATE-TOKEN: {token}" {primary_url}api/v4/geo_nodes'
+    assert answer.status_code == 200, answer.text
+    assert {node["name"] for node in answer.json()} == {"primary", "secondary"}
+    assert {node["url"] for node in answer.json()} == {primary_url, secondary_url}
+    assert refused.status_code == 401
+    assert str(scratch / "secondary" / "geosync.toml") == secondary_config
+    assert str(scratch / "primary" / "geosync.toml") == primary_config
+    assert shown.returncode == 0, shown.stderr
+    assert [node["node"]["name"] for node in json.loads(shown.stdout)] == ["primary", "secondary"]
+    text = "\n".join(err.lines)
+    assert text.index("preparing the databases") < text.index("starting the primary")
+    assert text.index("starting the secondary") < text.index("both sites are up")
+    assert text.index("both sites are up") < text.index("seeding blobs")
+    assert code == 130
+    assert "Traceback" not in text
+    assert not scratch.exists(), "the scratch directory is removed at exit"
+    assert len(sites) == 4
+    assert [pid for pid in sites if Path(f"/proc/{pid}/stat").exists()] == []
+
+
+def test_keep_keeps_the_scratch_and_json_stays_machine_readable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *DEMO,
+            "--keep",
+            "--blobs",
+            "3",
+            "--repos",
+            "0",
+            "--exit-when-synced",
+            "--timeout",
+            "150",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["secondary"]["uploads_synced_count"] == report["primary"]["uploads_count"]
+    kept = re.search(r"demo data and logs kept in (\S+)$", result.stderr, re.MULTILINE)
+    assert kept is not None, result.stderr
+    root = Path(kept[1])
+    assert root.parent == tmp_path and (root / "logs" / "secondary-worker.log").is_file()
+    for site in ("primary", "secondary"):
+        config = tomllib.loads((root / site / "geosync.toml").read_text())
+        assert config["event_log_max_age"] == 7 * 24 * 3600  # seconds, as the env var takes

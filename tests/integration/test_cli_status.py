@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from geosync.cli import app
+from geosync.db.schema import VERSION_TABLE
 from geosync.demo.replicators import UploadReplicator
 from geosync.nodes import NodeStore
 from geosync.registry import Registry
 from geosync.settings import Settings
-from geosync.testing import SitePair
+from geosync.testing import DatabaseFactory, SitePair
 
 runner = CliRunner()
 
@@ -103,6 +105,77 @@ def test_check_passes_for_a_sound_secondary_and_flags_a_writable_main_database(
         assert result.exit_code == 1
         assert "FAIL main database role: the main database is writable" in out
         assert "fix: point main_database_url at a standby of the primary" in out
+
+
+def test_check_warns_but_passes_while_the_primary_does_not_serve_yet(
+    sites: SitePair, tmp_path: Path, backend: str
+) -> None:
+    config = write_config(sites.secondary.settings, tmp_path / "secondary.toml")
+    url = sites.primary_node.url  # nothing listens there
+
+    result = invoke(config, "check")
+
+    out = result.stdout
+    assert (
+        f"warn primary reachable: primary not reachable at {url} (is `geosync serve` running"
+        " there?)" in out
+    ), out
+    assert "fix: start `geosync serve` on the primary" in out
+    assert "clock skew with the primary" not in out  # measured once the primary answers
+    if backend == "sqlite":
+        assert result.exit_code == 0, out
+        assert "all checks passed (1 warning(s))" in out
+    else:  # only the test pair's writable main database fails
+        assert result.exit_code == 1
+        assert out.count("FAIL") == 1 and "FAIL main database role" in out
+
+
+def test_check_fails_for_a_never_upgraded_tracking_database_until_db_upgrade(
+    sites: SitePair, tmp_path: Path, databases: DatabaseFactory
+) -> None:
+    fresh = databases.url("fresh_tracking")
+    config = write_config(
+        sites.secondary.settings, tmp_path / "secondary.toml", tracking_database_url=fresh
+    )
+
+    before = invoke(config, "check")
+    upgraded = invoke(config, "db", "upgrade")
+    after = invoke(config, "check")
+
+    assert before.exit_code == 1
+    line = next(x for x in before.stdout.splitlines() if "tracking database schema" in x)
+    assert line.startswith("FAIL tracking database schema: never upgraded; missing tables ")
+    assert "upload_registry" in line and "snippet_registry" in line
+    assert "      fix: run `geosync db upgrade`\n" in before.stdout
+    assert "ok   tracking database" in before.stdout  # it is reachable, only behind
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "ok   tracking database schema: schema current (revision tracking_0001)" in after.stdout
+    assert "FAIL tracking database schema" not in after.stdout
+
+
+def test_check_fails_for_a_main_database_behind_head_or_missing_a_state_table(
+    sites: SitePair, tmp_path: Path
+) -> None:
+    with sites.primary.main() as conn:  # as if the newest migration had not run
+        conn.execute(text("DROP INDEX uq_geo_nodes_one_primary"))
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'main_0001'"))
+        conn.execute(text("DROP TABLE upload_states"))
+    primary = write_config(sites.primary.settings, tmp_path / "primary.toml")
+    secondary = write_config(sites.secondary.settings, tmp_path / "secondary.toml")
+    behind = "at revision main_0001, the current one is main_0002; missing tables upload_states"
+
+    on_secondary = invoke(secondary, "check")
+    on_primary = invoke(primary, "check")
+    upgraded = invoke(primary, "db", "upgrade")
+    after = invoke(secondary, "check")
+
+    assert on_secondary.exit_code == on_primary.exit_code == 1
+    assert f"FAIL main database schema: {behind}" in on_secondary.stdout
+    assert "fix: run `geosync db upgrade` on the primary" in on_secondary.stdout
+    assert f"FAIL main database schema: {behind}" in on_primary.stdout
+    assert "fix: run `geosync db upgrade`\n" in on_primary.stdout
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "ok   main database schema: schema current (revision main_0002)" in after.stdout
 
 
 class _SkewedDate(BaseHTTPRequestHandler):
