@@ -576,16 +576,17 @@ def worker(
     from geosync.allocator import tune_for_streaming
     from geosync.log import configure
     from geosync.metrics import start_metrics_server
-    from geosync.worker import Worker, tune_thread_switching
+    from geosync.worker import run_worker, tune_thread_switching
 
     def action() -> None:
         geo = load_geo()
+        open_engines(geo)
         configure(geo.settings.log_format, geo.settings.log_level)
         tune_for_streaming()
         tune_thread_switching()
         if metrics_port is not None:
             start_metrics_server(geo, metrics_port)
-        Worker(geo).run_forever()
+        run_worker(geo)
 
     run(action)
 
