@@ -576,7 +576,7 @@ def worker(
     from geosync.allocator import tune_for_streaming
     from geosync.log import configure
     from geosync.metrics import start_metrics_server
-    from geosync.worker import run_worker, tune_thread_switching
+    from geosync.worker import run_until_stopped, tune_thread_switching
 
     def action() -> None:
         geo = load_geo()
@@ -586,7 +586,7 @@ def worker(
         tune_thread_switching()
         if metrics_port is not None:
             start_metrics_server(geo, metrics_port)
-        run_worker(geo)
+        run_until_stopped(geo)
 
     run(action)
 

@@ -16,13 +16,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from geosync.db.engines import error_line
-from geosync.errors import GeoError
 from geosync.log import get_logger
-from geosync.loops import Loop, Wakeup
+from geosync.loops import OUTAGES, Loop, Wakeup
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -79,15 +77,6 @@ ROLE_LOOPS: dict[str, Callable[[], list[LoopFactory]]] = {
 FIRST_RETRY = 1.0
 #: ...up to this many seconds, so a database that comes back is used within half a minute.
 MAX_RETRY = 30.0
-#: Errors of the world around the worker (a database, the primary, the disk or network down):
-#: one warning line each, never a traceback. Anything else is a bug and gets one traceback
-#: at the first failure of a run of failures.
-EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
-    SQLAlchemyError,
-    GeoError,
-    OSError,
-    httpx.HTTPError,
-)
 
 
 def retry_delay(failures: int) -> float:
@@ -104,7 +93,7 @@ def _log_failure(loop: str, exc: Exception, failures: int, retry_in: float) -> N
         "failures": failures,
         "retry_in": retry_in,
     }
-    if failures == 1 and not isinstance(exc, EXPECTED_FAILURES):
+    if failures == 1 and not isinstance(exc, OUTAGES):
         log.error("loop crashed, retrying", exc_info=exc, **fields)
     else:
         log.warning("loop failed, retrying", **fields)
@@ -244,7 +233,7 @@ def wait_for_databases(geo: Geo, stopping: threading.Event) -> bool:
     return False
 
 
-def run_worker(geo: Geo) -> None:
+def run_until_stopped(geo: Geo) -> None:
     """`geosync worker`: wait for the site's databases (a service started before its database
     waits for it, saying so), then run the loops until SIGTERM or SIGINT."""
     stopping = threading.Event()
