@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from geosync.errors import ConfigurationError
 from geosync.log import get_logger
 from geosync.web.access_log import AccessLog
 
@@ -38,10 +39,23 @@ class SiteServer(uvicorn.Server):
         log.info("stopped")
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port`, or one line saying why there cannot be one (the port
+    is taken, the address is not this machine's)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def serve(geo: Geo, host: str, port: int) -> None:
     """Serve `geo`'s web application on `host:port` until SIGTERM or SIGINT."""
     from geosync.web.app import create_app
     from geosync.web.zero_copy import ZeroCopyHttpToolsProtocol
+
+    sock = listen(host, port)
 
     config = uvicorn.Config(
         AccessLog(create_app(geo)),
@@ -51,4 +65,4 @@ def serve(geo: Geo, host: str, port: int) -> None:
         access_log=False,
         http=ZeroCopyHttpToolsProtocol,
     )
-    SiteServer(config).run()
+    SiteServer(config).run(sockets=[sock])

@@ -8,6 +8,7 @@ module that does not exist. Also `--version` and `--config` after the subcommand
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -244,3 +245,11 @@ def test_config_after_the_subcommand_beats_the_environment_variable(tmp_path: Pa
     )
     assert result.code == 0, result.stderr
     assert "main database:" in result.stdout
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    config = ready_site(tmp_path / "geosync.toml")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = geosync("serve", "-c", str(config), "--port", str(port), cwd=tmp_path)
+    assert_one_line(result, "serve", f"cannot listen on 127.0.0.1:{port}: Address already in use")
