@@ -253,3 +253,13 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = geosync("serve", "-c", str(config), "--port", str(port), cwd=tmp_path)
     assert_one_line(result, "serve", f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize("name", ["check", "db upgrade", "status", "node list", "admin-token"])
+def test_an_unreachable_database_is_one_line(tmp_path: Path, name: str) -> None:
+    url = f"postgresql+psycopg://geosync:{PASSWORD}@127.0.0.1:{free_port()}/app"
+    config = site_config(tmp_path / "geosync.toml", main_database_url=url)
+    result = geosync("-c", str(config), *command(name), cwd=tmp_path)
+    expected = "cannot connect" if name == "check" else "error: database: connection failed"
+    assert_one_line(result, name, expected)
+    assert PASSWORD not in result.stdout + result.stderr
