@@ -1,7 +1,8 @@
 """The `geosync` command line (Typer + Rich).
 
 Every option is also a `GEOSYNC_*` environment variable (resolved by `Settings`). A user mistake
-is one clear line on stderr and exit code 1, never a traceback.
+is one clear line on stderr and exit code 1, never a traceback. `--config`/`-c` goes before the
+subcommand or after it (`geosync status -c site.toml`); `GEOSYNC_CONFIG` works too.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Each loop runs in its own thread. SIGTERM/SIGINT stop every loop from taking new work; work in
 flight finishes (or is failed cleanly by its owner) and the process exits 0.
+
+A worker started before its databases answer waits for them; a round that fails (a database or
+the primary gone away) is one warning line, and the loop tries again after 1, 2, 4, ... up to
+30 seconds, so the worker recovers by itself, within half a minute, once they are back.
 """
 
 from __future__ import annotations
