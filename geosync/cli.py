@@ -126,7 +126,11 @@ def root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            allow_from_autoenv=False,  # GEOSYNC_VERSION may well mean something else
+            help="Print the version and exit.",
         ),
     ] = False,
 ) -> None:

@@ -209,6 +209,12 @@ def test_version_prints_the_version(tmp_path: Path) -> None:
     assert (result.code, result.stdout, result.stderr) == (0, f"geosync {__version__}\n", "")
 
 
+def test_a_version_variable_in_the_environment_is_not_the_version_option(tmp_path: Path) -> None:
+    config = site_config(tmp_path / "geosync.toml", main_database_url="mysql://127.0.0.1/x")
+    result = geosync("-c", str(config), "status", cwd=tmp_path, env={"GEOSYNC_VERSION": "1"})
+    assert_one_line(result, "status", "unsupported database 'mysql'")
+
+
 @pytest.mark.parametrize(
     "args",
     [
