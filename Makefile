@@ -4,7 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck clean venv
+.PHONY: help test demo lint typecheck clean venv
+
+define RUN_HINT
+run geosync as $(BIN)/geosync (or `source $(BIN)/activate`, then `geosync`), e.g. $(BIN)/geosync --help
+endef
+export RUN_HINT
+
+help:
+	@echo "geosync make targets:"
+	@echo "  make venv       create $(VENV) with geosync and its test tools installed"
+	@echo "  make test       lint, type-check and run the tests"
+	@echo "  make demo       run a primary and a secondary on this machine (DEMO_ARGS=...)"
+	@echo "  make lint       ruff check and format check"
+	@echo "  make typecheck  mypy (strict)"
+	@echo "  make clean      remove $(VENV) and the tool caches"
+	@echo
+	@echo "$$RUN_HINT"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+	@echo "$$RUN_HINT"
 
 lint: $(STAMP)
 	$(BIN)/ruff check geosync tests bench

@@ -1,11 +1,14 @@
 """The `geosync` command line (Typer + Rich).
 
 Every option is also a `GEOSYNC_*` environment variable (resolved by `Settings`). A user mistake
-is one clear line on stderr and exit code 1, never a traceback.
+is one clear line on stderr and exit code 1, never a traceback. `--config`/`-c` goes before the
+subcommand or after it (`geosync status -c site.toml`); `GEOSYNC_CONFIG` works too.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -20,20 +23,88 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import exc as sa_exc
 
+from geosync import __version__
 from geosync.app import Geo
+from geosync.db.engines import error_line
 from geosync.errors import GeoError
 from geosync.settings import Settings
 
-app = typer.Typer(
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file.", envvar="GEOSYNC_CONFIG"),
+]
+#: The same option after a subcommand (`geosync status -c x.toml`); it beats the one before.
+SubcommandConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file.", allow_from_autoenv=False),
+]
+#: Commands that read no settings, so take no `--config` of their own.
+WITHOUT_CONFIG = frozenset({"demo"})
+
+
+class State:
+    """What the options resolved: the config file path, for commands to load lazily."""
+
+    config: Path | None = None
+
+
+class GeoTyper(typer.Typer):
+    """A Typer whose every command also accepts `--config`/`-c` after its name, so the option
+    works wherever a user puts it; the root callback takes it before the subcommand."""
+
+    def command(  # type: ignore[override]
+        self, name: str | None = None, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a command as Typer does, with the shared `--config` option added."""
+        register = super().command(name, **kwargs)
+
+        def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
+            if name in WITHOUT_CONFIG:
+                return register(function)
+            register(_accepting_config(function))
+            return function
+
+        return decorator
+
+
+def _accepting_config(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with a keyword `config` option that sets `State.config` when given."""
+    signature = inspect.signature(function, eval_str=True)
+    if "config" in signature.parameters:
+        return function
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, config: Path | None = None, **kwargs: Any) -> Any:
+        if config is not None:
+            State.config = config
+        return function(*args, **kwargs)
+
+    option = inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SubcommandConfigOption
+    )
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), option]
+    )
+    wrapper.__annotations__ = {
+        **{n: p.annotation for n, p in signature.parameters.items()},
+        "config": SubcommandConfigOption,
+    }
+    return wrapper
+
+
+def _typer(**options: Any) -> GeoTyper:
+    return GeoTyper(no_args_is_help=True, **options)
+
+
+app = _typer(
     name="geosync",
     help="Multi-site replication for Python applications.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-node_app = typer.Typer(help="Sites (nodes) of this deployment.", no_args_is_help=True)
-flags_app = typer.Typer(help="Per-type replication feature flags.", no_args_is_help=True)
+db_app = _typer(help="Database schema.")
+node_app = _typer(help="Sites (nodes) of this deployment.")
+flags_app = _typer(help="Per-type replication feature flags.")
 app.add_typer(db_app, name="db")
 app.add_typer(node_app, name="node")
 app.add_typer(flags_app, name="flags")
@@ -42,20 +113,27 @@ console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML settings file.", envvar="GEOSYNC_CONFIG"),
-]
 
-
-class State:
-    """What the root callback resolved: the config file path, for commands to load lazily."""
-
-    config: Path | None = None
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"geosync {__version__}\n")
+        raise typer.Exit()
 
 
 @app.callback()
-def root(config: ConfigOption = None) -> None:
+def root(
+    config: ConfigOption = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            allow_from_autoenv=False,  # GEOSYNC_VERSION may well mean something else
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
     """geosync: replicate blobs, git repositories and databases to secondary sites."""
     State.config = config
 
@@ -70,6 +148,14 @@ def load_geo() -> Geo:
     return Geo(load_settings())
 
 
+def open_engines(geo: Geo) -> None:
+    """Create the site's engines now, so that a database setting geosync cannot use is one line
+    before a service starts, not an error inside it (connecting is left to the service)."""
+    _ = geo.main_engine
+    if geo.has_tracking_database:
+        _ = geo.tracking_engine
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn geosync's errors into one red line and exit code 1."""
@@ -80,8 +166,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
     except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
         # Unreachable database, missing schema: the operator's to fix, not a crash.
-        reason = str(exc.orig or exc).strip().splitlines()[0]
+        reason = error_line(exc)
         _print_error(f"database: {reason} (is it reachable, and has `geosync db upgrade` run?)")
+        raise typer.Exit(1) from None
+    except sa_exc.SQLAlchemyError as exc:  # any other database failure: still one line
+        _print_error(f"database: {error_line(exc)}")
         raise typer.Exit(1) from None
 
 
@@ -495,25 +584,16 @@ def serve(
     port: Annotated[int, typer.Option(envvar="GEOSYNC_PORT", help="Port to bind.")] = 8080,
 ) -> None:
     """Run this site's web application (node-to-node API, REST API, metrics)."""
-    import uvicorn
-
     from geosync.allocator import tune_for_streaming
     from geosync.log import configure
-    from geosync.web.app import create_app
-    from geosync.web.zero_copy import ZeroCopyHttpToolsProtocol
+    from geosync.web.server import serve as serve_site
 
     def action() -> None:
         geo = load_geo()
+        open_engines(geo)
         configure(geo.settings.log_format, geo.settings.log_level)
         tune_for_streaming()
-        uvicorn.run(
-            create_app(geo),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            http=ZeroCopyHttpToolsProtocol,
-        )
+        serve_site(geo, host, port)
 
     run(action)
 
@@ -532,16 +612,17 @@ def worker(
     from geosync.allocator import tune_for_streaming
     from geosync.log import configure
     from geosync.metrics import start_metrics_server
-    from geosync.worker import Worker, tune_thread_switching
+    from geosync.worker import run_until_stopped, tune_thread_switching
 
     def action() -> None:
         geo = load_geo()
+        open_engines(geo)
         configure(geo.settings.log_format, geo.settings.log_level)
         tune_for_streaming()
         tune_thread_switching()
         if metrics_port is not None:
             start_metrics_server(geo, metrics_port)
-        Worker(geo).run_forever()
+        run_until_stopped(geo)
 
     run(action)
 

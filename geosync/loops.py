@@ -9,10 +9,20 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+import httpx
+from sqlalchemy.exc import SQLAlchemyError
+
+from geosync.errors import GeoError
+
 #: Seconds a secondary's housekeeping loops (status, sweeps, verification) let pass before their
 #: first round: a starting worker's first syncs then do not queue behind them for the database
 #: and the interpreter. A loop opts in with `start_after = HOUSEKEEPING_START`.
 HOUSEKEEPING_START = 1.0
+
+
+#: Failures of the world around a loop (a database, the primary, the disk or the network away):
+#: logged as one warning line, never a traceback. Anything else is a bug, worth a traceback.
+OUTAGES: tuple[type[BaseException], ...] = (SQLAlchemyError, GeoError, OSError, httpx.HTTPError)
 
 
 class Loop(Protocol):

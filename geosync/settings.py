@@ -7,6 +7,7 @@ TOML file (``--config`` or ``GEOSYNC_CONFIG``). This is the only module that rea
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from datetime import timedelta
@@ -22,10 +23,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from geosync.db.engines import database_url_problem
 from geosync.errors import ConfigurationError
 
 ENV_PREFIX = "GEOSYNC_"
 CONFIG_ENV = "GEOSYNC_CONFIG"
+
+#: A duration written as seconds: `604800`, `90.5`.
+_SECONDS = re.compile(r"\d+(\.\d*)?")
+#: What a duration setting accepts, for its error message.
+DURATION_FORMS = "seconds (e.g. 604800) or an ISO 8601 duration (e.g. P7D, PT12H)"
 
 _toml_path: ContextVar[Path | None] = ContextVar("geosync_toml_path", default=None)
 
@@ -87,6 +94,22 @@ class Settings(BaseSettings):
     def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
         if len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("main_database_url", "tracking_database_url")
+    @classmethod
+    def _usable_database_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else database_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("event_log_max_age", mode="before")
+    @classmethod
+    def _seconds_as_text(cls, value: Any) -> Any:
+        """Seconds read the same from the environment (text) as from TOML (a number)."""
+        if isinstance(value, str) and _SECONDS.fullmatch(value.strip()):
+            return float(value)
         return value
 
     @field_validator("internal_url")
@@ -155,6 +178,9 @@ class Settings(BaseSettings):
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, timedelta):  # seconds, the form the environment takes too
+        seconds = value.total_seconds()
+        return repr(int(seconds) if seconds.is_integer() else seconds)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -182,6 +208,8 @@ def _describe(exc: pydantic.ValidationError) -> str:
             message = f"missing (set it in the config file or {env})"
         elif error["type"] == "extra_forbidden":
             message = "is not a known setting"
+        elif error["type"].startswith("time_delta"):
+            message = f"{error['input']!r} is not a duration: use {DURATION_FORMS}"
         elif error["type"] == "value_error":
             message = message.removeprefix("Value error, ")
         problems.append(f"setting '{name}': {message}")

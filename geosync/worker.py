@@ -2,6 +2,10 @@
 
 Each loop runs in its own thread. SIGTERM/SIGINT stop every loop from taking new work; work in
 flight finishes (or is failed cleanly by its owner) and the process exits 0.
+
+A worker started before its databases answer waits for them; a round that fails (a database or
+the primary gone away) is one warning line, and the loop tries again after 1, 2, 4, ... up to
+30 seconds, so the worker recovers by itself, within half a minute, once they are back.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from geosync.db.engines import error_line
 from geosync.log import get_logger
-from geosync.loops import Loop, Wakeup
+from geosync.loops import OUTAGES, Loop, Wakeup
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -70,6 +77,32 @@ ROLE_LOOPS: dict[str, Callable[[], list[LoopFactory]]] = {
 }
 
 
+#: Seconds a failed loop waits before its first retry; each further failure doubles the wait...
+FIRST_RETRY = 1.0
+#: ...up to this many seconds, so a database that comes back is used within half a minute.
+MAX_RETRY = 30.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after the `failures`-th failure in a row: 1, 2, 4, ... `MAX_RETRY`."""
+    return float(min(MAX_RETRY, FIRST_RETRY * 2 ** min(failures - 1, 16)))
+
+
+def _log_failure(loop: str, exc: Exception, failures: int, retry_in: float) -> None:
+    """One structured line per failed round; a traceback only for an unexpected error's first."""
+    fields = {
+        "loop": loop,
+        "error": error_line(exc),
+        "error_class": type(exc).__name__,
+        "failures": failures,
+        "retry_in": retry_in,
+    }
+    if failures == 1 and not isinstance(exc, OUTAGES):
+        log.error("loop crashed, retrying", exc_info=exc, **fields)
+    else:
+        log.warning("loop failed, retrying", **fields)
+
+
 class Worker:
     """Runs loops in threads; `stop()` (or a signal) ends them all."""
 
@@ -97,12 +130,19 @@ class Worker:
         pause = float(getattr(loop, "start_after", 0.0))
         if pause > 0:
             self.stopping.wait(pause)
+        failures = 0
         while not self.stopping.is_set():
             try:
                 delay = loop.run_once()
-            except Exception:  # a loop boundary: log with traceback, back off, go on
-                log.exception("loop failed", loop=loop.name)
-                delay = 5.0
+            except Exception as exc:  # a loop boundary: one line, a growing pause, go on
+                failures += 1
+                retry_in = retry_delay(failures)
+                _log_failure(loop.name, exc, failures, retry_in)
+                self.stopping.wait(retry_in)
+                continue
+            if failures:
+                log.info("loop recovered", loop=loop.name, failures=failures)
+                failures = 0
             if delay > 0 and not self.stopping.is_set():
                 self.wakeups[loop.name].wait(min(delay, self.geo.settings.poll_interval * 15))
         closer = getattr(loop, "close", None)
@@ -156,3 +196,62 @@ class Worker:
             if not any(t.is_alive() for t in self._threads):
                 break
         self.stop()
+
+
+def database_problems(geo: Geo) -> dict[str, str]:
+    """The site's databases that do not answer a query now, each with its error's first line."""
+    engines = {"main": geo.main_engine}
+    if geo.has_tracking_database:
+        engines["tracking"] = geo.tracking_engine
+    problems = {}
+    for name, engine in engines.items():
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError as exc:
+            problems[name] = error_line(exc)
+    return problems
+
+
+def wait_for_databases(geo: Geo, stopping: threading.Event) -> bool:
+    """Wait until every database of the site answers, with one warning per database and try
+    and a growing pause (`retry_delay`); False when `stopping` was set first."""
+    failures = 0
+    while not stopping.is_set():
+        problems = database_problems(geo)
+        if not problems:
+            if failures:
+                log.info("databases reachable", failures=failures)
+            return True
+        failures += 1
+        retry_in = retry_delay(failures)
+        for name, error in problems.items():
+            log.warning(
+                "database not reachable, the worker keeps retrying",
+                database=name,
+                error=error,
+                failures=failures,
+                retry_in=retry_in,
+            )
+        stopping.wait(retry_in)
+    return False
+
+
+def run_until_stopped(geo: Geo) -> None:
+    """`geosync worker`: wait for the site's databases (a service started before its database
+    waits for it, saying so), then run the loops until SIGTERM or SIGINT."""
+    stopping = threading.Event()
+
+    def _signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    if not wait_for_databases(geo, stopping):
+        log.info("worker stopped before it started")
+        return
+    worker = Worker(geo)
+    if stopping.is_set():
+        worker.stopping.set()
+    worker.run_forever()

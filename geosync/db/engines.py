@@ -8,6 +8,7 @@ engine opens the file with ``mode=ro``. PostgreSQL (psycopg 3): a read-only engi
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,26 +44,64 @@ def make_engine(
     does not either. A server crash can then forget the last moments' commits, never corrupt
     or half-apply one: a forgotten claim or sync is redone, a forgotten cursor step replayed.
     """
+    parsed = parse_database_url(url, setting)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, readonly, writes_by_default)
+        return _postgres_engine(parsed, readonly, rebuildable)
+    except (ArgumentError, ImportError) as exc:  # a driver that is missing or will not load
+        raise ConfigurationError(
+            f"setting '{setting}': cannot load the database driver: {error_line(exc)}"
+        ) from None
+
+
+#: The SQLAlchemy drivers geosync runs on, by backend (`sqlite` alone means `sqlite+pysqlite`).
+SUPPORTED_DRIVERS = {
+    "sqlite": ("sqlite", "sqlite+pysqlite"),
+    "postgresql": ("postgresql", "postgresql+psycopg"),
+}
+_SUPPORTED = "geosync supports sqlite and postgresql+psycopg"
+_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@]*@")
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user part replaced by `***`, even when it does not
+    parse: error messages quote what the operator wrote, never their password."""
+    return _PASSWORD.sub(r"\1:***@", url)
+
+
+def parse_database_url(url: str, setting: str = "database_url") -> URL:
+    """`url` parsed, or a configuration error naming `setting` when geosync cannot use it."""
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise ConfigurationError(f"setting '{setting}': {problem}")
+    return make_url(url)
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why geosync cannot use `url` (not a URL, a database or driver geosync does not support,
+    an in-memory SQLite database), or None when it can. Settings validation and `make_engine`
+    both ask, so a bad URL is one line whichever meets it first."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigurationError(f"setting '{setting}': {url!r} is not a database URL") from None
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, readonly, setting, writes_by_default)
-    if parsed.get_backend_name() == "postgresql":
-        return _postgres_engine(parsed, readonly, rebuildable)
-    raise ConfigurationError(
-        f"setting '{setting}': unsupported database {parsed.get_backend_name()!r}"
-        " (use sqlite or postgresql+psycopg)"
-    )
-
-
-def _sqlite_engine(url: URL, readonly: bool, setting: str, writes_by_default: bool) -> Engine:
-    database = url.database or ""
-    if database in ("", ":memory:"):
-        raise ConfigurationError(
-            f"setting '{setting}': an in-memory SQLite database cannot be shared between sites"
+        backend = parsed.get_backend_name()
+    except (ArgumentError, ValueError):  # not a URL at all, or a port that is not a number
+        return (
+            f"{redact_url(url)!r} is not a database URL"
+            " (e.g. sqlite:///path/to/main.db or postgresql+psycopg://user@host/db)"
         )
+    drivers = SUPPORTED_DRIVERS.get(backend)
+    if drivers is None:
+        return f"unsupported database {backend!r} ({_SUPPORTED})"
+    if parsed.drivername not in drivers:
+        return f"unsupported driver {parsed.drivername!r} ({_SUPPORTED})"
+    if backend == "sqlite" and (parsed.database or "") in ("", ":memory:"):
+        return "an in-memory SQLite database cannot be shared between sites"
+    return None
+
+
+def _sqlite_engine(url: URL, readonly: bool, writes_by_default: bool) -> Engine:
+    database = url.database or ""
     if readonly:
         url = url.set(database=f"file:{database}?mode=ro", query={"uri": "true"})
     engine = create_engine(

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, text, union_all
 
-from geosync.db.engines import is_sqlite
+from geosync.db.engines import error_line, is_sqlite
 from geosync.db.tables import geo_leases
 from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
-from geosync.loops import HOUSEKEEPING_START
+from geosync.loops import HOUSEKEEPING_START, OUTAGES
 from geosync.registry import Registry, SyncState
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
@@ -345,8 +345,11 @@ class SchedulerLoop:
         return pool
 
     def _done(self, future: Future[object], *, release: _Release) -> None:
-        if future.exception() is not None:
-            log.error("sync thread failed", error=repr(future.exception()))
+        exc = future.exception()
+        if isinstance(exc, OUTAGES):
+            log.warning("sync thread failed", error=error_line(exc), error_class=type(exc).__name__)
+        elif exc is not None:
+            log.error("sync thread failed", exc_info=exc)
         release()
 
     def work_arrived(self) -> None:

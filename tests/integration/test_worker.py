@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import OperationalError
 
 from geosync.app import Geo
 from geosync.loops import HOUSEKEEPING_START, Loop
 from geosync.secondary.log_cursor import LogCursorLoop
 from geosync.secondary.scheduler import SchedulerLoop
 from geosync.testing import SitePair
-from geosync.worker import LoopFactory, Worker
+from geosync.worker import LoopFactory, Worker, retry_delay
 
 
 class Recording:
@@ -74,3 +79,69 @@ def test_only_housekeeping_waits_on_a_secondary(sites: SitePair) -> None:
         closer = getattr(loop, "close", None)
         if callable(closer):
             closer()
+
+
+def test_retry_delays_double_up_to_a_cap() -> None:
+    assert [retry_delay(n) for n in range(1, 8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert retry_delay(10_000) == 30.0
+
+
+class Failing:
+    """A loop whose first rounds raise `error`; it notes when each round ran."""
+
+    name = "failing"
+
+    def __init__(self, error: Exception, failures: int) -> None:
+        self.error = error
+        self.failures = failures
+        self.rounds: list[float] = []
+
+    def run_once(self) -> float:
+        self.rounds.append(time.monotonic())
+        if len(self.rounds) <= self.failures:
+            raise self.error
+        return 60.0
+
+
+def run_until_rounds(geo: Geo, loop: Failing, rounds: int) -> list[MutableMapping[str, Any]]:
+    """Run `loop` in a worker until it has run `rounds` times; the log events it produced."""
+    worker = Worker(geo, [lambda _geo, _worker: loop])
+    with structlog.testing.capture_logs() as events:
+        worker.start()
+        try:
+            deadline = time.monotonic() + 15
+            while len(loop.rounds) < rounds and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            worker.stop()
+    return [e for e in events if e.get("loop") == loop.name]
+
+
+def test_a_failing_loop_waits_longer_each_time_and_says_when_it_recovered(
+    sites: SitePair,
+) -> None:
+    loop = Failing(OperationalError("SELECT 1", {}, Exception("server closed\nthe connection")), 2)
+    events = run_until_rounds(sites.secondary, loop, 3)
+    assert len(loop.rounds) == 3
+    gaps = [b - a for a, b in zip(loop.rounds, loop.rounds[1:], strict=False)]
+    assert 1.0 <= gaps[0] < 1.8 and 2.0 <= gaps[1] < 2.8
+    assert [(e["event"], e["log_level"]) for e in events] == [
+        ("loop failed, retrying", "warning"),
+        ("loop failed, retrying", "warning"),
+        ("loop recovered", "info"),
+    ]
+    assert [e["retry_in"] for e in events[:2]] == [1.0, 2.0]
+    assert events[0]["error"] == "server closed"  # the cause's first line
+    assert all("exc_info" not in e for e in events)
+
+
+def test_an_unexpected_error_gets_one_traceback_per_run_of_failures(sites: SitePair) -> None:
+    loop = Failing(RuntimeError("a bug"), 2)
+    events = run_until_rounds(sites.secondary, loop, 3)
+    assert [e["event"] for e in events] == [
+        "loop crashed, retrying",
+        "loop failed, retrying",
+        "loop recovered",
+    ]
+    assert isinstance(events[0]["exc_info"], RuntimeError)
+    assert "exc_info" not in events[1]

@@ -18,6 +18,7 @@ import pytest
 
 from geosync.testing.servers import serve_in_thread
 from geosync.web import zero_copy
+from geosync.web.access_log import AccessLog
 from geosync.web.geo_api import BlobResponse
 from geosync.web.zero_copy import ZERO_COPY_SEND
 
@@ -221,6 +222,19 @@ def test_a_blob_response_sends_zero_copy_where_offered(
     else:
         assert set(sent[1:]) == {"http.response.body"}
         assert len(sent[1:]) >= BIG // MiB  # streamed in 1 MiB reads
+
+
+def test_a_blob_response_behind_the_access_log_is_still_sent_zero_copy(
+    content: tuple[Path, bytes],
+) -> None:
+    """`geosync serve` wraps the app in `AccessLog`: the extension passes through it."""
+    path, data = content
+    sent: list[str] = []
+    with serve_in_thread(AccessLog(blob_app(path, sent))) as base:
+        conn = connection(base)
+        assert fetch(conn, "/") == data
+        assert fetch(conn, "/") == data
+    assert sent == ["http.response.start", ZERO_COPY_SEND] * 2
 
 
 @pytest.mark.parametrize("server", [None, "h11"])

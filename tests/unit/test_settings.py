@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -139,19 +140,92 @@ def test_a_config_file_that_is_not_toml_is_named(tmp_path: Path) -> None:
     [
         ("not a url", "is not a database URL"),
         ("mysql://127.0.0.1/app", "unsupported database 'mysql'"),
+        ("postgresql+asyncpg://127.0.0.1/app", "unsupported driver 'postgresql+asyncpg'"),
+        ("postgresql://app:pw-secret@db:port/app", "'postgresql://app:***@db:port/app' is not"),
         ("sqlite://", "in-memory SQLite"),
     ],
 )
 def test_a_bad_database_url_names_its_setting(url: str, problem: str) -> None:
     for setting in ("main_database_url", "tracking_database_url"):
         values = {"main_database_url": "sqlite:///a.db", setting: url}
-        settings = Settings.load(node_name="a", secret_key_base=SECRET, **values)
-        geo = Geo(settings, [UploadReplicator])
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.load(node_name="a", secret_key_base=SECRET, **values)
+        message = str(caught.value)
+        assert message.startswith(f"setting '{setting}': ")
+        assert problem in message
+        assert "pw-secret" not in message
+        assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("not a url", "is not a database URL"),
+        ("mysql://127.0.0.1/app", "unsupported database 'mysql'"),
+        ("sqlite://", "in-memory SQLite"),
+    ],
+)
+def test_an_engine_for_a_bad_url_names_its_setting(url: str, problem: str) -> None:
+    """Settings built without validation (`model_copy`) still meet the check at the engine."""
+    settings = Settings.load(
+        node_name="a", main_database_url="sqlite:///a.db", secret_key_base=SECRET
+    )
+    for setting in ("main_database_url", "tracking_database_url"):
+        geo = Geo(settings.model_copy(update={setting: url}), [UploadReplicator])
         engine_of = {"main_database_url": "main_engine", "tracking_database_url": "tracking_engine"}
         with pytest.raises(ConfigurationError) as caught:
             getattr(geo, engine_of[setting])
         assert str(caught.value).startswith(f"setting '{setting}': ")
         assert problem in str(caught.value)
+
+
+BASE = {"node_name": "a", "main_database_url": "sqlite:///a.db", "secret_key_base": SECRET}
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        ("3600", "3600", timedelta(hours=1)),
+        ("90.5", "90.5", timedelta(seconds=90.5)),
+        ('"P7D"', "P7D", timedelta(days=7)),
+        ('"PT12H"', "PT12H", timedelta(hours=12)),
+    ],
+)
+def test_event_log_max_age_takes_the_same_forms_in_toml_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, env: str, expected: timedelta
+) -> None:
+    lines = "".join(f'{k} = "{v}"\n' for k, v in BASE.items())
+    config = write_toml(tmp_path / "age.toml", lines + f"event_log_max_age = {toml}\n")
+    assert Settings.load(config).event_log_max_age == expected
+    monkeypatch.setenv("GEOSYNC_EVENT_LOG_MAX_AGE", env)
+    assert Settings.load(**BASE).event_log_max_age == expected
+
+
+@pytest.mark.parametrize("value", ["a week", "-5", "P7X", ""])
+def test_a_bad_event_log_max_age_is_one_line_naming_the_forms(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GEOSYNC_EVENT_LOG_MAX_AGE", value)
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load(**BASE)
+    message = str(caught.value)
+    assert message == (
+        f"setting 'event_log_max_age': {value!r} is not a duration: use seconds"
+        " (e.g. 604800) or an ISO 8601 duration (e.g. P7D, PT12H)"
+    )
+
+
+def test_a_zero_event_log_max_age_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEOSYNC_EVENT_LOG_MAX_AGE", "0")
+    with pytest.raises(ConfigurationError, match=r"setting 'event_log_max_age': .*greater than"):
+        Settings.load(**BASE)
+
+
+def test_event_log_max_age_is_written_as_seconds(tmp_path: Path) -> None:
+    settings = Settings.load(**BASE, event_log_max_age=timedelta(days=2))
+    assert "event_log_max_age = 172800\n" in settings.to_toml()
+    again = Settings.load(write_toml(tmp_path / "again.toml", settings.to_toml()))
+    assert again.event_log_max_age == timedelta(days=2)
 
 
 def test_a_site_without_a_catalog_names_the_replicators_setting() -> None:
