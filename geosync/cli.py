@@ -655,11 +655,14 @@ def check() -> None:
         mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"
         if result.warning:
             mark = "[yellow]warn[/yellow]"
-        console.print(f"{mark} {result.name}: {escape(result.message)}", highlight=False)
+        # One line per result and per fix, however narrow the terminal (or a pipe's 80 columns).
+        console.print(
+            f"{mark} {result.name}: {escape(result.message)}", highlight=False, soft_wrap=True
+        )
         failures += not result.ok
         warnings += result.warning
         if result.fix is not None:
-            console.print(f"      fix: {escape(result.fix)}", highlight=False)
+            console.print(f"      fix: {escape(result.fix)}", highlight=False, soft_wrap=True)
     if failures:
         err_console.print(f"[red]{failures} check(s) failed[/red]")
         raise typer.Exit(1)
