@@ -21,10 +21,10 @@ from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, U
 from geosync.flags import set_flag
 from geosync.git import init_bare, repository_checksum
 from geosync.nodes import NodeStore
+from geosync.primary.backfill import backfill_all
 from geosync.primary.verification import (
     PrimaryVerificationLoop,
     PrimaryVerificationSweepLoop,
-    backfill_all,
     requeue_stale,
 )
 from geosync.registry import VerificationState
