@@ -3,7 +3,7 @@ without an event: Core `insert()`, raw SQL, migrations, rows older than geosync.
 
 Two passes share the work, both driven by `PrimaryVerificationSweepLoop`:
 
-- The new-record scan, every sweep round (every `poll_interval`): an anti-join on the two
+- The new-record scan, every `poll_interval` (each sweep round): an anti-join on the two
   primary keys finds model ids above a floor that have no state row, `NEW_RECORDS_BATCH` a
   round, so a record written by bulk SQL has a pending state row within seconds. The floor is
   the highest model id seen when a scan began at least `NEW_RECORDS_GRACE` ago: a round reads
@@ -77,6 +77,15 @@ class NewRecordScan:
     cursor: int | None = None
     marks: deque[tuple[datetime, int]] = field(default_factory=deque)
 
+    def due(self, now: datetime, every: timedelta) -> bool:
+        """Whether a new scan may begin: at most one every `every`, so the rounds a busy range
+        walk runs back to back do not repeat the scan (in its first minute, from id 0).
+        """
+        if not self.marks:
+            return True
+        since = now - self.marks[-1][0]
+        return since >= every or since < timedelta()  # a clock set back must not stop it
+
     def begin(self, now: datetime, highest: int) -> None:
         """Start a scan at the floor of the newest scan that began a grace period ago."""
         self.marks.append((now, highest))
@@ -109,15 +118,19 @@ def scan_new_records(
     geo: Geo, conn: Connection, replicator: type[Replicator], scan: NewRecordScan
 ) -> int:
     """One round of the new-record scan: add pending state rows for up to `NEW_RECORDS_BATCH`
-    records that lack one; returns how many (a full batch means more may be waiting).
+    records that lack one; returns how many (a full batch means more may be waiting). A new
+    scan begins at most once per `poll_interval`; a scan under way goes on every round.
     """
     states = geo.tables.state(replicator)
     if states is None:
         return 0
     if scan.cursor is None:
+        now = geo.clock.now()
+        if not scan.due(now, timedelta(seconds=geo.settings.poll_interval)):
+            return 0
         model_id = replicator.model.__table__.c.id
         highest = conn.execute(select(func.max(model_id))).scalar_one_or_none()
-        scan.begin(geo.clock.now(), int(highest or 0))
+        scan.begin(now, int(highest or 0))
     assert scan.cursor is not None
     ids = missing_state_ids(conn, replicator, states, scan.cursor, NEW_RECORDS_BATCH)
     insert_pending_states(conn, states, replicator.registry_foreign_key, ids)

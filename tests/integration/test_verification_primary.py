@@ -392,6 +392,12 @@ def idle_sweep(sites: SitePair) -> PrimaryVerificationSweepLoop:
     return sweep
 
 
+def next_round(sites: SitePair, sweep: PrimaryVerificationSweepLoop, clock: FrozenClock) -> float:
+    """The sweep's next round, one `poll_interval` after the last (as the worker runs it)."""
+    clock.advance(sites.primary.settings.poll_interval)
+    return sweep.run_once()
+
+
 def core_insert_uploads(geo: Geo, ids: Sequence[int]) -> None:
     """Upload rows written by bulk SQL (no ORM, no event, no state row), with their files."""
     with geo.main() as conn:
@@ -404,12 +410,13 @@ def core_insert_uploads(geo: Geo, ids: Sequence[int]) -> None:
 
 
 def test_a_record_written_by_bulk_sql_is_checksummed_after_one_sweep_round(
-    sites: SitePair, loop: PrimaryVerificationLoop
+    sites: SitePair, loop: PrimaryVerificationLoop, clock: FrozenClock
 ) -> None:
     sweep = idle_sweep(sites)
     core_insert_uploads(sites.primary, [41])
     assert vu.state_of(sites.primary, UploadReplicator, 41) is None
-    assert sweep.run_once() == sites.primary.settings.poll_interval  # a round every few seconds
+    # An idle sweep runs a round every few seconds.
+    assert next_round(sites, sweep, clock) == sites.primary.settings.poll_interval
     assert upload_state(sites, 41)["verification_state"] == S.PENDING
     run_until_idle(loop)
     state = upload_state(sites, 41)
@@ -417,7 +424,9 @@ def test_a_record_written_by_bulk_sql_is_checksummed_after_one_sweep_round(
     assert state["verification_checksum"] == vu.sha256(b"bulk 41")
 
 
-def test_the_new_record_scan_adds_a_bounded_batch_per_round(sites: SitePair) -> None:
+def test_the_new_record_scan_adds_a_bounded_batch_per_round(
+    sites: SitePair, clock: FrozenClock
+) -> None:
     sweep = idle_sweep(sites)
     with sites.primary.main() as conn:
         conn.execute(
@@ -427,7 +436,7 @@ def test_the_new_record_scan_adds_a_bounded_batch_per_round(sites: SitePair) -> 
     target = vu.primary_states(sites.primary)
     counts = []
     for _ in range(3):
-        delay = sweep.run_once()
+        delay = next_round(sites, sweep, clock)
         with sites.primary.main_engine.connect() as conn:
             counts.append(conn.execute(select(func.count()).select_from(target.table)).scalar())
         if delay:
@@ -436,21 +445,33 @@ def test_the_new_record_scan_adds_a_bounded_batch_per_round(sites: SitePair) -> 
     assert delay == sites.primary.settings.poll_interval
 
 
+def test_a_new_scan_begins_at_most_once_per_poll_interval(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    sweep = idle_sweep(sites)
+    core_insert_uploads(sites.primary, [7])
+    sweep.run_once()  # the same instant as the last round: no new scan yet
+    assert vu.state_of(sites.primary, UploadReplicator, 7) is None
+    clock.advance(sites.primary.settings.poll_interval)
+    sweep.run_once()
+    assert upload_state(sites, 7)["verification_state"] == S.PENDING
+
+
 def test_the_new_record_scan_reads_recent_ids_and_the_range_walk_catches_late_commits(
     sites: SitePair, clock: FrozenClock
 ) -> None:
     sweep = idle_sweep(sites)
     core_insert_uploads(sites.primary, [100])
-    sweep.run_once()
+    next_round(sites, sweep, clock)
     clock.advance(timedelta(seconds=61))  # the scan that saw id 100 began a grace period ago
-    sweep.run_once()
+    next_round(sites, sweep, clock)
     core_insert_uploads(sites.primary, [200])
-    sweep.run_once()
+    next_round(sites, sweep, clock)
     assert vu.state_of(sites.primary, UploadReplicator, 200) is not None
     # An id below the floor that commits only now, as a transaction that took its id long
     # before a higher one committed: no longer read by the scan, but found by the range walk.
     core_insert_uploads(sites.primary, [50])
-    sweep.run_once()
+    next_round(sites, sweep, clock)
     assert vu.state_of(sites.primary, UploadReplicator, 50) is None
     clock.advance(timedelta(minutes=10))
     sweep.run_once()
