@@ -3,12 +3,13 @@ without an event: Core `insert()`, raw SQL, migrations, rows older than geosync.
 
 Two passes share the work, both driven by `PrimaryVerificationSweepLoop`:
 
-- The new-record scan, every `poll_interval` (each sweep round): an anti-join on the two
-  primary keys finds model ids above a floor that have no state row, `NEW_RECORDS_BATCH` a
-  round, so a record written by bulk SQL has a pending state row within seconds. The floor is
-  the highest model id seen when a scan began at least `NEW_RECORDS_GRACE` ago: a round reads
-  only the ids of the last minute or so, and still sees a PostgreSQL transaction that took its
-  ids before a higher one committed, if it commits within that minute.
+- The new-record scan, every `poll_interval`: an anti-join on the two primary keys finds model
+  ids above a floor that have no state row, `NEW_RECORDS_BATCH` a round, so a record written by
+  bulk SQL has a pending state row within seconds. The floor is the highest model id seen when
+  a scan began at least `NEW_RECORDS_GRACE` ago: a round reads only the ids of the last minute
+  or so, and still sees a PostgreSQL transaction that took its ids before a higher one
+  committed, if it commits within that minute. In a worker's first minute the floor is 0 and a
+  scan reads the whole table, so scans are then spaced by ten times their duration.
 - The range walk, once per `BACKFILL_PAUSE`, through id ranges of 1,000: it deletes the state
   rows of records that are gone (SQLite enforces no cascade without its pragma) and adds the
   rows the scan could not see (a transaction that committed later than that).
@@ -16,6 +17,7 @@ Two passes share the work, both driven by `PrimaryVerificationSweepLoop`:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ BACKFILL_RANGES_PER_RUN = 10
 BACKFILL_PAUSE = timedelta(minutes=10)
 NEW_RECORDS_BATCH = 1000
 NEW_RECORDS_GRACE = timedelta(minutes=1)
+#: A new scan waits at least this many times the last scan's duration.
+SCAN_SHARE = 10
 
 
 def insert_pending_states(
@@ -70,21 +74,26 @@ class NewRecordScan:
 
     `floor`: every id at or below it was covered by a scan that began `NEW_RECORDS_GRACE` ago;
     `cursor`: the last id handled by the scan under way (None between scans); `marks`: when each
-    recent scan began and the highest model id then.
+    recent scan began and the highest model id then; `seconds`: how long the scan under way
+    (or the last one) has taken.
     """
 
     floor: int = 0
     cursor: int | None = None
     marks: deque[tuple[datetime, int]] = field(default_factory=deque)
+    seconds: float = 0.0
 
     def due(self, now: datetime, every: timedelta) -> bool:
-        """Whether a new scan may begin: at most one every `every`, so the rounds a busy range
-        walk runs back to back do not repeat the scan (in its first minute, from id 0).
+        """Whether a new scan may begin: one every `every` at most, and not before ten times the
+        last scan's duration has passed. The rounds a busy range walk runs back to back then do
+        not repeat it, and the scans of a worker's first minute, which start at id 0 and read
+        the whole table, take a tenth of the time at most.
         """
         if not self.marks:
             return True
         since = now - self.marks[-1][0]
-        return since >= every or since < timedelta()  # a clock set back must not stop it
+        wait = max(every, timedelta(seconds=self.seconds * SCAN_SHARE))
+        return since >= wait or since < timedelta()  # a clock set back must not stop it
 
     def begin(self, now: datetime, highest: int) -> None:
         """Start a scan at the floor of the newest scan that began a grace period ago."""
@@ -95,6 +104,7 @@ class NewRecordScan:
         if self.marks[0][0] <= old_enough:
             self.floor = self.marks[0][1]
         self.cursor = self.floor
+        self.seconds = 0.0
 
 
 def missing_state_ids(
@@ -119,7 +129,8 @@ def scan_new_records(
 ) -> int:
     """One round of the new-record scan: add pending state rows for up to `NEW_RECORDS_BATCH`
     records that lack one; returns how many (a full batch means more may be waiting). A new
-    scan begins at most once per `poll_interval`; a scan under way goes on every round.
+    scan begins when `NewRecordScan.due` (once per `poll_interval` at most); a scan under way
+    goes on every round.
     """
     states = geo.tables.state(replicator)
     if states is None:
@@ -132,7 +143,9 @@ def scan_new_records(
         highest = conn.execute(select(func.max(model_id))).scalar_one_or_none()
         scan.begin(now, int(highest or 0))
     assert scan.cursor is not None
+    started = time.perf_counter()
     ids = missing_state_ids(conn, replicator, states, scan.cursor, NEW_RECORDS_BATCH)
+    scan.seconds += time.perf_counter() - started
     insert_pending_states(conn, states, replicator.registry_foreign_key, ids)
     scan.cursor = ids[-1] if len(ids) == NEW_RECORDS_BATCH else None
     return len(ids)

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from geosync import ConfigurationError, UnboundEngineWarning
 from geosync.db.tables import geo_events
-from geosync.demo.models import PackageFile, Upload
+from geosync.demo.models import Base, PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.primary.verification import PrimaryVerificationLoop
 from geosync.registry import VerificationState
@@ -91,7 +91,19 @@ def scoped(engine: Engine) -> Iterator[Session]:
         registry.remove()
 
 
-SESSIONS: list[SessionFactory] = [plain_session, made_by_sessionmaker, on_a_connection, scoped]
+@contextmanager
+def binds_per_model(engine: Engine) -> Iterator[Session]:
+    with Session(binds={Base: engine}) as session:  # no default bind at all
+        yield session
+
+
+SESSIONS: list[SessionFactory] = [
+    plain_session,
+    made_by_sessionmaker,
+    on_a_connection,
+    scoped,
+    binds_per_model,
+]
 
 
 @pytest.mark.parametrize("make_session", SESSIONS, ids=lambda f: f.__name__)
@@ -102,7 +114,8 @@ def test_every_session_on_a_bound_engine_publishes_in_its_own_transaction(
     with make_session(app_engine) as session:
         session.add(Upload(path="gone.png", namespace_id=1))
         session.flush()
-        assert [e[:2] for e in events(session)] == [("upload", "created")]
+        inside = session.connection(bind_arguments={"mapper": Upload})
+        assert [e[:2] for e in events(inside)] == [("upload", "created")]
         assert committed_events(sites) == []
         session.rollback()
     assert committed_events(sites) == []
