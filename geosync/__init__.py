@@ -7,6 +7,7 @@ geosync derives registries, events, sync, verification, metrics and APIs from th
 from __future__ import annotations
 
 from geosync.app import Geo
+from geosync.binding import UnboundEngineWarning
 from geosync.clock import Clock, FrozenClock, SystemClock
 from geosync.errors import (
     AuthenticationError,
@@ -58,6 +59,7 @@ __all__ = [
     "SyncState",
     "SystemClock",
     "TransferError",
+    "UnboundEngineWarning",
     "UnsupportedEvent",
     "ValidationError",
     "VerificationState",

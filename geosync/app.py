@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 import geosync.primary.changes  # noqa: F401  (registers the hook keeping checksums current)
+from geosync.binding import bind_engines, geo_for_engine
 from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables
@@ -28,14 +29,10 @@ from geosync.settings import Settings
 if TYPE_CHECKING:
     from geosync.nodes import Node
 
-_by_engine: weakref.WeakKeyDictionary[Engine, Geo] = weakref.WeakKeyDictionary()
+__all__ = ["Geo", "current_geo", "geo_for_engine"]
+
 _current: list[weakref.ref[Geo]] = []
 _lock = threading.Lock()
-
-
-def geo_for_engine(engine: Engine) -> Geo | None:
-    """The `Geo` whose main database `engine` is, so session hooks find their site."""
-    return _by_engine.get(engine)
 
 
 def current_geo() -> Geo:
@@ -73,7 +70,7 @@ class Geo:
         with _lock:
             _current.append(weakref.ref(self))
         if main_engine is not None:
-            _by_engine[main_engine] = self
+            bind_engines(self, [main_engine])
 
     # -- databases ---------------------------------------------------------------------------
 
@@ -91,8 +88,20 @@ class Geo:
                 readonly=self.main_readonly,
                 setting="main_database_url",
             )
-            _by_engine[self._main_engine] = self
+            bind_engines(self, [self._main_engine])
         return self._main_engine
+
+    def bind(self, engine: Engine, *more: Engine) -> None:
+        """Bind the application's own engines to this site, once at start-up: every ORM session
+        on them (`Session(engine)`, a `sessionmaker`, a `scoped_session`, a session on one of
+        their connections) then publishes `created`/`deleted` events in its flush and keeps the
+        primary's verification state current, exactly as `Geo.session()` does.
+
+        The engines must reach this site's main database. Binding again is harmless; an engine
+        already bound to another site raises `ConfigurationError`. A secondary accepts the
+        binding, so every site runs the same start-up code; it publishes nothing there.
+        """
+        bind_engines(self, [engine, *more])
 
     @cached_property
     def tracking_engine(self) -> Engine:

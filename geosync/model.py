@@ -4,7 +4,8 @@
 `after_flush` (still inside the flush, so inside the transaction) writes `created` events for
 new rows, whose ids are known by then, and the captured `deleted` events. A rolled-back
 transaction therefore takes its events with it. `after_commit` may not run SQL, so it only
-wakes local workers.
+wakes local workers. Events go to the site the flushing engine belongs to (`geosync.binding`:
+a site's main engine, or an application's engine bound with `Geo.bind`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,25 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Connection, Integer, String, bindparam, select
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Mapped, Session, UOWTransaction, declared_attr, mapped_column
+from sqlalchemy.orm import (
+    Mapped,
+    Session,
+    SessionTransaction,
+    UOWTransaction,
+    declared_attr,
+    mapped_column,
+)
 
 from geosync.db.types import UTCDateTime
 from geosync.errors import ConfigurationError
 from geosync.replicator import CREATED, DELETED, Replicator
 
 if TYPE_CHECKING:
-    pass
+    from geosync.app import Geo
+    from geosync.events import EventRow
 
 _PENDING_DELETES = "geosync_pending_deletes"
+_CHANGED_SITES = "geosync_changed_sites"
 
 
 class Replicable:
@@ -68,7 +78,8 @@ class VerificationStateMixin:
 
     @declared_attr
     def verification_state(cls) -> Mapped[int]:
-        return mapped_column(Integer, default=0, nullable=False, index=True)
+        # The server default makes a row written by raw SQL pending too.
+        return mapped_column(Integer, default=0, server_default="0", nullable=False, index=True)
 
     @declared_attr
     def verification_started_at(cls) -> Mapped[datetime | None]:
@@ -80,7 +91,7 @@ class VerificationStateMixin:
 
     @declared_attr
     def verification_retry_count(cls) -> Mapped[int]:
-        return mapped_column(Integer, default=0, nullable=False)
+        return mapped_column(Integer, default=0, server_default="0", nullable=False)
 
     @declared_attr
     def verified_at(cls) -> Mapped[datetime | None]:
@@ -104,43 +115,91 @@ def _replicators_of(obj: Any) -> list[type[Replicator]]:
 @sa_event.listens_for(Session, "before_flush")
 def _capture_deletes(session: Session, _flush: UOWTransaction, _instances: Any) -> None:
     """Capture `deleted` payloads while the rows can still be read."""
-    pending: list[tuple[type[Replicator], dict[str, Any]]] = []
+    pending: dict[type[Any], list[EventRow]] = session.info.get(_PENDING_DELETES, {})
     for obj in session.deleted:
-        for replicator_class in _replicators_of(obj):
-            replicator = replicator_class(obj)
-            pending.append((replicator_class, replicator.payload_for(DELETED)))
+        if isinstance(obj, Replicable):
+            rows = pending.setdefault(type(obj), [])
+            for replicator_class in _replicators_of(obj):
+                payload = replicator_class(obj).payload_for(DELETED)
+                rows.append((replicator_class, DELETED, payload))
     if pending:
-        session.info.setdefault(_PENDING_DELETES, []).extend(pending)
+        session.info[_PENDING_DELETES] = pending
 
 
 @sa_event.listens_for(Session, "after_flush")
 def _write_events(session: Session, _flush: UOWTransaction) -> None:
-    """Write `created` and captured `deleted` events inside the flushing transaction."""
-    from geosync.app import geo_for_engine
+    """Write `created` and captured `deleted` events inside the flushing transaction, to the
+    site each record's engine is bound to; an unbound engine is reported (`warn_unbound`).
+    """
+    by_model: dict[type[Any], list[EventRow]] = {}
+    for obj in session.new:
+        if isinstance(obj, Replicable):
+            rows = by_model.setdefault(type(obj), [])
+            for replicator_class in _replicators_of(obj):
+                payload = replicator_class(obj).payload_for(CREATED)
+                rows.append((replicator_class, CREATED, payload))
+    for model, deleted in session.info.pop(_PENDING_DELETES, {}).items():
+        by_model.setdefault(model, []).extend(deleted)
+    for connection, models, rows in _by_connection(session, by_model):
+        _publish(session, connection, models, rows)
+
+
+def _by_connection(
+    session: Session, by_model: dict[type[Any], list[EventRow]]
+) -> list[tuple[Connection, list[type[Any]], list[EventRow]]]:
+    """The flushed rows grouped by the connection their model is written through (a session
+    may bind models to different engines), in flush order.
+    """
+    groups: dict[Connection, tuple[list[type[Any]], list[EventRow]]] = {}
+    for model, rows in by_model.items():
+        connection = session.connection(bind_arguments={"mapper": model})
+        models, grouped = groups.setdefault(connection, ([], []))
+        models.append(model)
+        grouped.extend(rows)
+    return [(connection, models, rows) for connection, (models, rows) in groups.items()]
+
+
+def _publish(
+    session: Session, connection: Connection, models: list[type[Any]], rows: list[EventRow]
+) -> None:
+    from geosync.binding import geo_for_engine, warn_unbound
     from geosync.events import publish_events
 
-    rows: list[tuple[type[Replicator], str, dict[str, Any]]] = []
-    for obj in session.new:
-        for replicator_class in _replicators_of(obj):
-            rows.append((replicator_class, CREATED, replicator_class(obj).payload_for(CREATED)))
-    for replicator_class, payload in session.info.pop(_PENDING_DELETES, []):
-        rows.append((replicator_class, DELETED, payload))
-    if not rows:
-        return
-    connection = session.connection()
     geo = geo_for_engine(connection.engine)
     if geo is None:
+        warn_unbound(connection.engine, [model.__name__ for model in models])
         return
     # A replicator this site did not catalogue (another app's, a test's) publishes nothing here.
     rows = [row for row in rows if row[0] in geo.catalog]
     if rows:
         publish_events(geo, connection, rows)
+        note_changes(session, geo)
+
+
+def note_changes(session: Session, geo: Geo) -> None:
+    """Remember that `session`'s transaction changed replicable records of `geo`, so its commit
+    wakes the site's local workers (called by the flush hook and by `Replicator.publish`).
+    """
+    session.info.setdefault(_CHANGED_SITES, []).append(geo)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _wake_workers(session: Session) -> None:
+    """After a commit that changed replicable records, wake this process's workers of their
+    sites; `after_commit` may not run SQL, and workers elsewhere find the work at their next poll.
+    """
+    from geosync.primary.changes import changes_committed
+
+    for geo in dict.fromkeys(session.info.pop(_CHANGED_SITES, [])):
+        changes_committed(geo)
 
 
 @sa_event.listens_for(Session, "after_soft_rollback")
-def _forget_deletes(session: Session, _previous: Any) -> None:
+def _forget_deletes(session: Session, previous: SessionTransaction) -> None:
     """A rolled-back flush must not leak captured payloads into the next one."""
     session.info.pop(_PENDING_DELETES, None)
+    if previous.parent is None:  # the whole transaction is gone, its changes with it
+        session.info.pop(_CHANGED_SITES, None)
 
 
 def load_records(connection: Connection, model: type[Any], ids: Sequence[int]) -> dict[int, Any]:

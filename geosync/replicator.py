@@ -119,7 +119,8 @@ class Replicator:
         database the bound record's session uses, else the process's only site.
         """
         if self._geo is None:
-            from geosync.app import current_geo, geo_for_engine
+            from geosync.app import current_geo
+            from geosync.binding import geo_for_engine
 
             session = object_session(self._model_record) if self._model_record else None
             bind = session.get_bind() if session is not None else None
@@ -199,14 +200,24 @@ class Replicator:
         payload = self.payload_for(event_name)
         if connection is not None:
             if self._geo is None:
-                from geosync.app import geo_for_engine
+                from geosync.binding import geo_for_engine
 
                 self._geo = geo_for_engine(connection.engine)
             return publish_event(self.geo, connection, type(self), event_name, payload)
         if session is not None and joins_session:
-            return publish_event(self.geo, session.connection(), type(self), event_name, payload)
+            from geosync.model import note_changes
+
+            event_id = publish_event(
+                self.geo, session.connection(), type(self), event_name, payload
+            )
+            note_changes(session, self.geo)
+            return event_id
         with self.geo.main_engine.begin() as conn:
-            return publish_event(self.geo, conn, type(self), event_name, payload)
+            event_id = publish_event(self.geo, conn, type(self), event_name, payload)
+        from geosync.primary.changes import changes_committed
+
+        changes_committed(self.geo)
+        return event_id
 
     def handle_after_update(self, connection: Connection | None = None) -> int | None:
         """Publish `updated`; the application calls this after it changed the resource."""

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -68,6 +69,21 @@ def _primary_loops() -> list[LoopFactory]:
     from geosync.status_reporting import StatusLoop
 
     return [PrimaryVerificationLoop, PrimaryVerificationSweepLoop, StatusLoop, EventLogPruningLoop]
+
+
+_running: weakref.WeakSet[Worker] = weakref.WeakSet()
+_running_lock = threading.Lock()
+
+
+def notify_local_workers(geo: Geo, *loop_names: str) -> None:
+    """Tell the workers of `geo` running in this process that new work exists for the named
+    loops (called after a commit that made records pending); workers in other processes find
+    it at their next poll.
+    """
+    with _running_lock:
+        workers = [worker for worker in _running if worker.geo is geo]
+    for worker in workers:
+        worker.notify(*loop_names)
 
 
 #: Loop factories per role; each part of geosync that needs a background loop adds it here.
@@ -124,6 +140,8 @@ class Worker:
             thread = threading.Thread(target=self._run, args=(loop,), name=loop.name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        with _running_lock:
+            _running.add(self)
         log.info("worker started", role=self.role, loops=[loop.name for loop in self.loops])
 
     def _run(self, loop: Loop) -> None:
@@ -176,6 +194,8 @@ class Worker:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let loops finish their round, and wait for them."""
         self.stopping.set()
+        with _running_lock:
+            _running.discard(self)
         self.notify()
         for thread in self._threads:
             thread.join(timeout)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, insert, select
+from sqlalchemy import Connection, and_, delete
 
 from geosync.events import published_hooks
-from geosync.registry import VerificationState
+from geosync.primary.backfill import insert_pending_states
 from geosync.replicator import CREATED, DELETED, UPDATED
 from geosync.verification import Verifiable, in_chunks, primary_verifiable
 
@@ -67,18 +67,21 @@ def mark_changed(geo: Geo, conn: Connection, replicator: type[Replicator], ids: 
             _insert_missing_states(conn, target, chunk)
 
 
-def _insert_missing_states(conn: Connection, target: Verifiable, ids: Sequence[int]) -> int:
-    existing = set(conn.execute(select(target.key).where(target.key.in_(ids))).scalars())
-    missing = [i for i in ids if i not in existing]
-    if missing:
-        conn.execute(
-            insert(target.table),
-            [
-                {target.key.name: i, "verification_state": VerificationState.PENDING}
-                for i in missing
-            ],
-        )
-    return len(missing)
+def _insert_missing_states(conn: Connection, target: Verifiable, ids: Sequence[int]) -> None:
+    insert_pending_states(conn, target.table, target.key.name, ids)
+
+
+def changes_committed(geo: Geo) -> None:
+    """Called after a commit that changed replicable records of `geo` (the session hook): wake
+    this process's primary verification loop, which then checksums them without waiting for
+    its next poll.
+    """
+    if geo.main_readonly:
+        return
+    from geosync.primary.verification import PrimaryVerificationLoop
+    from geosync.worker import notify_local_workers
+
+    notify_local_workers(geo, PrimaryVerificationLoop.name)
 
 
 def forget_records(

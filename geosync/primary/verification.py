@@ -3,8 +3,9 @@
 `PrimaryVerificationLoop` claims rounds of up to four batches of 10 within the primary node's
 `verification_max_capacity`, checksums them (side by side when it has several threads), stores
 each batch's results and publishes `checksum_succeeded`. `PrimaryVerificationSweepLoop` keeps
-`<name>_states` in step with the model tables (id ranges of 1,000), fails checksums running for
-over 8 hours and re-queues checksums older than the node's `minimum_reverification_interval`.
+`<name>_states` in step with the model tables (`geosync.primary.backfill`), fails checksums
+running for over 8 hours and re-queues checksums older than the node's
+`minimum_reverification_interval`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from geosync.checksums import ChecksumResult, checksum_loaded, load_records
@@ -25,7 +26,11 @@ from geosync.db.held import HeldConnection
 from geosync.events import publish_events, published_types
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
-from geosync.registry import VerificationState
+from geosync.primary.backfill import StateBackfill
+
+# Their home is `geosync.primary.backfill`; importing them from here still works.
+from geosync.primary.backfill import backfill_all as backfill_all
+from geosync.primary.backfill import backfill_range as backfill_range
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.verification import (
     REVERIFY_BATCH,
@@ -47,9 +52,6 @@ if TYPE_CHECKING:
 
 log = get_logger("primary_verification")
 
-BACKFILL_RANGE = 1000
-BACKFILL_RANGES_PER_RUN = 10
-BACKFILL_PAUSE = timedelta(minutes=10)
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
 REVERIFY_EVERY = timedelta(minutes=1)
 SITE_TTL = 1.0
@@ -60,71 +62,6 @@ def primary_node(geo: Geo, conn: Connection) -> Node | None:
     """This site's node when it is the primary, else None (then nothing is verified here)."""
     node = geo.current_node(conn)
     return node if node is not None and node.primary else None
-
-
-# -- backfill of the states tables ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BackfillStep:
-    """What one id range of the backfill changed, and where the next range starts (None: done)."""
-
-    inserted: int
-    deleted: int
-    next_low: int | None
-
-
-def backfill_range(
-    geo: Geo, conn: Connection, replicator: type[Replicator], low: int
-) -> BackfillStep:
-    """In ids [low, low + 1,000): add pending state rows for models lacking one and delete the
-    rows of models that are gone (SQLite without enforced foreign keys keeps them otherwise).
-    """
-    states = geo.tables.state(replicator)
-    if states is None:
-        return BackfillStep(0, 0, None)
-    model_id = replicator.model.__table__.c.id
-    key = states.c[replicator.registry_foreign_key]
-    high = low + BACKFILL_RANGE
-    models = set(conn.execute(select(model_id).where(model_id >= low, model_id < high)).scalars())
-    tracked = set(conn.execute(select(key).where(key >= low, key < high)).scalars())
-    missing = sorted(models - tracked)
-    orphans = sorted(tracked - models)
-    if missing:
-        pending = int(VerificationState.PENDING)
-        conn.execute(
-            insert(states), [{key.name: i, "verification_state": pending} for i in missing]
-        )
-    if orphans:
-        conn.execute(delete(states).where(key.in_(orphans)))
-    return BackfillStep(len(missing), len(orphans), _next_low(conn, states, replicator, high))
-
-
-def _next_low(
-    conn: Connection, states: Table, replicator: type[Replicator], high: int
-) -> int | None:
-    # Jump over empty id ranges: the next range starts at the next id either table holds.
-    model_id = replicator.model.__table__.c.id
-    key = states.c[replicator.registry_foreign_key]
-    candidates = [
-        conn.execute(select(func.min(model_id)).where(model_id >= high)).scalar_one_or_none(),
-        conn.execute(select(func.min(key)).where(key >= high)).scalar_one_or_none(),
-    ]
-    found = [int(value) for value in candidates if value is not None]
-    return min(found) if found else None
-
-
-def backfill_all(geo: Geo, replicator: type[Replicator]) -> tuple[int, int]:
-    """One complete backfill pass, one transaction per range; returns (inserted, deleted)."""
-    low: int | None = 0
-    inserted = deleted = 0
-    while low is not None:
-        with geo.main() as conn:
-            step = backfill_range(geo, conn, replicator, low)
-        inserted += step.inserted
-        deleted += step.deleted
-        low = step.next_low
-    return inserted, deleted
 
 
 # -- checksumming ---------------------------------------------------------------------------------
@@ -404,19 +341,22 @@ def requeue_stale(geo: Geo, conn: Connection, node: Node, replicator: type[Repli
 
 
 class PrimaryVerificationSweepLoop:
-    """Backfills state rows, fails timed-out checksums, re-queues stale ones (on the primary)."""
+    """Backfills state rows, fails timed-out checksums, re-queues stale ones (on the primary).
+
+    A round runs every `poll_interval`, so a record written without an event (bulk SQL) gets
+    its state row, and then its checksum, within seconds (`geosync.primary.backfill`).
+    """
 
     name = "primary_verification_sweep"
 
     def __init__(self, geo: Geo, worker: Worker | None = None) -> None:
         self.geo = geo
         self.worker = worker
-        self._backfill_low: dict[str, int] = {}
-        self._backfill_resume: dict[str, datetime] = {}
+        self.backfill = StateBackfill(geo)
         self._last: dict[str, datetime] = {}
 
     def run_once(self) -> float:
-        """One round: backfill some ranges; sweep timeouts and re-verify when due."""
+        """One round: backfill state rows; sweep timeouts and re-verify when due."""
         with self.geo.main_engine.connect() as conn:
             node = primary_node(self.geo, conn)
             enabled = [r for r in verifiable_replicators(self.geo) if flag_enabled(conn, r)]
@@ -434,33 +374,20 @@ class PrimaryVerificationSweepLoop:
             if requeued:
                 log.info("re-queued stale checksums", count=requeued)
                 self._wake()
-        return 0.0 if busy else REVERIFY_EVERY.total_seconds()
+        return 0.0 if busy else self.geo.settings.poll_interval
 
     def _backfill(self, replicator: type[Replicator]) -> bool:
-        """Some ranges of one replicator; True while a pass is under way."""
-        name = replicator.replicable_name
-        now = self.geo.clock.now()
-        if self.geo.tables.state(replicator) is None or now < self._backfill_resume.get(name, now):
-            return False
-        low: int | None = self._backfill_low.get(name, 0)
-        changed = 0
-        for _ in range(BACKFILL_RANGES_PER_RUN):
-            assert low is not None
-            with self.geo.main() as conn:
-                step = backfill_range(self.geo, conn, replicator, low)
-            changed += step.inserted + step.deleted
-            low = step.next_low
-            if low is None:
-                break
-        if changed:
-            log.info("backfilled verification states", replicable=name, changed=changed)
+        """One backfill round of one replicator; True while more is waiting."""
+        done = self.backfill.run(replicator)
+        if done.added_new or done.changed_by_walk:
+            log.info(
+                "backfilled verification states",
+                replicable=replicator.replicable_name,
+                new_records=done.added_new,
+                changed=done.changed_by_walk,
+            )
             self._wake()
-        if low is None:
-            self._backfill_low.pop(name, None)
-            self._backfill_resume[name] = now + BACKFILL_PAUSE
-            return False
-        self._backfill_low[name] = low
-        return True
+        return done.more
 
     def _due(self, what: str, every: timedelta) -> bool:
         now = self.geo.clock.now()

@@ -5,26 +5,27 @@ checksumming, publishing `checksum_succeeded`, capacity, re-verification, backfi
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
 import pytest
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 from typer.testing import CliRunner
 
+from geosync.app import Geo
 from geosync.cli import app as cli_app
 from geosync.clock import FrozenClock
-from geosync.demo.models import Upload
+from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.git import init_bare, repository_checksum
 from geosync.nodes import NodeStore
+from geosync.primary.backfill import backfill_all
 from geosync.primary.verification import (
     PrimaryVerificationLoop,
     PrimaryVerificationSweepLoop,
-    backfill_all,
     requeue_stale,
 )
 from geosync.registry import VerificationState
@@ -379,6 +380,128 @@ def test_backfill_removes_state_rows_of_records_deleted_without_a_cascade(
     assert vu.state_of(geo, UploadReplicator, record_id) is not None
     assert backfill_all(geo, UploadReplicator) == (0, 1)
     assert vu.state_of(geo, UploadReplicator, record_id) is None
+
+
+def idle_sweep(sites: SitePair) -> PrimaryVerificationSweepLoop:
+    """A sweep loop past its first round: the range walk is done and paused for 10 minutes
+    (the injected clock stands still), so only the new-record scan can add state rows.
+    """
+    sweep = PrimaryVerificationSweepLoop(sites.primary)
+    while sweep.run_once() == 0.0:
+        pass
+    return sweep
+
+
+def next_round(sites: SitePair, sweep: PrimaryVerificationSweepLoop, clock: FrozenClock) -> float:
+    """The sweep's next round, one `poll_interval` after the last (as the worker runs it)."""
+    clock.advance(sites.primary.settings.poll_interval)
+    return sweep.run_once()
+
+
+def core_insert_uploads(geo: Geo, ids: Sequence[int]) -> None:
+    """Upload rows written by bulk SQL (no ORM, no event, no state row), with their files."""
+    with geo.main() as conn:
+        conn.execute(
+            insert(cast(Table, Upload.__table__)),
+            [{"id": i, "path": f"u/{i}.bin", "namespace_id": 1, "size": 1} for i in ids],
+        )
+    for i in ids:
+        vu.write(vu.upload_file(geo, i), f"bulk {i}".encode())
+
+
+def test_a_record_written_by_bulk_sql_is_checksummed_after_one_sweep_round(
+    sites: SitePair, loop: PrimaryVerificationLoop, clock: FrozenClock
+) -> None:
+    sweep = idle_sweep(sites)
+    core_insert_uploads(sites.primary, [41])
+    assert vu.state_of(sites.primary, UploadReplicator, 41) is None
+    # An idle sweep runs a round every few seconds.
+    assert next_round(sites, sweep, clock) == sites.primary.settings.poll_interval
+    assert upload_state(sites, 41)["verification_state"] == S.PENDING
+    run_until_idle(loop)
+    state = upload_state(sites, 41)
+    assert state["verification_state"] == S.SUCCEEDED
+    assert state["verification_checksum"] == vu.sha256(b"bulk 41")
+
+
+def test_the_new_record_scan_adds_a_bounded_batch_per_round(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    sweep = idle_sweep(sites)
+    with sites.primary.main() as conn:
+        conn.execute(
+            insert(cast(Table, Upload.__table__)),
+            [{"id": i, "path": f"u/{i}", "namespace_id": 1} for i in range(1, 2501)],
+        )
+    target = vu.primary_states(sites.primary)
+    counts = []
+    for _ in range(3):
+        delay = next_round(sites, sweep, clock)
+        with sites.primary.main_engine.connect() as conn:
+            counts.append(conn.execute(select(func.count()).select_from(target.table)).scalar())
+        if delay:
+            break
+    assert counts == [1000, 2000, 2500]
+    assert delay == sites.primary.settings.poll_interval
+
+
+def test_a_new_scan_begins_at_most_once_per_poll_interval(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    sweep = idle_sweep(sites)
+    core_insert_uploads(sites.primary, [7])
+    sweep.run_once()  # the same instant as the last round: no new scan yet
+    assert vu.state_of(sites.primary, UploadReplicator, 7) is None
+    clock.advance(sites.primary.settings.poll_interval)
+    sweep.run_once()
+    assert upload_state(sites, 7)["verification_state"] == S.PENDING
+
+
+def test_the_new_record_scan_reads_recent_ids_and_the_range_walk_catches_late_commits(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    sweep = idle_sweep(sites)
+    core_insert_uploads(sites.primary, [100])
+    next_round(sites, sweep, clock)
+    clock.advance(timedelta(seconds=61))  # the scan that saw id 100 began a grace period ago
+    next_round(sites, sweep, clock)
+    core_insert_uploads(sites.primary, [200])
+    next_round(sites, sweep, clock)
+    assert vu.state_of(sites.primary, UploadReplicator, 200) is not None
+    # An id below the floor that commits only now, as a transaction that took its id long
+    # before a higher one committed: no longer read by the scan, but found by the range walk.
+    core_insert_uploads(sites.primary, [50])
+    next_round(sites, sweep, clock)
+    assert vu.state_of(sites.primary, UploadReplicator, 50) is None
+    clock.advance(timedelta(minutes=10))
+    sweep.run_once()
+    assert upload_state(sites, 50)["verification_state"] == S.PENDING
+
+
+def test_package_files_written_by_core_or_raw_sql_are_pending_and_checksummed(
+    sites: SitePair, loop: PrimaryVerificationLoop
+) -> None:
+    geo = sites.primary
+    with geo.main() as conn:
+        conn.execute(
+            insert(cast(Table, PackageFile.__table__)),
+            [{"id": 7, "file_name": "pkg.tgz", "namespace_id": 1, "size": 2}],
+        )
+        conn.execute(
+            text(
+                "INSERT INTO package_files (id, file_name, namespace_id, size)"
+                " VALUES (8, 'pkg.tgz', 1, 2)"
+            )
+        )
+    for record_id in (7, 8):
+        vu.write(vu.package_file_path(geo, record_id), f"p{record_id}".encode())
+        state = vu.state_of(geo, PackageFileReplicator, record_id)
+        assert state is not None and state["verification_state"] == S.PENDING
+    run_until_idle(loop)
+    for record_id in (7, 8):
+        state = vu.state_of(geo, PackageFileReplicator, record_id)
+        assert state is not None and state["verification_state"] == S.SUCCEEDED
+        assert state["verification_checksum"] == vu.sha256(f"p{record_id}".encode())
 
 
 # -- the command line -----------------------------------------------------------------------------
