@@ -112,16 +112,22 @@ def _replicators_of(obj: Any) -> list[type[Replicator]]:
     return list(type(obj).replicator_classes().values())
 
 
+def _collect(objects: Any, event_name: str, into: dict[type[Any], list[EventRow]]) -> None:
+    """Add the `event_name` rows of every replicable among `objects` to `into`, by model."""
+    for obj in objects:
+        if isinstance(obj, Replicable):
+            rows = into.setdefault(type(obj), [])
+            for replicator_class in _replicators_of(obj):
+                rows.append(
+                    (replicator_class, event_name, replicator_class(obj).payload_for(event_name))
+                )
+
+
 @sa_event.listens_for(Session, "before_flush")
 def _capture_deletes(session: Session, _flush: UOWTransaction, _instances: Any) -> None:
     """Capture `deleted` payloads while the rows can still be read."""
     pending: dict[type[Any], list[EventRow]] = session.info.get(_PENDING_DELETES, {})
-    for obj in session.deleted:
-        if isinstance(obj, Replicable):
-            rows = pending.setdefault(type(obj), [])
-            for replicator_class in _replicators_of(obj):
-                payload = replicator_class(obj).payload_for(DELETED)
-                rows.append((replicator_class, DELETED, payload))
+    _collect(session.deleted, DELETED, pending)
     if pending:
         session.info[_PENDING_DELETES] = pending
 
@@ -132,12 +138,7 @@ def _write_events(session: Session, _flush: UOWTransaction) -> None:
     site each record's engine is bound to; an unbound engine is reported (`warn_unbound`).
     """
     by_model: dict[type[Any], list[EventRow]] = {}
-    for obj in session.new:
-        if isinstance(obj, Replicable):
-            rows = by_model.setdefault(type(obj), [])
-            for replicator_class in _replicators_of(obj):
-                payload = replicator_class(obj).payload_for(CREATED)
-                rows.append((replicator_class, CREATED, payload))
+    _collect(session.new, CREATED, by_model)
     for model, deleted in session.info.pop(_PENDING_DELETES, {}).items():
         by_model.setdefault(model, []).extend(deleted)
     for connection, models, rows in _by_connection(session, by_model):
