@@ -116,6 +116,8 @@ def _collect(objects: Any, event_name: str, into: dict[type[Any], list[EventRow]
     """Add the `event_name` rows of every replicable among `objects` to `into`, by model."""
     for obj in objects:
         if isinstance(obj, Replicable):
+            # Kept even when no replicator names the model yet: an application process that never
+            # imported its replicators module must still hear that it published nothing.
             rows = into.setdefault(type(obj), [])
             for replicator_class in _replicators_of(obj):
                 rows.append(

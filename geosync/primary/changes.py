@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, delete
 from geosync.events import published_hooks
 from geosync.primary.backfill import insert_pending_states
 from geosync.replicator import CREATED, DELETED, UPDATED
-from geosync.verification import Verifiable, in_chunks, primary_verifiable
+from geosync.verification import in_chunks, primary_verifiable
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -64,11 +64,7 @@ def mark_changed(geo: Geo, conn: Connection, replicator: type[Replicator], ids: 
             where = and_(where, c.verification_checksum.is_(None))
         target.pending_where(conn, where, changed=True)
         if target.table is not replicator.model.__table__:
-            _insert_missing_states(conn, target, chunk)
-
-
-def _insert_missing_states(conn: Connection, target: Verifiable, ids: Sequence[int]) -> None:
-    insert_pending_states(conn, target.table, target.key.name, ids)
+            insert_pending_states(conn, target.table, target.key.name, chunk)
 
 
 def changes_committed(geo: Geo) -> None:
