@@ -59,7 +59,8 @@ from geosync.demo.models import Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.log import configure
 from geosync.nodes import NodeStore
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
+from geosync.states import SyncState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.testing.processes import SiteProcesses, site_processes
 from geosync.worker import LoopFactory, Worker

@@ -28,9 +28,10 @@ from geosync.db.tables import geo_events
 from geosync.demo.models import Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.log import configure
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.replicator import CREATED
 from geosync.secondary.log_cursor import BATCH_SIZE, LogCursor
+from geosync.states import SyncState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

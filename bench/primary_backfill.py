@@ -51,7 +51,7 @@ from geosync.primary.backfill import (
     scan_new_records,
 )
 from geosync.primary.verification import PrimaryVerificationLoop, PrimaryVerificationSweepLoop
-from geosync.registry import VerificationState
+from geosync.states import VerificationState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.verification import primary_verifiable
 from geosync.worker import Worker

@@ -44,7 +44,8 @@ from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, U
 from geosync.git import init_bare
 from geosync.log import configure
 from geosync.nodes import NodeStore
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
+from geosync.states import SyncState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.testing.processes import site_processes
 from geosync.testing.servers import free_port

@@ -30,7 +30,7 @@ from geosync.demo.models import Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.log import configure
 from geosync.primary.verification import PrimaryVerificationLoop
-from geosync.registry import VerificationState
+from geosync.states import VerificationState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.verification import primary_verifiable
 

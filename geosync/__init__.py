@@ -27,9 +27,9 @@ from geosync.errors import (
 )
 from geosync.model import Replicable, VerificationStateMixin
 from geosync.nodes import Node
-from geosync.registry import SyncState, VerificationState
 from geosync.replicator import Replicator
 from geosync.settings import Settings
+from geosync.states import SyncState, VerificationState
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_
 
 from geosync.db.tables import geo_sync_attempts
-from geosync.registry import cut
+from geosync.states import cut
 
 KEEP = 20
 Kind = Literal["sync", "verification"]

@@ -17,8 +17,9 @@ from sqlalchemy import select
 from geosync.attempts import Attempt, recent_attempts
 from geosync.errors import ConfigurationError, ValidationError
 from geosync.flags import flag_enabled
-from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
+from geosync.registry import Registry, RegistryRow
 from geosync.scope import describe_scope, ids_in_scope
+from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

@@ -8,12 +8,10 @@ the very sync that was started (same `last_synced_at`), so it loses to any newer
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ARRAY,
@@ -38,75 +36,17 @@ from sqlalchemy import (
     update,
 )
 
+from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
 from geosync.db.engines import is_sqlite
 from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
+from geosync.states import SyncState, VerificationState, cut
 
 if TYPE_CHECKING:
     from geosync.app import Geo
     from geosync.replicator import Replicator
 
-MAX_MESSAGE = 255
 #: The most rows `Registry.newest` returns at once.
 MAX_LISTED = 1000
-DEFAULT_CAP = timedelta(hours=1)
-MISSING_ON_PRIMARY_CAP = timedelta(hours=4)
-
-
-StateT = TypeVar("StateT", "SyncState", "VerificationState")
-
-
-class SyncState(IntEnum):
-    """Sync states, with GitLab's values."""
-
-    PENDING = 0
-    STARTED = 1
-    SYNCED = 2
-    FAILED = 3
-
-
-class VerificationState(IntEnum):
-    """Verification states, with GitLab's values."""
-
-    PENDING = 0
-    STARTED = 1
-    SUCCEEDED = 2
-    FAILED = 3
-    DISABLED = 4
-
-
-def state_named(states: type[StateT], name: str) -> StateT:
-    """The member of `states` called `name` (any case), or `ValidationError` naming the choices."""
-    try:
-        return states[name.upper()]
-    except KeyError:
-        choices = ", ".join(member.name.lower() for member in states)
-        what = "sync" if states is SyncState else "verification"
-        raise ValidationError(f"unknown {what} state {name!r} (use: {choices})") from None
-
-
-def cut(message: str, limit: int = MAX_MESSAGE) -> str:
-    """`message` shortened to `limit` characters (database columns are bounded)."""
-    return message if len(message) <= limit else message[: limit - 1] + "…"
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Retry delays: `n**4 + 15 + r*(n+1)` seconds with r in [0, 29], capped (§5)."""
-
-    rng: random.Random
-    scale: float = 1.0
-
-    def delay(self, n: int) -> timedelta:
-        """The delay before retry number `n` (n ≥ 1)."""
-        r = self.rng.randint(0, 29)
-        return timedelta(seconds=(n**4 + 15 + r * (n + 1)) * self.scale)
-
-    def next_retry_time(self, now: datetime, n: int, cap: timedelta = DEFAULT_CAP) -> datetime:
-        """When retry number `n` is due: `min(now + delay(n), now + cap + delay(1))`."""
-        capped = now + cap * self.scale + self.delay(1)
-        if n > 20:  # n**4 alone exceeds any cap; avoid huge timedeltas
-            return capped
-        return min(now + self.delay(n), capped)
 
 
 @dataclass(frozen=True)

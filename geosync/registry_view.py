@@ -13,14 +13,8 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from geosync.registry import (
-    Registry,
-    RegistryRow,
-    SyncState,
-    VerificationState,
-    cut,
-    state_named,
-)
+from geosync.registry import Registry, RegistryRow
+from geosync.states import SyncState, VerificationState, cut, state_named
 
 if TYPE_CHECKING:
     from geosync.app import Geo

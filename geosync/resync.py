@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 
-from geosync.registry import Registry, SyncState, pending_values
+from geosync.registry import Registry, pending_values
+from geosync.states import SyncState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

@@ -24,7 +24,8 @@ from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events, g
 from geosync.errors import ConfigurationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
-from geosync.registry import Registry, SyncState, VerificationState
+from geosync.registry import Registry
+from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

@@ -40,10 +40,11 @@ from sqlalchemy import (
     update,
 )
 
+from geosync.backoff import Backoff
 from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
 from geosync.errors import GeoError
-from geosync.registry import Backoff, SyncState, VerificationState, cut
+from geosync.states import SyncState, VerificationState, cut
 
 if TYPE_CHECKING:
     from geosync.app import Geo

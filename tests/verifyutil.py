@@ -102,7 +102,7 @@ def make_synced(
     geo: Geo, replicator: type[Replicator], record_id: int, verification: int = 0
 ) -> datetime:
     """Put a registry row through pending → started → synced with `verification` state."""
-    from geosync.registry import VerificationState
+    from geosync.states import VerificationState
 
     registry = Registry(geo, replicator)
     with geo.tracking() as conn:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Table, delete, exists, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from geosync.registry import VerificationState
+from geosync.states import VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from geosync.auth import BLOB_TOKEN_TTL, node_header
 from geosync.errors import PrimaryMissing, TransferError
-from geosync.registry import VerificationState
 from geosync.secondary.blob_client import BlobResponse, TransportFailure
 from geosync.secondary.settlement import Failure, Settled, Success
 from geosync.secondary.sync import SyncService, prefetch_missing
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
+from geosync.states import VerificationState
 from geosync.strategies.blob import BlobReplicator
 from geosync.web.blob_batch import HEADER, MAX_HEADER
 from geosync.web.node_paths import batch_path

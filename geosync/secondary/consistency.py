@@ -30,9 +30,10 @@ from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.paths import resolve_inside
-from geosync.registry import Registry, SyncState, VerificationState
+from geosync.registry import Registry
 from geosync.scope import ids_in_range
 from geosync.secondary.handlers import remove_path
+from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

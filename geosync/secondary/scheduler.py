@@ -24,11 +24,12 @@ from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START, OUTAGES
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Route, SyncService, prefetch_missing
+from geosync.states import SyncState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

@@ -21,7 +21,8 @@ from sqlalchemy import Connection
 
 from geosync.attempts import Attempt, record_attempts
 from geosync.errors import GeoError, PrimaryMissing
-from geosync.registry import Registry, SyncedRow, VerificationState
+from geosync.registry import Registry, SyncedRow
+from geosync.states import VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo

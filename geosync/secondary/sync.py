@@ -26,7 +26,7 @@ from geosync.errors import (
     TransferError,
 )
 from geosync.log import get_logger
-from geosync.registry import Registry, VerificationState
+from geosync.registry import Registry
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import (
     Failure,
@@ -38,6 +38,7 @@ from geosync.secondary.settlement import (
     settle_group,
 )
 from geosync.secondary.transfer import download_blob
+from geosync.states import VerificationState
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
 from geosync.web.node_paths import repository_base_path, retrieve_path

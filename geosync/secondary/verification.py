@@ -22,7 +22,8 @@ from geosync.db.held import HeldConnection
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
-from geosync.registry import Registry, RegistryRow, SyncState
+from geosync.registry import Registry, RegistryRow
+from geosync.states import SyncState
 from geosync.strategies.blob import file_sha256
 from geosync.verification import (
     MISMATCH_FAILURE,

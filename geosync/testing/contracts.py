@@ -47,9 +47,10 @@ from geosync.db.tables import geo_events
 from geosync.errors import UnsupportedEvent
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
-from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
+from geosync.registry import Registry, RegistryRow
 from geosync.replicator import CREATED, Replicator
 from geosync.secondary.log_cursor import LogCursor
+from geosync.states import SyncState, VerificationState
 from geosync.strategies.blob import BlobReplicator
 from geosync.strategies.repository import RepositoryReplicator
 from geosync.testing.databases import DatabaseFactory

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, func, select
 
-from geosync.registry import SyncState, VerificationState
+from geosync.states import SyncState, VerificationState
 from geosync.status import iso
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from geosync.db.tables import geo_sync_attempts
 from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.nodes import NodeStore
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
+from geosync.states import SyncState
 from geosync.testing.servers import serve_in_thread
 from geosync.testing.workers import wait_for
 from tests.e2e.conftest import ProcessSites

@@ -28,7 +28,7 @@ from geosync.db.tables import geo_events
 from geosync.demo.models import Base, PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.primary.verification import PrimaryVerificationLoop
-from geosync.registry import VerificationState
+from geosync.states import VerificationState
 from geosync.testing import DatabaseFactory, build_site_pair
 from geosync.testing.sites import SitePair
 from geosync.testing.workers import run_worker, wait_for

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
+from geosync.states import SyncState
 from geosync.testing import SitePair
 from geosync.testing.workers import secondary_worker, wait_for
 

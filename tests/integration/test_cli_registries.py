@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from geosync.cli import app
 from geosync.demo.replicators import UploadReplicator
-from geosync.registry import Registry, VerificationState
+from geosync.registry import Registry
 from geosync.settings import Settings
+from geosync.states import VerificationState
 from geosync.testing import SitePair
 
 runner = CliRunner()

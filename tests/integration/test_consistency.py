@@ -19,10 +19,11 @@ from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, U
 from geosync.flags import set_flag
 from geosync.nodes import Node, NodeStore
 from geosync.primary.pruning import prune_event_log
-from geosync.registry import Registry, SyncState, VerificationState
+from geosync.registry import Registry
 from geosync.replicator import Replicator
 from geosync.secondary.consistency import ConsistencySweep, ConsistencySweepLoop
 from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
+from geosync.states import SyncState, VerificationState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.testing.workers import primary_worker, run_worker, secondary_worker, wait_for
 from geosync.verification import primary_verifiable

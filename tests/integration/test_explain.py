@@ -20,8 +20,9 @@ from geosync.errors import ConfigurationError, NotFound, ValidationError
 from geosync.explain import explain
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
-from geosync.registry import Registry, VerificationState
+from geosync.registry import Registry
 from geosync.secondary.verification import SecondaryVerificationLoop
+from geosync.states import VerificationState
 from geosync.testing import SitePair
 from geosync.testing.workers import checksum_on_primary
 from tests import verifyutil as vu

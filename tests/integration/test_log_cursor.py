@@ -12,8 +12,9 @@ from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events
 from geosync.demo.models import Upload
 from geosync.demo.replicators import UploadReplicator
 from geosync.metrics import metrics_for
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.secondary.log_cursor import LogCursor
+from geosync.states import SyncState
 from geosync.testing import SitePair
 
 

@@ -19,10 +19,11 @@ from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.metrics import metrics_for
-from geosync.registry import Registry, SyncState, VerificationState
+from geosync.registry import Registry
 from geosync.replicator import CREATED, DELETED, UPDATED, Replicator
 from geosync.secondary.handlers import Event, HandlerContext, SkipEvent, handle_event
 from geosync.secondary.log_cursor import LogCursor
+from geosync.states import SyncState, VerificationState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from tests.conftest import DEMO_REPLICATORS, POSTGRES_URL
 

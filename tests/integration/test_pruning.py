@@ -19,9 +19,10 @@ from geosync.primary.pruning import (
     EventLogPruningLoop,
     prune_event_log,
 )
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.secondary.log_cursor import LogCursor
 from geosync.secondary.pruned_log import fell_behind_pruned_log
+from geosync.states import SyncState
 from geosync.status import NodeStatus, store_status
 from geosync.testing import SitePair
 

@@ -19,8 +19,9 @@ from geosync.auth import REPOSITORY_TOKEN_TTL, node_header, request_data, sign_r
 from geosync.demo.models import Snippet
 from geosync.demo.replicators import SnippetReplicator
 from geosync.git import repository_checksum
-from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
+from geosync.registry import Registry, RegistryRow
 from geosync.reverification import reverify_one
+from geosync.states import SyncState, VerificationState
 from geosync.testing import SitePair
 from geosync.testing.servers import HeldResponses
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for

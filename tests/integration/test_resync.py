@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 from geosync.cli import app
 from geosync.demo.replicators import UploadReplicator
 from geosync.errors import ConfigurationError, InvalidTransition
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.resync import resync_all, resync_count, resync_one
+from geosync.states import SyncState
 from geosync.testing import SitePair
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from geosync.clock import FrozenClock
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.secondary.scheduler import claim_round_robin
+from geosync.states import SyncState
 from geosync.testing import SitePair
 
 

@@ -12,8 +12,9 @@ from sqlalchemy import Connection
 
 from geosync.attempts import recent_attempts
 from geosync.demo.replicators import UploadReplicator
-from geosync.registry import Registry, RegistryRow, SyncState
+from geosync.registry import Registry, RegistryRow
 from geosync.secondary.settlement import Failure, Finished, Settled, Settler, Success
+from geosync.states import SyncState
 from geosync.testing import SitePair
 
 IDS = list(range(1, 21))

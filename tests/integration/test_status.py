@@ -13,7 +13,8 @@ from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import SnippetReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.metrics import metrics_for
-from geosync.registry import Registry, VerificationState
+from geosync.registry import Registry
+from geosync.states import VerificationState
 from geosync.status import (
     STALE_AFTER,
     compute_status,

@@ -7,8 +7,9 @@ import os
 from geosync.attempts import recent_attempts
 from geosync.demo.models import Upload
 from geosync.demo.replicators import UploadReplicator
-from geosync.registry import Registry, SyncState, VerificationState
+from geosync.registry import Registry
 from geosync.reverification import reverify_one
+from geosync.states import SyncState, VerificationState
 from geosync.testing import SitePair
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for
 

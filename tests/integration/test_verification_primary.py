@@ -28,7 +28,7 @@ from geosync.primary.verification import (
     PrimaryVerificationSweepLoop,
     requeue_stale,
 )
-from geosync.registry import VerificationState
+from geosync.states import VerificationState
 from geosync.testing import SitePair
 
 try:

@@ -16,7 +16,7 @@ from geosync.clock import FrozenClock
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.git import init_bare
-from geosync.registry import Registry, RegistryRow, SyncState, VerificationState
+from geosync.registry import Registry, RegistryRow
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.secondary.handlers import Event, HandlerContext, handle_event
 from geosync.secondary.verification import (
@@ -24,6 +24,7 @@ from geosync.secondary.verification import (
     handle_checksum_succeeded,
     skip_download_checksum,
 )
+from geosync.states import SyncState, VerificationState
 from geosync.testing import SitePair
 from geosync.testing.workers import checksum_on_primary
 from geosync.verification import primary_checksum, registry_verifiable

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geosync.registry import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
+from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ONE_HOUR = 3600

@@ -17,7 +17,7 @@ from geosync.clock import FrozenClock
 from geosync.db.held import HeldConnection
 from geosync.demo.models import PackageFile
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import VerificationState
+from geosync.states import VerificationState
 from geosync.testing import SitePair
 from geosync.verification import (
     BATCH_SIZE,
