@@ -204,6 +204,8 @@ def db_upgrade() -> None:
             console.print(f"{database} database: {note}")
         for table in report.created_tables:
             console.print(f"created table {table}")
+        for column in report.created_columns:
+            console.print(f"added column {column}")
         for index in report.created_indexes:
             console.print(f"created index {index}")
 

@@ -2,23 +2,23 @@
 
 Each transition is one conditional UPDATE whose WHERE clause names the states it may leave, so
 an illegal transition changes nothing and raises; `synced` additionally requires the row to be
-the very sync that was started (same `last_synced_at`), so it loses to any newer event.
+the very sync that was started (the same claim generation), so it loses to any newer event, and
+so does `failed`. Every write of a registry row is a method here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
     Connection,
-    DateTime,
     Integer,
     Table,
     Text,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     case,
     column,
+    delete,
     func,
     insert,
     literal,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 
+from geosync.attempts import forget_attempts
 from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
 from geosync.db.engines import is_sqlite
 from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
@@ -73,15 +75,16 @@ class RegistryRow:
 
 
 @dataclass(frozen=True)
-class _SyncedSource:
-    """Where a synced UPDATE finds each finished sync's values: bound parameters for one row,
-    the columns of a row source (arrays, a JSON document) for many."""
+class SyncClaim:
+    """The claim that started one sync of a row: when, and the row's claim generation.
 
-    key: Any
-    started: Any
-    missing: Any
-    path: Any
-    checksum: Any
+    Every claim (and `start`) bumps the row's `claim_generation`, so a finished sync's
+    `synced` or `failed` can tell its own claim from any later one exactly, even two claims of
+    the same microsecond.
+    """
+
+    at: datetime
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,28 @@ class SyncedRow:
     """One finished sync for `Registry.synced_rows` (the arguments of `synced_row`)."""
 
     model_record_id: int
-    started_at: datetime
+    claim: SyncClaim
     verification: VerificationState = VerificationState.DISABLED
     checksum: str | None = None
     missing_on_primary: bool = False
     local_path: str | None = None
 
+
+@dataclass(frozen=True)
+class _SyncedSource:
+    """Where a synced UPDATE finds each finished sync's values: bound parameters for one row,
+    the columns of a row source (arrays, a JSON document) for many."""
+
+    key: Any
+    generation: Any
+    missing: Any
+    path: Any
+    checksum: Any
+
+
+#: The forms of the synced UPDATE: one row by bound parameters, many rows from arrays
+#: (PostgreSQL's `unnest`) or from one JSON document (SQLite's `json_each`).
+SyncedForm = Literal["one", "unnest", "json_each"]
 
 #: Hot statements, built once: by registry table name and what varies in their shape.
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
@@ -277,38 +296,44 @@ class Registry:
             **pending_values(pending_since or self.geo.clock.now()),
         )
 
-    def start(self, conn: Connection, model_record_id: int) -> datetime:
-        """pending, synced or failed → started; returns the start time that `synced` needs."""
+    def start(self, conn: Connection, model_record_id: int) -> SyncClaim:
+        """pending, synced or failed → started; returns the claim that `synced` needs."""
         now = self.geo.clock.now()
-        self._transition(
-            conn,
-            model_record_id,
-            "start",
-            (SyncState.PENDING, SyncState.SYNCED, SyncState.FAILED),
-            state=SyncState.STARTED,
-            last_synced_at=now,
-        )
-        return now
+        c = self.table.c
+        allowed = [int(SyncState.PENDING), int(SyncState.SYNCED), int(SyncState.FAILED)]
+        generation = conn.execute(
+            update(self.table)
+            .where(self.key == model_record_id, c.state.in_(allowed))
+            .values(
+                state=SyncState.STARTED,
+                last_synced_at=now,
+                claim_generation=c.claim_generation + 1,
+            )
+            .returning(c.claim_generation)
+        ).scalar()
+        if generation is None:
+            self._refuse(conn, model_record_id, "start")
+        return SyncClaim(now, int(generation))
 
     def synced(
         self,
         conn: Connection,
         model_record_id: int,
-        started_at: datetime,
+        claim: SyncClaim,
         *,
         verification: VerificationState = VerificationState.DISABLED,
         checksum: str | None = None,
         missing_on_primary: bool = False,
         local_path: str | None = None,
     ) -> bool:
-        """started → synced, only if this is still the sync begun at `started_at`.
+        """started → synced, only if this is still the sync `claim` started.
 
         Returns False (and changes nothing) when a newer event moved the row on meanwhile.
         """
         row = self.synced_row(
             conn,
             model_record_id,
-            started_at,
+            claim,
             verification=verification,
             checksum=checksum,
             missing_on_primary=missing_on_primary,
@@ -320,7 +345,7 @@ class Registry:
         self,
         conn: Connection,
         model_record_id: int,
-        started_at: datetime,
+        claim: SyncClaim,
         *,
         verification: VerificationState = VerificationState.DISABLED,
         checksum: str | None = None,
@@ -328,175 +353,98 @@ class Registry:
         local_path: str | None = None,
     ) -> RegistryRow | None:
         """`synced`, returning the row's `pending_since` as it was, or None if superseded."""
-        now = self.geo.clock.now()
-        succeeded = verification == VerificationState.SUCCEEDED
-        row = conn.execute(
-            self._synced_statement(verification),
-            {
-                "b_key": model_record_id,
-                "b_started_at": started_at,
-                "b_missing": missing_on_primary,
-                "b_checksum": checksum if succeeded else None,
-                "b_verified_at": now if succeeded else None,
-                "b_local_path": local_path,
-            },
-        ).first()
-        return RegistryRow(dict(row._mapping)) if row is not None else None
+        sync = SyncedRow(
+            model_record_id, claim, verification, checksum, missing_on_primary, local_path
+        )
+        return self.synced_rows(conn, [sync]).get(model_record_id)
 
     def synced_rows(self, conn: Connection, syncs: Sequence[SyncedRow]) -> dict[int, RegistryRow]:
         """`synced_row` for many rows; the rows that became synced, by model id.
 
-        One UPDATE ... FROM per verification outcome, its SQL the same whatever the count (so
-        prepared once), fed by arrays on PostgreSQL (`unnest`) and by one JSON document on
-        SQLite (`json_each`): one round trip and one statement's overhead for the group instead
-        of one per row.
+        One UPDATE per verification outcome. Many rows go in one UPDATE ... FROM whose SQL is
+        the same whatever the count (so prepared once), fed by arrays on PostgreSQL (`unnest`)
+        and by one JSON document on SQLite (`json_each`): one round trip and one statement's
+        overhead for the group instead of one per row.
         """
-        if len(syncs) > 1:
-            return self._synced_rows_at_once(conn, syncs)
-        done: dict[int, RegistryRow] = {}
-        for sync in syncs:
-            row = self.synced_row(
-                conn,
-                sync.model_record_id,
-                sync.started_at,
-                verification=sync.verification,
-                checksum=sync.checksum,
-                missing_on_primary=sync.missing_on_primary,
-                local_path=sync.local_path,
-            )
-            if row is not None:
-                done[sync.model_record_id] = row
-        return done
-
-    def _synced_rows_at_once(
-        self, conn: Connection, syncs: Sequence[SyncedRow]
-    ) -> dict[int, RegistryRow]:
         by_outcome: dict[VerificationState, list[SyncedRow]] = {}
         for sync in syncs:
             by_outcome.setdefault(sync.verification, []).append(sync)
+        form: SyncedForm = (
+            "one" if len(syncs) == 1 else "json_each" if is_sqlite(conn.engine) else "unnest"
+        )
         now = self.geo.clock.now()
-        sqlite = is_sqlite(conn.engine)
         done: dict[int, RegistryRow] = {}
         for verification, group in by_outcome.items():
-            succeeded = verification == VerificationState.SUCCEEDED
-            params: dict[str, Any]
-            if sqlite:
-                statement = self._synced_many_sqlite(verification)
-                params = {"b_given": self._given_json(conn, group, succeeded)}
-            else:
-                statement = self._synced_many_statement(verification)
-                params = {
-                    "b_keys": [s.model_record_id for s in group],
-                    "b_started": [s.started_at for s in group],
-                    "b_missing": [s.missing_on_primary for s in group],
-                    "b_paths": [s.local_path for s in group],
-                    "b_checksums": [s.checksum if succeeded else None for s in group],
-                }
-            params["b_verified_at"] = now if succeeded else None
-            for row in conn.execute(statement, params):
+            params = _synced_params(form, group, verification, now)
+            for row in conn.execute(self._synced_statement(form, verification), params):
                 fields = dict(row._mapping)
                 done[int(fields.pop("b_key"))] = RegistryRow(fields)
         return done
 
-    def _synced_many_statement(self, verification: VerificationState) -> Any:
-        """`_synced_statement` for many rows at once (PostgreSQL), built once per table."""
-        cache_key = (self.table.name, "synced_many", verification)
-        if (statement := self._built(cache_key)) is not None:
-            return statement
-        stamp = DateTime(timezone=True)
-        given = (
-            func.unnest(
-                bindparam("b_keys", type_=ARRAY(BigInteger)),
-                bindparam("b_started", type_=ARRAY(stamp)),
-                bindparam("b_missing", type_=ARRAY(Boolean)),
-                bindparam("b_paths", type_=ARRAY(Text)),
-                bindparam("b_checksums", type_=ARRAY(Text)),
+    def _synced_statement(self, form: SyncedForm, verification: VerificationState) -> Any:
+        """The synced UPDATE of `form`, built once per registry table, form and outcome:
+        building it costs more than running it, and every finished sync runs it."""
+
+        def build() -> Any:
+            source, *where = self._synced_source(form)
+            return self._synced_update(verification, source, *where).returning(
+                self.key.label("b_key"), self.table.c.pending_since
             )
-            .table_valued(
-                column("model_id", BigInteger),
-                column("started", stamp),
-                column("missing", Boolean),
-                column("path", Text),
-                column("checksum", Text),
+
+        return self._hot(("synced", form, verification), build)
+
+    def _synced_source(self, form: SyncedForm) -> tuple[Any, ...]:
+        """Where the synced UPDATE of `form` reads each sync's values (see `_synced_params`),
+        and any condition that form adds."""
+        c = self.table.c
+        if form == "one":
+            return (
+                _SyncedSource(
+                    bindparam("b_key"),
+                    bindparam("b_generation", type_=Integer()),
+                    bindparam("b_missing"),
+                    bindparam("b_path", type_=c.local_path.type),
+                    bindparam("b_checksum", type_=c.verification_checksum.type),
+                ),
             )
-            .render_derived(name="given")
-        ).c
-        source = _SyncedSource(
-            given.model_id, given.started, given.missing, given.path, given.checksum
+        if form == "json_each":
+            given = func.json_each(bindparam("b_given", type_=Text)).table_valued("value")
+            fields = [func.json_extract(given.c.value, f"$.{name}") for name in "kgmpc"]
+            return (_SyncedSource(*fields),)
+        keys = bindparam("b_keys", type_=ARRAY(BigInteger))
+        arrays = func.unnest(
+            keys,
+            bindparam("b_generations", type_=ARRAY(Integer)),
+            bindparam("b_missing", type_=ARRAY(Boolean)),
+            bindparam("b_paths", type_=ARRAY(Text)),
+            bindparam("b_checksums", type_=ARRAY(Text)),
         )
+        given = arrays.table_valued(
+            column("model_id", BigInteger),
+            column("generation", Integer),
+            column("missing", Boolean),
+            column("path", Text),
+            column("checksum", Text),
+        ).render_derived(name="given")
+        g = given.c
         # Leads the planner to the key's unique index even when its statistics still think no
         # row is started (a join filter over every started row).
-        by_index = self.key == any_(bindparam("b_keys", type_=ARRAY(BigInteger)))
-        statement = self._synced_update(verification, source, by_index).returning(
-            self.key.label("b_key"), self.table.c.pending_since
-        )
-        _STATEMENTS[cache_key] = statement
-        return statement
+        by_index = self.key == any_(keys)
+        return _SyncedSource(g.model_id, g.generation, g.missing, g.path, g.checksum), by_index
 
-    def _given_json(self, conn: Connection, group: Sequence[SyncedRow], succeeded: bool) -> str:
-        """The finished syncs of `group` as the JSON array `_synced_many_sqlite` reads; start
-        times in the very form the registry stores them, so they compare as equal text."""
-        column_type = self.table.c.last_synced_at.type.dialect_impl(conn.dialect)
-        stored = column_type.bind_processor(conn.dialect)
-        assert stored is not None
-        return json.dumps(
-            [
-                {
-                    "k": s.model_record_id,
-                    "s": stored(s.started_at),
-                    "m": s.missing_on_primary,
-                    "p": s.local_path,
-                    "c": s.checksum if succeeded else None,
-                }
-                for s in group
-            ]
-        )
-
-    def _synced_many_sqlite(self, verification: VerificationState) -> Any:
-        """`_synced_many_statement` for SQLite: the rows come from a JSON array (`json_each`)."""
-        cache_key = (self.table.name, "synced_many_sqlite", verification)
-        if (statement := self._built(cache_key)) is not None:
-            return statement
-        given = func.json_each(bindparam("b_given", type_=Text)).table_valued("value")
-
-        def field(name: str) -> Any:
-            return func.json_extract(given.c.value, f"$.{name}")
-
-        source = _SyncedSource(field("k"), field("s"), field("m"), field("p"), field("c"))
-        statement = self._synced_update(verification, source).returning(
-            self.key.label("b_key"), self.table.c.pending_since
-        )
-        _STATEMENTS[cache_key] = statement
-        return statement
-
-    def _built(self, cache_key: tuple[Any, ...]) -> Any:
-        """A hot statement built before for this very table, or None."""
+    def _hot(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """The hot statement `key` of this very table, built by `build` the first time."""
+        cache_key = (self.table.name, *key)
         statement = _STATEMENTS.get(cache_key)
-        return statement if statement is not None and statement.table is self.table else None
-
-    def _synced_statement(self, verification: VerificationState) -> Any:
-        """The `synced` UPDATE, built once per registry table and outcome: building it costs
-        more than running it, and every finished sync runs it."""
-        cache_key = (self.table.name, "synced", verification)
-        if (statement := self._built(cache_key)) is not None:
-            return statement
-        c = self.table.c
-        source = _SyncedSource(
-            bindparam("b_key"),
-            bindparam("b_started_at", type_=c.last_synced_at.type),
-            bindparam("b_missing"),
-            bindparam("b_local_path", type_=c.local_path.type),
-            bindparam("b_checksum", type_=c.verification_checksum.type),
-        )
-        statement = self._synced_update(verification, source).returning(c.pending_since)
-        _STATEMENTS[cache_key] = statement
+        if statement is None or statement.table is not self.table:
+            statement = _STATEMENTS[cache_key] = build()
         return statement
 
     def _synced_update(
         self, verification: VerificationState, given: _SyncedSource, *where: Any
     ) -> Any:
-        """started -> synced for the row `given` names, only while it is still the sync begun
-        at `given.started`; every form of the synced UPDATE (one row, many) is this one."""
+        """started -> synced for the row `given` names, only while it is still the sync of the
+        claim generation `given.generation`; every form of the synced UPDATE is this one."""
         c = self.table.c
         values: dict[str, Any] = {
             **self._synced_values(verification),
@@ -514,7 +462,7 @@ class Registry:
                 self.key == given.key,
                 *where,
                 c.state == SyncState.STARTED,
-                c.last_synced_at == given.started,
+                c.claim_generation == given.generation,
             )
             .values(**values)
         )
@@ -558,44 +506,103 @@ class Registry:
         self,
         conn: Connection,
         model_record_id: int,
+        claim: SyncClaim,
         message: str,
         error: str | None = None,
         *,
         missing_on_primary: bool = False,
-        retry_count: int | None = None,
-    ) -> datetime:
-        """Any state → failed, with a reason and the next retry time; returns that time."""
-        row = self.require(conn, model_record_id)
-        n = retry_count if retry_count is not None else row.retry_count + 1
-        cap = MISSING_ON_PRIMARY_CAP if missing_on_primary else DEFAULT_CAP
-        retry_at = self.backoff.next_retry_time(self.geo.clock.now(), n, cap)
-        text = f"{message}: {error}" if error else message
-        self._transition(
-            conn,
-            model_record_id,
-            "fail",
-            tuple(SyncState),
-            state=SyncState.FAILED,
-            retry_count=n,
-            retry_at=retry_at,
-            last_sync_failure=cut(text),
-            missing_on_primary=missing_on_primary,
+    ) -> datetime | None:
+        """started → failed, only if this is still the sync `claim` started; returns the next
+        retry time, or None (and changes nothing) when the row moved on or is gone.
+
+        One conditional UPDATE counts the retry in SQL (`retry_count + 1`), so a newer pending
+        committed meanwhile wins, as it does against `synced`; the retry time, which needs that
+        count, is set on the same row right after.
+        """
+        c = self.table.c
+        guard = and_(
+            self.key == model_record_id,
+            c.state == SyncState.STARTED,
+            c.claim_generation == claim.generation,
         )
+        return self._fail_where(conn, guard, message, error, c.retry_count + 1, missing_on_primary)
+
+    def fail_synced(
+        self, conn: Connection, model_record_id: int, message: str, error: str, retry_count: int
+    ) -> datetime | None:
+        """synced → failed after its copy failed verification, so it is downloaded again;
+        `retry_count` (the verification's) makes repeated failures back off further. Returns
+        the next retry time, or None when the row is not synced (any more)."""
+        guard = and_(self.key == model_record_id, self.table.c.state == SyncState.SYNCED)
+        return self._fail_where(conn, guard, message, error, literal(retry_count), False)
+
+    def _fail_where(
+        self,
+        conn: Connection,
+        guard: Any,
+        message: str,
+        error: str | None,
+        retry_count: Any,
+        missing_on_primary: bool,
+    ) -> datetime | None:
+        c = self.table.c
+        text = f"{message}: {error}" if error else message
+        changed = conn.execute(
+            update(self.table)
+            .where(guard)
+            .values(
+                state=SyncState.FAILED,
+                retry_count=retry_count,
+                last_sync_failure=cut(text),
+                missing_on_primary=missing_on_primary,
+            )
+            .returning(c.id, c.retry_count)
+        ).first()
+        if changed is None:
+            return None
+        cap = MISSING_ON_PRIMARY_CAP if missing_on_primary else DEFAULT_CAP
+        retry_at = self.backoff.next_retry_time(self.geo.clock.now(), int(changed[1]), cap)
+        conn.execute(update(self.table).where(c.id == changed[0]).values(retry_at=retry_at))
         return retry_at
 
     def resync(self, conn: Connection, model_record_id: int) -> None:
-        """synced or failed → pending, on an operator's request."""
-        self._transition(
-            conn,
-            model_record_id,
-            "resync",
-            (SyncState.SYNCED, SyncState.FAILED),
-            state=SyncState.PENDING,
-            retry_at=None,
-            retry_count=0,
-            last_synced_at=None,
-            verification_state=VerificationState.DISABLED,
+        """synced or failed → pending, on an operator's request (`InvalidTransition` else)."""
+        if not self.resync_many(conn, [model_record_id]):
+            self._refuse(conn, model_record_id, "resync")
+
+    def resync_many(self, conn: Connection, ids: Sequence[int], failed_only: bool = False) -> int:
+        """The `resync` of every row of `ids` that is synced or failed (only failed with
+        `failed_only`), in one statement; the others are left alone. Returns how many moved."""
+        if not ids:
+            return 0
+        result = conn.execute(
+            update(self.table)
+            .where(self.key.in_(list(ids)), self.resyncable(failed_only))
+            .values(**pending_values(self.geo.clock.now()))
         )
+        return int(result.rowcount)
+
+    def resyncable(self, failed_only: bool = False) -> Any:
+        """The rows `resync` may move: synced or failed ones (only failed with `failed_only`);
+        rows being synced right now are left alone, so a resync never races a transfer."""
+        states = [SyncState.FAILED] if failed_only else [SyncState.SYNCED, SyncState.FAILED]
+        return self.table.c.state.in_([int(s) for s in states])
+
+    def delete(
+        self, conn: Connection, ids: Sequence[int], *, unless_started: bool = False
+    ) -> dict[int, str | None]:
+        """Delete the rows of `ids` and their attempt history; returns the `local_path` of each
+        deleted row by model id. With `unless_started`, a row being synced right now stays."""
+        if not ids:
+            return {}
+        c = self.table.c
+        statement = delete(self.table).where(self.key.in_(list(ids)))
+        if unless_started:
+            statement = statement.where(c.state != SyncState.STARTED)
+        deleted = conn.execute(statement.returning(self.key, c.local_path)).all()
+        gone = {int(key): path for key, path in deleted}
+        forget_attempts(conn, self.replicator.replicable_name, list(gone))
+        return gone
 
     def _transition(
         self,
@@ -612,11 +619,15 @@ class Registry:
             .values(**values)
         )
         if result.rowcount == 0:
-            row = self.require(conn, model_record_id)
-            raise InvalidTransition(
-                f"cannot {action} {self.replicator.replicable_name} registry {model_record_id}:"
-                f" it is {row.sync_state.name.lower()}"
-            )
+            self._refuse(conn, model_record_id, action)
+
+    def _refuse(self, conn: Connection, model_record_id: int, action: str) -> NoReturn:
+        """`NotFound` for a missing row, else `InvalidTransition` naming its state."""
+        row = self.require(conn, model_record_id)
+        raise InvalidTransition(
+            f"cannot {action} {self.replicator.replicable_name} registry {model_record_id}:"
+            f" it is {row.sync_state.name.lower()}"
+        )
 
     # -- work --------------------------------------------------------------------------------
 
@@ -631,7 +642,7 @@ class Registry:
 
     def claim(
         self, conn: Connection, limit: int, holder: str | None = None
-    ) -> list[tuple[int, datetime]]:
+    ) -> list[tuple[int, SyncClaim]]:
         """Claim up to `limit` due rows in one statement and mark them started.
 
         Pending rows come first (their `retry_at` is null), then failed rows by due time.
@@ -644,13 +655,15 @@ class Registry:
             self._claim_statement(not is_sqlite(conn.engine)),
             {"b_now": now, "b_limit": limit, "b_holder": holder},
         )
-        return [(int(model_id), now) for (model_id,) in claimed]
+        return [
+            (int(model_id), SyncClaim(now, int(generation))) for model_id, generation in claimed
+        ]
 
     def _claim_statement(self, skip_locked: bool) -> Any:
         """The claim UPDATE, built once per registry table (see `_synced_statement`)."""
-        cache_key = (self.table.name, "claim", skip_locked)
-        if (statement := self._built(cache_key)) is not None:
-            return statement
+        return self._hot(("claim", skip_locked), lambda: self._build_claim(skip_locked))
+
+    def _build_claim(self, skip_locked: bool) -> Any:
         c = self.table.c
         now = bindparam("b_now", type_=c.retry_at.type)
         limit = bindparam("b_limit", type_=Integer())
@@ -675,14 +688,17 @@ class Registry:
             ranked.append(select(rows.c.id, literal(rank).label("rank"), rows.c.at))
         union = union_all(*ranked).subquery("candidates")
         candidates = select(union.c.id).order_by(union.c.rank, union.c.at, union.c.id).limit(limit)
-        statement = (
+        return (
             update(self.table)
             .where(c.id.in_(candidates.scalar_subquery()))
-            .values(state=SyncState.STARTED, last_synced_at=now, claimed_by=bindparam("b_holder"))
-            .returning(self.key)
+            .values(
+                state=SyncState.STARTED,
+                last_synced_at=now,
+                claimed_by=bindparam("b_holder"),
+                claim_generation=c.claim_generation + 1,
+            )
+            .returning(self.key, c.claim_generation)
         )
-        _STATEMENTS[cache_key] = statement
-        return statement
 
     def started_count(self, conn: Connection) -> int:
         """How many rows are being synced right now (across every worker of the site)."""
@@ -735,3 +751,43 @@ class Registry:
         return sum(
             self._fail_started(conn, model_record_id, message) for model_record_id in list(stuck)
         )
+
+
+def _synced_params(
+    form: SyncedForm, group: Sequence[SyncedRow], verification: VerificationState, now: datetime
+) -> dict[str, Any]:
+    """The parameters of the synced UPDATE of `form` (see `Registry._synced_source`) for the
+    finished syncs of `group`, which share `verification`."""
+    succeeded = verification == VerificationState.SUCCEEDED
+    params: dict[str, Any] = {"b_verified_at": now if succeeded else None}
+    checksums = [s.checksum if succeeded else None for s in group]
+    if form == "one":
+        (sync,) = group
+        keys = ["b_key", "b_generation", "b_missing", "b_path", "b_checksum"]
+        values = [
+            sync.model_record_id,
+            sync.claim.generation,
+            sync.missing_on_primary,
+            sync.local_path,
+            checksums[0],
+        ]
+        return params | dict(zip(keys, values, strict=True))
+    if form == "json_each":
+        given = [
+            {
+                "k": s.model_record_id,
+                "g": s.claim.generation,
+                "m": s.missing_on_primary,
+                "p": s.local_path,
+                "c": checksum,
+            }
+            for s, checksum in zip(group, checksums, strict=True)
+        ]
+        return params | {"b_given": json.dumps(given)}
+    return params | {
+        "b_keys": [s.model_record_id for s in group],
+        "b_generations": [s.claim.generation for s in group],
+        "b_missing": [s.missing_on_primary for s in group],
+        "b_paths": [s.local_path for s in group],
+        "b_checksums": checksums,
+    }

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from geosync.registry import Registry, pending_values
-from geosync.states import SyncState
+from geosync.registry import Registry
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -23,10 +22,6 @@ KEYSET_BATCH = 1000
 
 def _registry(geo: Geo, replicator: type[Replicator]) -> Registry:
     return Registry.of_secondary(geo, replicator, "resync")
-
-
-def _states(failed_only: bool) -> list[int]:
-    return [SyncState.FAILED] if failed_only else [SyncState.SYNCED, SyncState.FAILED]
 
 
 def resync_one(geo: Geo, replicator: type[Replicator], model_record_id: int) -> None:
@@ -41,32 +36,25 @@ def resync_count(geo: Geo, replicator: type[Replicator], failed_only: bool) -> i
     registry = _registry(geo, replicator)
     with geo.tracking_engine.connect() as conn:
         query = select(func.count()).select_from(registry.table)
-        return int(
-            conn.execute(query.where(registry.table.c.state.in_(_states(failed_only)))).scalar_one()
-        )
+        return int(conn.execute(query.where(registry.resyncable(failed_only))).scalar_one())
 
 
 def resync_all(geo: Geo, replicator: type[Replicator], failed_only: bool) -> Iterator[int]:
     """Move every synced (or only failed) row to pending, 1,000 per transaction; yields counts."""
     registry = _registry(geo, replicator)
-    c = registry.table.c
     after = 0
     while True:
         with geo.tracking() as conn:
             keys = list(
                 conn.execute(
                     select(registry.key)
-                    .where(registry.key > after, c.state.in_(_states(failed_only)))
+                    .where(registry.key > after, registry.resyncable(failed_only))
                     .order_by(registry.key)
                     .limit(KEYSET_BATCH)
                 ).scalars()
             )
             if not keys:
                 return
-            moved = conn.execute(
-                update(registry.table)
-                .where(registry.key.in_(keys), c.state.in_(_states(failed_only)))
-                .values(**pending_values(geo.clock.now()))
-            ).rowcount
+            moved = registry.resync_many(conn, keys, failed_only)
         after = int(keys[-1])
-        yield int(moved)
+        yield moved

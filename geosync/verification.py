@@ -29,8 +29,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -39,6 +41,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from geosync.backoff import Backoff
 from geosync.db.engines import is_sqlite
@@ -302,6 +305,39 @@ class Verifiable:
         """Keyset page: up to `limit` keys above `after` matching `where`, in key order."""
         query = select(self.key).where(where, self.key > after).order_by(self.key).limit(limit)
         return [int(key) for key in conn.execute(query).scalars()]
+
+    # -- the primary's state rows (a `<name>_states` table) ---------------------------------
+
+    def add_pending(self, conn: Connection, ids: Sequence[int]) -> None:
+        """Add a pending state row for each of `ids` to a states table; a row another
+        transaction added meanwhile (the backfill beside a change published by the
+        application) is left as it is."""
+        if not ids:
+            return
+        self._require_states_table("add state rows to")
+        pending = int(VerificationState.PENDING)
+        conn.execute(
+            _insert_ignoring_duplicates(conn, self.table),
+            [{self.key.name: i, "verification_state": pending} for i in ids],
+        )
+
+    def forget(self, conn: Connection, ids: Sequence[int]) -> None:
+        """Delete the state rows of `ids` (records that are gone) from a states table."""
+        self._require_states_table("delete state rows of")
+        for chunk in in_chunks(sorted(set(ids))):
+            conn.execute(delete(self.table).where(self.key.in_(chunk)))
+
+    def _require_states_table(self, action: str) -> None:
+        if self.registry or self.table is self.replicator.model.__table__:
+            raise GeoError(f"cannot {action} {self.table.name}: it is not a states table")
+
+
+def _insert_ignoring_duplicates(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from sqlalchemy import select
 from geosync.app import Geo
 from geosync.demo.models import PackageFile, Snippet, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import Registry
+from geosync.registry import Registry, SyncClaim
 from geosync.replicator import Replicator
 from geosync.verification import Verifiable, primary_verifiable, registry_verifiable
 
@@ -100,7 +99,7 @@ def registry_row(geo: Geo, replicator: type[Replicator], record_id: int) -> dict
 
 def make_synced(
     geo: Geo, replicator: type[Replicator], record_id: int, verification: int = 0
-) -> datetime:
+) -> SyncClaim:
     """Put a registry row through pending → started → synced with `verification` state."""
     from geosync.states import VerificationState
 

@@ -1,7 +1,9 @@
 """Tables derived from the catalog: a registry per replicator (tracking database) and a
 verification state table per replicator that keeps its state apart from the model (main).
 
-These are never written by hand: `geosync db upgrade` creates them from the catalog.
+These are never written by hand: `geosync db upgrade` creates them from the catalog, and adds
+to existing ones the indexes and the columns a newer geosync declares (a new column needs a
+server default, so rows already there get a value).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         Column("pending_since", UTCDateTime),
         # The worker process that claimed the row; a dead worker's rows are recovered early.
         Column("claimed_by", String(255)),
+        # Bumped by every claim: a finished sync settles only the claim that started it.
+        Column("claim_generation", Integer, nullable=False, default=0, server_default="0"),
         sqlite_autoincrement=True,
     )
     c = table.c

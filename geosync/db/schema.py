@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Index, MetaData, Table, inspect
+from sqlalchemy import Column, Connection, Engine, Index, MetaData, Table, inspect, text
 from sqlalchemy.engine.reflection import Inspector
+from sqlalchemy.schema import CreateColumn
 
 from geosync.errors import ConfigurationError
 
@@ -28,11 +29,12 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @dataclass
 class UpgradeReport:
-    """What `upgrade` changed: revisions applied, derived tables and indexes created."""
+    """What `upgrade` changed: revisions applied, derived tables, columns and indexes created."""
 
     applied: dict[str, str | None] = field(default_factory=dict)
     created_tables: list[str] = field(default_factory=list)
     created_indexes: list[str] = field(default_factory=list)
+    created_columns: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -40,6 +42,7 @@ class UpgradeReport:
         return (
             bool(self.created_tables)
             or bool(self.created_indexes)
+            or bool(self.created_columns)
             or any(v is not None for v in self.applied.values())
         )
 
@@ -76,7 +79,29 @@ def _upgrade_one(engine: Engine, database: str, derived: MetaData, report: Upgra
         derived.create_all(connection, tables=missing)
         report.created_tables.extend(t.name for t in missing)
         present = [t for t in derived.sorted_tables if t.name in existing]
+        report.created_columns.extend(_create_missing_columns(connection, present))
         report.created_indexes.extend(_create_missing_indexes(connection, present))
+
+
+def _create_missing_columns(connection: Connection, tables: list[Table]) -> list[str]:
+    """Add the columns a newer geosync declares on derived tables that already exist, as
+    `table.column`; each has a server default, which fills the rows already there."""
+    created = []
+    for column in _missing_columns(inspect(connection), tables):
+        ddl = CreateColumn(column).compile(dialect=connection.dialect)
+        table = connection.dialect.identifier_preparer.format_table(column.table)
+        connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {ddl}"))
+        created.append(f"{column.table.name}.{column.name}")
+    return created
+
+
+def _missing_columns(inspector: Inspector, tables: list[Table]) -> list[Column[Any]]:
+    """The declared columns of `tables` (which exist) that the database lacks."""
+    missing: list[Column[Any]] = []
+    for table in tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing.extend(column for column in table.columns if column.name not in present)
+    return missing
 
 
 def _create_missing_indexes(connection: Connection, tables: list[Table]) -> list[str]:
@@ -109,11 +134,17 @@ class SchemaState:
     head: str | None
     missing_tables: list[str]
     missing_indexes: list[str]
+    missing_columns: list[str] = field(default_factory=list)
 
     @property
     def current(self) -> bool:
         """Whether `geosync db upgrade` would change nothing."""
-        return self.revision == self.head and not self.missing_tables and not self.missing_indexes
+        return (
+            self.revision == self.head
+            and not self.missing_tables
+            and not self.missing_indexes
+            and not self.missing_columns
+        )
 
     def describe(self) -> str:
         """One line: what is out of date (or that nothing is)."""
@@ -126,6 +157,8 @@ class SchemaState:
             parts.append(f"at revision {self.revision}, the current one is {self.head}")
         if self.missing_tables:
             parts.append("missing tables " + ", ".join(self.missing_tables))
+        if self.missing_columns:
+            parts.append("missing columns " + ", ".join(self.missing_columns))
         if self.missing_indexes:
             parts.append("missing indexes " + ", ".join(self.missing_indexes))
         return "; ".join(parts)
@@ -141,7 +174,8 @@ def schema_state(engine: Engine, database: str, derived: MetaData) -> SchemaStat
         missing = [t.name for t in derived.sorted_tables if t.name not in existing]
         present = [t for t in derived.sorted_tables if t.name in existing]
         indexes = [str(index.name) for index in _missing_indexes(inspector, present)]
-    return SchemaState(revision, head_revision(database), missing, indexes)
+        columns = [f"{c.table.name}.{c.name}" for c in _missing_columns(inspector, present)]
+    return SchemaState(revision, head_revision(database), missing, indexes, columns)
 
 
 def _require_model_tables(derived: MetaData, existing: set[str]) -> None:

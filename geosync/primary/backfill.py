@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Table, delete, exists, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Table, exists, func, select
 
-from geosync.states import VerificationState
+from geosync.verification import primary_verifiable
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -40,29 +38,6 @@ NEW_RECORDS_BATCH = 1000
 NEW_RECORDS_GRACE = timedelta(minutes=1)
 #: A new scan waits at least this many times the last scan's duration.
 SCAN_SHARE = 10
-
-
-def insert_pending_states(
-    conn: Connection, states: Table, key_name: str, ids: Sequence[int]
-) -> None:
-    """Add a pending state row for each of `ids`; a row another transaction added meanwhile
-    (the backfill beside a change published by the application) is left as it is.
-    """
-    if not ids:
-        return
-    pending = int(VerificationState.PENDING)
-    conn.execute(
-        _insert_ignoring_duplicates(conn, states),
-        [{key_name: i, "verification_state": pending} for i in ids],
-    )
-
-
-def _insert_ignoring_duplicates(conn: Connection, table: Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    return insert(table)
 
 
 # -- the new-record scan --------------------------------------------------------------------------
@@ -146,7 +121,7 @@ def scan_new_records(
     started = time.perf_counter()
     ids = missing_state_ids(conn, replicator, states, scan.cursor, NEW_RECORDS_BATCH)
     scan.seconds += time.perf_counter() - started
-    insert_pending_states(conn, states, replicator.registry_foreign_key, ids)
+    primary_verifiable(geo, replicator).add_pending(conn, ids)
     scan.cursor = ids[-1] if len(ids) == NEW_RECORDS_BATCH else None
     return len(ids)
 
@@ -179,9 +154,9 @@ def backfill_range(
     tracked = set(conn.execute(select(key).where(key >= low, key < high)).scalars())
     missing = sorted(models - tracked)
     orphans = sorted(tracked - models)
-    insert_pending_states(conn, states, key.name, missing)
-    if orphans:
-        conn.execute(delete(states).where(key.in_(orphans)))
+    target = primary_verifiable(geo, replicator)
+    target.add_pending(conn, missing)
+    target.forget(conn, orphans)
     return BackfillStep(len(missing), len(orphans), _next_low(conn, states, replicator, high))
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete
+from sqlalchemy import Connection, and_
 
 from geosync.events import published_hooks
-from geosync.primary.backfill import insert_pending_states
 from geosync.replicator import CREATED, DELETED, UPDATED
 from geosync.verification import in_chunks, primary_verifiable
 
@@ -64,7 +63,7 @@ def mark_changed(geo: Geo, conn: Connection, replicator: type[Replicator], ids: 
             where = and_(where, c.verification_checksum.is_(None))
         target.pending_where(conn, where, changed=True)
         if target.table is not replicator.model.__table__:
-            insert_pending_states(conn, target.table, target.key.name, chunk)
+            target.add_pending(conn, chunk)
 
 
 def changes_committed(geo: Geo) -> None:
@@ -84,12 +83,8 @@ def forget_records(
     geo: Geo, conn: Connection, replicator: type[Replicator], ids: list[int]
 ) -> None:
     """Delete the state rows of deleted records (the foreign key cascades too, where enforced)."""
-    states = geo.tables.state(replicator)
-    if states is None:
-        return
-    key = states.c[replicator.registry_foreign_key]
-    for chunk in in_chunks(sorted(set(ids))):
-        conn.execute(delete(states).where(key.in_(chunk)))
+    if geo.tables.state(replicator) is not None:
+        primary_verifiable(geo, replicator).forget(conn, ids)
 
 
 if on_published not in published_hooks:

@@ -19,9 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Connection, bindparam, delete, func, literal, select, true
+from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select, true
 
-from geosync.attempts import forget_attempts
 from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
 from geosync.errors import ConfigurationError, ValidationError
@@ -119,14 +118,7 @@ def delete_unused(conn: Connection, registry: Registry, ids: list[int]) -> list[
     """
     if not ids:
         return []
-    c = registry.table.c
-    deleted = conn.execute(
-        delete(registry.table)
-        .where(registry.key.in_(ids), c.state != SyncState.STARTED)
-        .returning(registry.key, c.local_path)
-    ).all()
-    forget_attempts(conn, registry.replicator.replicable_name, [row[0] for row in deleted])
-    return [path for _, path in deleted]
+    return list(registry.delete(conn, ids, unless_started=True).values())
 
 
 # -- local copies -----------------------------------------------------------------------------

@@ -13,9 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection
 
-from geosync.attempts import forget_attempts
 from geosync.errors import ValidationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
@@ -308,5 +307,4 @@ def delete_registry(
 ) -> None:
     """Delete the registry row of one replicable and its attempt history (no-op if absent)."""
     registry = Registry(geo, replicator)
-    conn.execute(delete(registry.table).where(registry.key == model_record_id))
-    forget_attempts(conn, replicator.replicable_name, [model_record_id])
+    registry.delete(conn, [model_record_id])

@@ -24,7 +24,7 @@ from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START, OUTAGES
-from geosync.registry import Registry
+from geosync.registry import Registry, SyncClaim
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import Settler
@@ -94,7 +94,7 @@ def claim_round_robin(
     holder: str,
     offset: int = 0,
     counted: list[Registry] | None = None,
-) -> list[tuple[Registry, int, datetime]]:
+) -> list[tuple[Registry, int, SyncClaim]]:
     """Claim up to the free capacity, sharing it across `registries` in turn.
 
     The capacity is shared by the syncs of `counted` (default: `registries`): every registry
@@ -105,7 +105,7 @@ def claim_round_robin(
     if not registries or free <= 0:
         return []
     active = registries[offset % len(registries) :] + registries[: offset % len(registries)]
-    claimed: list[tuple[Registry, int, datetime]] = []
+    claimed: list[tuple[Registry, int, SyncClaim]] = []
     while free > 0 and active:
         share = max(1, free // len(active))
         for registry in list(active):
@@ -310,7 +310,7 @@ class SchedulerLoop:
         self,
         strategy: str,
         capacity: int,
-        claims: list[tuple[Registry, int, datetime]],
+        claims: list[tuple[Registry, int, SyncClaim]],
     ) -> list[list[SyncService]]:
         """The claimed syncs, as jobs for the pool: blobs of one replicator go in one batch
         (a claim is at most the capacity), everything else alone.
@@ -320,12 +320,12 @@ class SchedulerLoop:
         """
         size = max(1, capacity) if strategy == "blob" and self.batch_blobs else 1
         by_replicator: dict[type[Replicator], list[SyncService]] = {}
-        for registry, model_id, started_at in claims:
+        for registry, model_id, claim in claims:
             service = SyncService(
                 self.geo,
                 registry.replicator,
                 model_id,
-                started_at,
+                claim,
                 self.client,
                 self.cancel,
                 self._route,

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from geosync.attempts import Attempt, record_attempts
 from geosync.errors import GeoError, PrimaryMissing
-from geosync.registry import Registry, SyncedRow
+from geosync.registry import Registry, SyncClaim, SyncedRow
 from geosync.states import VerificationState
 
 if TYPE_CHECKING:
@@ -55,12 +55,17 @@ class Failure:
 
 @dataclass(frozen=True)
 class Finished:
-    """One finished sync, waiting to be written."""
+    """One finished sync, waiting to be written: `claim` is the claim that started it."""
 
     registry: Registry
     model_record_id: int
-    started_at: datetime
+    claim: SyncClaim
     result: Success | Failure
+
+    @property
+    def started_at(self) -> datetime:
+        """When the sync was claimed (its attempt's start)."""
+        return self.claim.at
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def _settle_successes(
         syncs.append(
             SyncedRow(
                 item.model_record_id,
-                item.started_at,
+                item.claim,
                 success.verification,
                 success.checksum,
                 success.missing_on_primary,
@@ -142,17 +147,19 @@ def _settle_failure(
     conn: Connection, item: Finished, failure: Failure
 ) -> tuple[Settled, str | None]:
     registry = item.registry
-    row = registry.get(conn, item.model_record_id)
-    if row is None or row.state != 1 or row.last_synced_at != item.started_at:
-        return Settled(False, gone=row is None), None  # deleted or superseded meanwhile
-    registry.failed(
+    retry_at = registry.failed(
         conn,
         item.model_record_id,
+        item.claim,
         failure.message,
         failure.detail,
         missing_on_primary=failure.missing_on_primary,
     )
-    return Settled(False), "failed"
+    if retry_at is not None:
+        return Settled(False), "failed"
+    # Deleted or superseded meanwhile (read after the UPDATE, as for successes).
+    gone = registry.get(conn, item.model_record_id) is None
+    return Settled(False, gone=gone), None
 
 
 def _attempt(item: Finished, now: datetime, outcome: str) -> Attempt:

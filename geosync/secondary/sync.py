@@ -26,7 +26,7 @@ from geosync.errors import (
     TransferError,
 )
 from geosync.log import get_logger
-from geosync.registry import Registry
+from geosync.registry import Registry, SyncClaim
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import (
     Failure,
@@ -137,14 +137,14 @@ def error_class(exc: BaseException) -> str:
 
 
 class SyncService:
-    """Syncs one claimed registry row (already `started` at `started_at`)."""
+    """Syncs one claimed registry row (already `started` by `claim`)."""
 
     def __init__(
         self,
         geo: Geo,
         replicator: type[Replicator],
         model_record_id: int,
-        started_at: datetime,
+        claim: SyncClaim,
         client: BlobClient,
         cancel: threading.Event | None = None,
         route: Route | None = None,
@@ -154,7 +154,8 @@ class SyncService:
         self.geo = geo
         self.replicator = replicator
         self.model_record_id = model_record_id
-        self.started_at = started_at
+        self.claim = claim
+        self.started_at = claim.at
         self.client = client
         self.cancel = cancel
         self.registry = Registry(geo, replicator)
@@ -193,7 +194,7 @@ class SyncService:
 
     def finished(self, result: Success | Failure) -> Finished:
         """`result` as the settler takes it."""
-        return Finished(self.registry, self.model_record_id, self.started_at, result)
+        return Finished(self.registry, self.model_record_id, self.claim, result)
 
     # -- the work ------------------------------------------------------------------------------
 

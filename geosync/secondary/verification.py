@@ -23,7 +23,6 @@ from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.registry import Registry, RegistryRow
-from geosync.states import SyncState
 from geosync.strategies.blob import file_sha256
 from geosync.verification import (
     MISMATCH_FAILURE,
@@ -74,13 +73,10 @@ def fail_sync_after_verification(
     `retry_count` is the verification retry count, so repeated failures back off further.
     """
     registry = Registry(geo, replicator)
-    row = registry.get(conn, model_record_id)
-    if row is None or row.sync_state != SyncState.SYNCED:
-        return False
-    registry.failed(
-        conn, model_record_id, "Verification failed with", failure, retry_count=retry_count
+    failed = registry.fail_synced(
+        conn, model_record_id, "Verification failed with", failure, retry_count
     )
-    return True
+    return failed is not None
 
 
 # -- one batch ------------------------------------------------------------------------------------

@@ -42,10 +42,10 @@ def secondary_config(sites: SitePair, tmp_path: Path) -> Path:
             conn, 1, checked, verification=VerificationState.SUCCEEDED, checksum="a" * 64
         )
         registry.synced(conn, 2, registry.start(conn, 2))
-        registry.failed(conn, 3, LONG_FAILURE)
+        registry.failed(conn, 3, registry.start(conn, 3), LONG_FAILURE)
         registry.start(conn, 4)
-        registry.failed(conn, 5, "Primary missing file")
-        registry.failed(conn, 5, "Primary missing file")
+        registry.failed(conn, 5, registry.start(conn, 5), "Primary missing file")
+        registry.failed(conn, 5, registry.start(conn, 5), "Primary missing file")
     return write_config(sites.secondary.settings, tmp_path / "secondary.toml")
 
 

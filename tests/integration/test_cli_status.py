@@ -43,7 +43,7 @@ def _known_registries(sites: SitePair) -> None:
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
         registry.insert_pending(conn, [1, 2, 3, 4])
-        registry.failed(conn, 4, "Download failed")
+        registry.failed(conn, 4, registry.start(conn, 4), "Download failed")
         for record_id in (1, 2):
             started = registry.start(conn, record_id)
             registry.synced(conn, record_id, started)

@@ -106,14 +106,26 @@ def test_failed_with_backoff_gives_the_next_retry_and_the_last_errors(
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
         registry.insert_pending(conn, [record_id])
-        registry.start(conn, record_id)
-        registry.failed(conn, record_id, "Connection to the primary failed", "timed out")
-        retry_at = registry.failed(conn, record_id, "Connection to the primary failed", "reset")
+        registry.failed(
+            conn,
+            record_id,
+            registry.start(conn, record_id),
+            "Connection to the primary failed",
+            "timed out",
+        )
+        retry_at = registry.failed(
+            conn,
+            record_id,
+            registry.start(conn, record_id),
+            "Connection to the primary failed",
+            "reset",
+        )
     record_failure(sites, record_id, "transient", "Connection to the primary failed: timed out")
     record_failure(sites, record_id, "transient", "Connection to the primary failed: reset")
 
     result = explain(sites.secondary, "upload", record_id)
 
+    assert retry_at is not None
     assert result.next_retry_at == retry_at and retry_at > clock.now()
     assert result.registry is not None and result.registry["retry_count"] == 2
     assert "failed (transient) after 2 attempt(s)" in result.summary
@@ -133,9 +145,12 @@ def test_missing_on_primary_asks_to_restore_the_data(sites: SitePair) -> None:
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
         registry.insert_pending(conn, [record_id])
-        registry.start(conn, record_id)
         registry.failed(
-            conn, record_id, "File is missing on the primary: gone", missing_on_primary=True
+            conn,
+            record_id,
+            registry.start(conn, record_id),
+            "File is missing on the primary: gone",
+            missing_on_primary=True,
         )
     record_failure(sites, record_id, "primary_missing", "File is missing on the primary: gone")
 
@@ -246,7 +261,9 @@ def test_cli_explains_in_text_and_in_json(sites: SitePair, tmp_path: Path) -> No
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
         registry.insert_pending(conn, [record_id])
-        registry.failed(conn, record_id, "The primary refused the request: 401")
+        registry.failed(
+            conn, record_id, registry.start(conn, record_id), "The primary refused the request: 401"
+        )
     record_failure(sites, record_id, "auth", "The primary refused the request: 401")
     config = write_config(sites, tmp_path / "secondary.toml")
 

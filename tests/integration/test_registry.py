@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import delete
 
 from geosync import InvalidTransition, NotFound, SyncState, VerificationState
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import Registry, RegistryRow, SyncedRow
+from geosync.registry import Registry, RegistryRow, SyncClaim, SyncedRow
 from geosync.testing import SitePair
 
 ID = 7
@@ -30,14 +29,14 @@ def row(registry: Registry, model_record_id: int = ID) -> RegistryRow:
         return registry.require(conn, model_record_id)
 
 
-def start(registry: Registry, model_record_id: int = ID) -> datetime:
-    """Start a sync; returns its start time."""
+def start(registry: Registry, model_record_id: int = ID) -> SyncClaim:
+    """Start a sync; returns its claim."""
     with registry.geo.tracking() as conn:
         return registry.start(conn, model_record_id)
 
 
-def synced(registry: Registry, started_at: datetime, **options: object) -> bool:
-    """Finish the sync begun at `started_at`."""
+def synced(registry: Registry, started_at: SyncClaim, **options: object) -> bool:
+    """Finish the sync of the claim `started_at`."""
     with registry.geo.tracking() as conn:
         return registry.synced(conn, ID, started_at, **options)  # type: ignore[arg-type]
 
@@ -48,10 +47,15 @@ def pending(registry: Registry) -> None:
         registry.pending(conn, ID)
 
 
-def fail(registry: Registry, message: str = "boom", **options: object) -> datetime:
-    """Fail the row; returns its retry time."""
+def fail(
+    registry: Registry, message: str = "boom", claim: SyncClaim | None = None, **options: object
+) -> datetime:
+    """Fail a sync of the row (started here unless `claim` is given); returns its retry time."""
     with registry.geo.tracking() as conn:
-        return registry.failed(conn, ID, message, **options)  # type: ignore[arg-type]
+        claim = claim or registry.start(conn, ID)
+        retry_at = registry.failed(conn, ID, claim, message, **options)  # type: ignore[arg-type]
+    assert retry_at is not None
+    return retry_at
 
 
 def put_in(registry: Registry, state: SyncState) -> None:
@@ -62,7 +66,7 @@ def put_in(registry: Registry, state: SyncState) -> None:
     if state is SyncState.SYNCED:
         assert synced(registry, started_at)
     elif state is SyncState.FAILED:
-        fail(registry)
+        fail(registry, claim=started_at)
 
 
 def test_a_new_row_is_pending_with_clean_fields(registry: Registry, sites: SitePair) -> None:
@@ -98,14 +102,14 @@ def test_start_is_allowed_from_pending_synced_and_failed(
     started_at = start(registry)
     current = row(registry)
     assert current.sync_state is SyncState.STARTED
-    assert current.last_synced_at == started_at == sites.secondary.clock.now()
+    assert current.last_synced_at == started_at.at == sites.secondary.clock.now()
 
 
 def test_start_is_refused_while_started(registry: Registry) -> None:
     started_at = start(registry)
     with pytest.raises(InvalidTransition, match=r"cannot start upload registry 7: it is started"):
         start(registry)
-    assert row(registry).last_synced_at == started_at
+    assert row(registry).last_synced_at == started_at.at
 
 
 def test_synced_from_started_clears_retry_and_failure_fields(registry: Registry) -> None:
@@ -123,7 +127,7 @@ def test_synced_from_started_clears_retry_and_failure_fields(registry: Registry)
     assert (current.retry_count, current.retry_at, current.last_sync_failure) == (0, None, None)
     assert current.verification is VerificationState.SUCCEEDED
     assert current.verification_checksum == "ab" * 32
-    assert current.last_synced_at == started_at
+    assert current.last_synced_at == started_at.at
 
 
 def test_synced_leaves_verification_disabled_when_the_primary_has_no_checksum(
@@ -149,7 +153,8 @@ def test_synced_can_record_a_resource_missing_on_the_primary(registry: Registry)
 def test_synced_changes_nothing_unless_started(registry: Registry, state: SyncState) -> None:
     put_in(registry, state)
     before = row(registry)
-    assert not synced(registry, before.last_synced_at or datetime.now().astimezone())
+    claim = SyncClaim(before.last_synced_at or datetime.now().astimezone(), before.claim_generation)
+    assert not synced(registry, claim)
     assert row(registry) == before
 
 
@@ -200,7 +205,7 @@ def test_synced_rows_settles_a_group_as_each_row_alone_would(
     clock.advance(1)  # type: ignore[attr-defined]
     with sites.secondary.tracking() as conn:
         registry.pending(conn, 24)  # a newer event while its sync ran
-        conn.execute(delete(registry.table).where(registry.key == 25))  # deleted meanwhile
+        registry.delete(conn, [25])  # deleted meanwhile
         done = registry.synced_rows(
             conn,
             [
@@ -225,18 +230,37 @@ def test_synced_rows_settles_a_group_as_each_row_alone_would(
         assert registry.get(conn, 25) is None
 
 
-@pytest.mark.parametrize("state", list(SyncState))
-def test_failed_is_allowed_from_every_state_and_counts_retries(
-    registry: Registry, sites: SitePair, state: SyncState
-) -> None:
-    put_in(registry, state)
-    count = row(registry).retry_count
+def test_failed_from_started_counts_retries(registry: Registry, sites: SitePair) -> None:
+    fail(registry)
     retry_at = fail(registry, "Download failed", error="connection reset")
     current = row(registry)
     assert current.sync_state is SyncState.FAILED
-    assert current.retry_count == count + 1
+    assert current.retry_count == 2
     assert current.retry_at == retry_at > sites.secondary.clock.now()
     assert current.last_sync_failure == "Download failed: connection reset"
+
+
+@pytest.mark.parametrize("state", [SyncState.PENDING, SyncState.SYNCED, SyncState.FAILED])
+def test_failed_of_a_row_no_longer_started_changes_nothing(
+    registry: Registry, state: SyncState
+) -> None:
+    claim = start(registry)
+    with registry.geo.tracking() as conn:
+        registry.failed(conn, ID, claim, "first")
+        registry.pending(conn, ID)
+    put_in(registry, state)
+    before = row(registry)
+    with registry.geo.tracking() as conn:
+        assert registry.failed(conn, ID, claim, "stale") is None
+    assert row(registry) == before
+
+
+def test_failed_of_a_deleted_row_changes_nothing(registry: Registry) -> None:
+    claim = start(registry)
+    with registry.geo.tracking() as conn:
+        assert registry.delete(conn, [ID]) == {ID: None}
+        assert registry.failed(conn, ID, claim, "gone meanwhile") is None
+        assert registry.get(conn, ID) is None
 
 
 def test_repeated_failures_back_off_further(registry: Registry, sites: SitePair) -> None:
@@ -261,7 +285,9 @@ def test_a_long_failure_message_is_cut_to_255_characters(registry: Registry) -> 
 def test_many_failures_are_capped(
     registry: Registry, sites: SitePair, missing: bool, cap_seconds: int
 ) -> None:
-    retry_at = fail(registry, "gone", missing_on_primary=missing, retry_count=12)
+    for _ in range(11):
+        fail(registry, "gone", missing_on_primary=missing)
+    retry_at = fail(registry, "gone", missing_on_primary=missing)
     delay = (retry_at - sites.secondary.clock.now()).total_seconds()
     assert cap_seconds + 16 <= delay <= cap_seconds + 16 + 58
     current = row(registry)
@@ -333,10 +359,10 @@ def test_claims_take_pending_rows_first_then_failed_rows_that_are_due(
         registry.insert_pending(conn, [8, 9])
         first = registry.claim(conn, 10)
     assert sorted(model_id for model_id, _ in first) == [8, 9]
-    assert {started for _, started in first} == {clock.now()}
+    assert {claim.at for _, claim in first} == {clock.now()}
     clock.advance(timedelta(minutes=5))  # type: ignore[attr-defined]
     with sites.secondary.tracking() as conn:
-        assert registry.claim(conn, 10) == [(ID, clock.now())]
+        assert [(key, claim.at) for key, claim in registry.claim(conn, 10)] == [(ID, clock.now())]
         assert registry.claim(conn, 10) == []
         assert registry.started_count(conn) == 3
 

@@ -276,8 +276,10 @@ def test_the_secondary_lists_its_failures_and_refuses_writes(sites: SitePair, ap
         registry.insert_pending(conn, [1, 2, 3])
         snippets.insert_pending(conn, [7])
         for record_id in (1, 3):
-            registry.failed(conn, record_id, "Download failed", "timeout")
-        snippets.failed(conn, 7, "git fetch failed")
+            registry.failed(
+                conn, record_id, registry.start(conn, record_id), "Download failed", "timeout"
+            )
+        snippets.failed(conn, 7, snippets.start(conn, 7), "git fetch failed")
 
     with serve_in_thread(create_app(sites.secondary)) as base:
         with httpx.Client(base_url=base, headers=api.admin) as client:

@@ -26,7 +26,7 @@ def seed_states(sites: SitePair) -> Registry:
             if model_id <= 3:
                 assert registry.synced(conn, model_id, started)
             else:
-                registry.failed(conn, model_id, "boom")
+                registry.failed(conn, model_id, started, "boom")
         registry.start(conn, 7)
     return registry
 

@@ -30,7 +30,7 @@ def test_pending_rows_come_before_failed_ones_and_failed_wait_for_retry_at(
         uploads.insert_pending(conn, [1, 2, 3])
         for model_id in (1, 2):
             started = uploads.start(conn, model_id)
-            uploads.failed(conn, model_id, "boom")
+            uploads.failed(conn, model_id, started, "boom")
         assert started
     with sites.secondary.tracking() as conn:
         claimed = [model_id for model_id, _ in uploads.claim(conn, 10)]

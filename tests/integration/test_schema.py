@@ -15,9 +15,16 @@ from sqlalchemy import Engine, MetaData, String, Table, inspect, text
 from sqlalchemy.engine.interfaces import ReflectedIndex
 
 from geosync import ConfigurationError, Geo
-from geosync.db.schema import VERSION_TABLE, current_revision, head_revision, upgrade
+from geosync.db.schema import (
+    VERSION_TABLE,
+    current_revision,
+    head_revision,
+    schema_state,
+    upgrade,
+)
 from geosync.db.tables import main_metadata, tracking_metadata
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
+from geosync.registry import Registry
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.testing.sites import site_settings
 
@@ -40,6 +47,7 @@ REGISTRY_COLUMNS = {
     "verification_checksum_mismatched",
     "checksum_mismatch",
     "verification_failure",
+    "claim_generation",
 }
 
 #: §5's partial indexes: name suffix -> (column, WHERE clause normalised per backend).
@@ -136,6 +144,29 @@ def test_every_replicator_gets_its_registry_and_states_table(sites: SitePair) ->
     # PackageFile keeps its verification state in its own columns (VerificationStateMixin).
     assert {"upload_states", "snippet_states"} <= main
     assert "package_file_states" not in main
+
+
+def test_upgrade_adds_a_column_missing_from_an_existing_registry(sites: SitePair) -> None:
+    """A registry made by an older geosync lacks `claim_generation`: `geosync check` reports
+    the schema behind, and `geosync db upgrade` adds the column, its rows claimable at 0."""
+    geo = sites.secondary
+    engine = geo.tracking_engine
+    registry = Registry(geo, UploadReplicator)
+    with geo.tracking() as conn:
+        registry.insert_pending(conn, [5])
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE upload_registry DROP COLUMN claim_generation"))
+    behind = schema_state(engine, "tracking", geo.tables.tracking)
+    assert not behind.current
+    assert behind.missing_columns == ["upload_registry.claim_generation"]
+    assert "missing columns upload_registry.claim_generation" in behind.describe()
+    report = upgrade(geo)
+    assert report.created_columns == ["upload_registry.claim_generation"] and report.changed
+    assert schema_state(engine, "tracking", geo.tables.tracking).current
+    with geo.tracking() as conn:
+        assert registry.require(conn, 5).claim_generation == 0
+        assert [(key, claim.generation) for key, claim in registry.claim(conn, 1)] == [(5, 1)]
+    assert upgrade(geo).created_columns == []
 
 
 def test_upgrade_adds_an_index_missing_from_an_existing_registry(sites: SitePair) -> None:

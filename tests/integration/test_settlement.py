@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from sqlalchemy import Connection
 
 from geosync.attempts import recent_attempts
 from geosync.demo.replicators import UploadReplicator
-from geosync.registry import Registry, RegistryRow
+from geosync.registry import Registry, RegistryRow, SyncClaim
 from geosync.secondary.settlement import Failure, Finished, Settled, Settler, Success
 from geosync.states import SyncState
 from geosync.testing import SitePair
@@ -29,7 +28,7 @@ def registry(sites: SitePair) -> Registry:
     return registry
 
 
-def start(registry: Registry, model_record_id: int) -> datetime:
+def start(registry: Registry, model_record_id: int) -> SyncClaim:
     """Mark one row started, as a claim does."""
     with registry.geo.tracking() as conn:
         return registry.start(conn, model_record_id)

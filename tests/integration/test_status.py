@@ -36,8 +36,7 @@ def _registry_in_known_state(sites: SitePair) -> None:
     with geo.tracking() as conn:
         registry.insert_pending(conn, [1, 2, 3, 4, 5])
         registry.pending(conn, 5)  # new rows start with verification pending; this one is not
-        registry.start(conn, 2)
-        registry.failed(conn, 2, "Download failed", "connection refused")
+        registry.failed(conn, 2, registry.start(conn, 2), "Download failed", "connection refused")
         for record_id, verification in (
             (3, VerificationState.SUCCEEDED),
             (4, VerificationState.PENDING),

@@ -362,7 +362,7 @@ def test_skip_download_refuses_registries_that_are_not_brand_new(sites: SitePair
     registry = Registry(sites.secondary, UploadReplicator)
     new_registry(sites, UploadReplicator, record_id)
     with sites.secondary.tracking() as conn:
-        registry.failed(conn, record_id, "Download failed")
+        registry.failed(conn, record_id, registry.start(conn, record_id), "Download failed")
         registry.start(conn, record_id)
         row = registry.require(conn, record_id)
     assert skip(sites, UploadReplicator, record_id, row) is None
