@@ -12,7 +12,14 @@ from sqlalchemy import Connection
 from geosync.attempts import recent_attempts
 from geosync.demo.replicators import UploadReplicator
 from geosync.registry import Registry, RegistryRow, SyncClaim
-from geosync.secondary.settlement import Failure, Finished, Settled, Settler, Success
+from geosync.secondary.settlement import (
+    Failure,
+    Finished,
+    Settled,
+    Settler,
+    Success,
+    settle_group,
+)
 from geosync.states import SyncState
 from geosync.testing import SitePair
 
@@ -154,3 +161,69 @@ def test_one_bad_sync_does_not_sink_its_group(registry: Registry, sites: SitePai
         results[IDS[4]].result(1)
     assert settler.groups == [5, 1, 1, 1, 1, 1]
     assert state(registry, IDS[4]).sync_state is SyncState.STARTED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_failure_loses_to_a_pending_committed_while_it_settles(
+    registry: Registry, sites: SitePair
+) -> None:
+    """Two real connections: A claimed the row and settles its failure; B (the log cursor)
+    commits a newer change in between. The stale failure changes nothing: the row stays
+    pending, without a retry count or a backoff, and no attempt is recorded."""
+    geo = sites.secondary
+    with geo.tracking() as conn:
+        claims = dict(registry.claim(conn, 2))
+    settled, direct = sorted(claims)
+    failure = Failure("Download failed", None, "transient", False)
+    with geo.tracking_engine.connect() as a, a.begin():
+        seen = registry.get(a, settled)  # A's transaction saw the row started
+        assert seen is not None and seen.sync_state is SyncState.STARTED
+        with geo.tracking() as b:
+            registry.pending(b, settled)
+            registry.pending(b, direct)
+        item = Finished(registry, settled, claims[settled], failure)
+        assert settle_group(a, [item], claims[settled].at) == [Settled(False)]
+        assert registry.failed(a, direct, claims[direct], "Download failed") is None
+    for model_id in (settled, direct):
+        row = state(registry, model_id)
+        assert row is not None and row.sync_state is SyncState.PENDING
+        assert (row.retry_count, row.retry_at, row.last_sync_failure) == (0, None, None)
+        with geo.tracking() as conn:
+            assert recent_attempts(conn, "upload", model_id) == []
+
+
+def test_an_older_claim_of_the_same_instant_settles_nothing(
+    registry: Registry, sites: SitePair
+) -> None:
+    """Two claims of one row at the very same time (the clock does not move): only the newer
+    claim's outcome is written, whether the older sync succeeded or failed."""
+    geo = sites.secondary
+    older: dict[int, SyncClaim] = {}
+    newer: dict[int, SyncClaim] = {}
+    with geo.tracking() as conn:
+        for model_id in IDS[:2]:
+            older[model_id] = registry.start(conn, model_id)
+            registry.pending(conn, model_id)
+        newer.update(registry.claim(conn, 2))
+    assert sorted(newer) == IDS[:2]
+    assert all(older[i].at == newer[i].at for i in IDS[:2])
+    failure = Failure("Download failed", None, "transient", False)
+    stale = [
+        Finished(registry, IDS[0], older[IDS[0]], Success("f/old")),
+        Finished(registry, IDS[1], older[IDS[1]], failure),
+    ]
+    assert Settler(geo).settle_all(stale) == [Settled(False), Settled(False)]
+    for model_id in IDS[:2]:
+        row = state(registry, model_id)
+        assert row is not None and row.sync_state is SyncState.STARTED
+        assert (row.retry_count, row.local_path, row.last_sync_failure) == (0, None, None)
+    current = [
+        Finished(registry, IDS[0], newer[IDS[0]], Success("f/new")),
+        Finished(registry, IDS[1], newer[IDS[1]], failure),
+    ]
+    assert [a.done for a in Settler(geo).settle_all(current)] == [True, False]
+    synced, failed = (state(registry, i) for i in IDS[:2])
+    assert synced is not None and synced.sync_state is SyncState.SYNCED
+    assert synced.local_path == "f/new"
+    assert failed is not None and failed.sync_state is SyncState.FAILED
+    assert failed.retry_count == 1
