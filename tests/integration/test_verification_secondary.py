@@ -16,7 +16,7 @@ from geosync.clock import FrozenClock
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.git import init_bare
-from geosync.registry import Registry, RegistryRow
+from geosync.registry import Registry, RegistryRow, SyncClaim
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.secondary.handlers import Event, HandlerContext, handle_event
 from geosync.secondary.verification import (
@@ -360,9 +360,10 @@ def test_skip_download_refuses_registries_that_are_not_brand_new(sites: SitePair
     checksum_on_primary(sites)
     vu.write(vu.upload_file(sites.secondary, record_id), b"x")
     registry = Registry(sites.secondary, UploadReplicator)
-    new_registry(sites, UploadReplicator, record_id)
+    started = new_registry(sites, UploadReplicator, record_id)
+    claim = SyncClaim(started.last_synced_at, started.claim_generation)
     with sites.secondary.tracking() as conn:
-        registry.failed(conn, record_id, registry.start(conn, record_id), "Download failed")
+        assert registry.failed(conn, record_id, claim, "Download failed") is not None
         registry.start(conn, record_id)
         row = registry.require(conn, record_id)
     assert skip(sites, UploadReplicator, record_id, row) is None
