@@ -24,7 +24,7 @@ from geosync.errors import (
     PrimaryMissing,
     TransferError,
 )
-from geosync.file_locks import mirror_lock
+from geosync.file_locks import mirror_lock as mirror_lock  # its home; kept importable here
 from geosync.log import get_logger
 from geosync.registry import Registry, VerificationState
 from geosync.secondary.blob_client import BlobClient
