@@ -3,7 +3,9 @@ and nothing else: a live worker's temps, other names and other directories stay.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -16,6 +18,7 @@ from geosync.leases import acquire
 from geosync.registry import Registry, SyncState
 from geosync.secondary.scheduler import StuckSweepLoop
 from geosync.testing import SitePair
+from geosync.testing.workers import secondary_worker, wait_for
 from geosync.worker import Worker
 
 DEAD = "gone-host:4242:deadbeef"
@@ -127,3 +130,58 @@ def test_a_sweep_that_recovers_nothing_touches_nothing(sites: SitePair) -> None:
     worker = Worker(sites.secondary, [StuckSweepLoop])
     worker.loops[0].run_once()
     assert abandoned.read_bytes() == b"no row points here"  # whole storages are never scanned
+
+
+def test_a_worker_killed_mid_clone_leaves_a_directory_the_next_worker_sweeps_away(
+    live_sites: SitePair, tmp_path: Path
+) -> None:
+    from tests.integration.test_repository_replication import (
+        _big_history,
+        _held_pack,
+        create_snippet,
+        mirrored,
+    )
+    from tests.integration.test_worker_outages import write_site_config
+
+    sites = live_sites
+    repo = create_snippet(sites, tmp_path, commits=1)
+    _big_history(repo.primary, 3000, 500)
+    root = sites.secondary.settings.repository_storage_root
+    assert root is not None
+    config = write_site_config(sites.secondary, tmp_path / "secondary.toml", lease_seconds=2.0)
+    pack = _held_pack()
+    with sites.primary_served(pack.wrap):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "geosync", "worker", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GEOSYNC_")},
+        )
+        try:
+            wait_for(pack.holding.is_set, timeout=60, what="the clone receiving its pack")
+            left = list(root.glob("snippets/*/tmp_*"))
+            assert len(left) == 1
+        finally:
+            process.kill()  # SIGKILL: nothing of the worker runs any more
+            process.wait()
+        _kill_git_in(left[0])  # git runs in its own session: a real one ends by itself later
+        assert left[0].is_dir()
+        pack.release()
+        with secondary_worker(sites):
+            wait_for(mirrored(sites, repo), timeout=60, what="the mirror synced by the next worker")
+            wait_for(lambda: not left[0].exists(), timeout=30, what="the dead clone removed")
+    assert not list(root.glob("snippets/*/tmp_*"))
+    assert not lock_file_of(repo.mirror(sites)).exists()
+
+
+def _kill_git_in(directory: Path) -> None:
+    """SIGKILL every process whose command line names `directory` (the killed worker's git)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(directory).encode() in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
