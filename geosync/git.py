@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from geosync.errors import GeoError, NotFound, PrimaryMissing, TransferError, ValidationError
+from geosync.file_locks import hold_new, temp_name
 from geosync.paths import resolve_inside
 
 __all__ = [
@@ -215,7 +215,7 @@ def mirror_repository(url: str, dest: Path, *, headers: dict[str, str], timeout:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     _probe("clone", url, [], dest.parent, env, deadline, secrets_to_scrub, timeout)
-    tmp = dest.parent / f"tmp_{secrets.token_hex(8)}"
+    tmp, held = _temp_dir(dest.parent)
     try:
         result = _run(
             [*_TRANSFER_CONFIG, "clone", "--mirror", "--quiet", "--", url, str(tmp)],
@@ -230,9 +230,28 @@ def mirror_repository(url: str, dest: Path, *, headers: dict[str, str], timeout:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(held)
 
     if not _is_repository(dest):  # someone else's directory won the race and is not a repository
         raise TransferError(f"Cannot put the mirror in place at {dest}")
+
+
+def _temp_dir(parent: Path) -> tuple[Path, int]:
+    """A new empty temp directory in `parent` for a clone, and the descriptor that holds it.
+
+    Held until the descriptor is closed, so the stuck sweep knows a clone in progress from one
+    a killed worker left (`geosync.file_locks`).
+    """
+    while True:
+        tmp = temp_name(parent)
+        try:
+            tmp.mkdir()
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileExistsError, FileNotFoundError):  # a name taken, or swept at once
+            continue
+        if hold_new(fd, tmp):
+            return tmp, fd
+        os.close(fd)
 
 
 def _probe(
@@ -326,7 +345,7 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
     except OSError:
         if not dest.exists() or _is_repository(dest):
             return
-    trash = dest.parent / f"tmp_{secrets.token_hex(8)}"
+    trash = temp_name(dest.parent)  # not held: if the worker dies now, it is rubbish anyway
     dest.rename(trash)
     try:
         tmp.rename(dest)

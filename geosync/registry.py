@@ -710,18 +710,20 @@ class Registry:
             ).scalar_one()
         )
 
-    def fail_abandoned(self, conn: Connection, live_holders: set[str]) -> int:
-        """Fail started rows whose worker is gone (its lease expired); returns how many."""
+    def fail_abandoned(self, conn: Connection, live_holders: set[str]) -> list[int]:
+        """Fail started rows whose worker is gone (its lease expired); returns their ids (the
+        stuck sweep removes what those workers left beside the copies)."""
         c = self.table.c
         query = select(self.key).where(c.state == SyncState.STARTED, c.claimed_by.is_not(None))
         if live_holders:
             query = query.where(c.claimed_by.not_in(sorted(live_holders)))
-        count = 0
-        for model_record_id in list(conn.execute(query).scalars()):
-            count += self._fail_started(
+        return [
+            int(model_record_id)
+            for model_record_id in list(conn.execute(query).scalars())
+            if self._fail_started(
                 conn, model_record_id, "Sync interrupted: the worker running it stopped"
             )
-        return count
+        ]
 
     def _fail_started(self, conn: Connection, model_record_id: int, message: str) -> int:
         c = self.table.c

@@ -27,6 +27,7 @@ from geosync.loops import HOUSEKEEPING_START, OUTAGES
 from geosync.registry import Registry, SyncClaim
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.leftovers import remove_leftovers
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Route, SyncService, prefetch_missing
 from geosync.states import SyncState
@@ -371,7 +372,8 @@ class SchedulerLoop:
 
 
 class StuckSweepLoop:
-    """Keeps this worker's liveness lease, recovers rows of dead workers, fails stuck syncs."""
+    """Keeps this worker's liveness lease, recovers rows of dead workers (and removes what they
+    left beside those rows' copies), fails stuck syncs."""
 
     name = "stuck_sweep"
     start_after = HOUSEKEEPING_START
@@ -398,14 +400,17 @@ class StuckSweepLoop:
                     )
                 ).scalars()
             )
-            recovered = sum(
-                Registry(self.geo, r).fail_abandoned(conn, live) for r in self.geo.catalog
-            )
+            recovered = {
+                r: Registry(self.geo, r).fail_abandoned(conn, live) for r in self.geo.catalog
+            }
             stuck = 0
             if self._last_stuck is None or now - self._last_stuck >= self.STUCK_EVERY:
                 stuck = sum(Registry(self.geo, r).fail_stuck(conn) for r in self.geo.catalog)
                 self._last_stuck = now
-        if recovered or stuck:
-            log.warning("recovered abandoned syncs", abandoned=recovered, timed_out=stuck)
+        abandoned = sum(len(ids) for ids in recovered.values())
+        if abandoned or stuck:
+            log.warning("recovered abandoned syncs", abandoned=abandoned, timed_out=stuck)
             self.worker.notify(SchedulerLoop.name)
+        if abandoned:
+            remove_leftovers(self.geo, recovered)
         return self.ttl.total_seconds() / 3

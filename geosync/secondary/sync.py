@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +24,7 @@ from geosync.errors import (
     PrimaryMissing,
     TransferError,
 )
+from geosync.file_locks import mirror_lock as mirror_lock  # its home; kept importable here
 from geosync.log import get_logger
 from geosync.registry import Registry, SyncClaim
 from geosync.secondary.blob_client import BlobClient
@@ -50,23 +50,6 @@ if TYPE_CHECKING:
 
 log = get_logger("sync")
 GIT_TIMEOUT = 3600.0
-
-_mirror_locks: weakref.WeakValueDictionary[Path, threading.Lock] = weakref.WeakValueDictionary()
-_mirror_locks_guard = threading.Lock()
-
-
-def mirror_lock(dest: Path) -> threading.Lock:
-    """The lock that serialises this process's syncs of the mirror at `dest`.
-
-    A sync superseded by an `updated` event is still running when the scheduler claims the row
-    again; two clones or fetches into one mirror at once would let the older one win.
-    """
-    with _mirror_locks_guard:
-        lock = _mirror_locks.get(dest)
-        if lock is None:
-            lock = threading.Lock()
-            _mirror_locks[dest] = lock
-        return lock
 
 
 @dataclass(frozen=True)

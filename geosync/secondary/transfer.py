@@ -3,8 +3,10 @@
 The body goes to an unnamed file (`O_TMPFILE`) in the destination directory, is fsynced and then
 linked into place, so a partial file is never visible under the real name, and a worker killed
 mid-download leaves nothing behind. A file system without unnamed files gets `tmp_<random>`
-instead, renamed into place. An interrupted download resumes with an HTTP Range request; the
-hash continues over the bytes already written. Large files are written past the page cache
+instead, renamed into place; it is held (`geosync.file_locks`) while written, and one a killed
+worker leaves is removed by the stuck sweep (`geosync.secondary.leftovers`). An interrupted
+download resumes with an HTTP Range request within the same download; the hash continues over
+the bytes already written. Large files are written past the page cache
 (`geosync.secondary.partial_file`).
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geosync.errors import AuthenticationError, ChecksumMismatch, PrimaryMissing, TransferError
+from geosync.file_locks import TEMP_PREFIX, hold_new
+from geosync.file_locks import temp_name as _temp_name
 from geosync.secondary.blob_client import BlobClient, BlobResponse, TransportFailure
 from geosync.secondary.partial_file import PartialFile
 
 CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
-TMP_PREFIX = "tmp_"
+TMP_PREFIX = TEMP_PREFIX
 _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 #: Unnamed temp files need O_TMPFILE (Linux) and /proc to name them when they are done.
 _UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
@@ -133,19 +136,22 @@ def _open_temp(directory: Path) -> tuple[int, Path | None]:
 
 
 def _open_in(directory: Path) -> tuple[int, Path | None]:
+    """The temp's descriptor, held (`hold_new`) so the stuck sweep leaves it alone."""
     if _UNNAMED:
         try:
-            return os.open(directory, os.O_WRONLY | _O_TMPFILE, 0o666), None
+            fd = os.open(directory, os.O_WRONLY | _O_TMPFILE, 0o666)
         except OSError as exc:
             if exc.errno not in _NO_UNNAMED:
                 raise
-    path = _temp_name(directory)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-
-
-def _temp_name(directory: Path) -> Path:
-    """A fresh `tmp_<random>` name in `directory`."""
-    return directory / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        else:
+            hold_new(fd, None)
+            return fd, None
+    while True:
+        path = _temp_name(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if hold_new(fd, path):
+            return fd, path
+        os.close(fd)  # swept between its creation and its hold: take another name
 
 
 def _place(temp: _Temp, dest: Path) -> None:
