@@ -15,8 +15,9 @@ from geosync.demo.models import Snippet, Upload
 from geosync.demo.replicators import SnippetReplicator, UploadReplicator
 from geosync.file_locks import hold_new, lock_file_of, temp_name
 from geosync.leases import acquire
-from geosync.registry import Registry, SyncState
+from geosync.registry import Registry
 from geosync.secondary.scheduler import StuckSweepLoop
+from geosync.states import SyncState
 from geosync.testing import SitePair
 from geosync.testing.workers import secondary_worker, wait_for
 from geosync.worker import Worker
