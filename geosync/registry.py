@@ -73,6 +73,16 @@ class RegistryRow:
         """The verification state as an enum."""
         return VerificationState(self.values["verification_state"])
 
+    @property
+    def brand_new(self) -> bool:
+        """Whether geosync never placed, failed or verified this copy (a first sync)."""
+        return (
+            self.values["retry_count"] == 0
+            and self.values["verified_at"] is None
+            and self.values["verification_checksum"] is None
+            and self.values.get("local_path") is None
+        )
+
 
 @dataclass(frozen=True)
 class SyncClaim:

@@ -7,13 +7,14 @@ A concrete replicator names its model and implements one strategy method (`blob_
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Select, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import object_session
 
-from geosync.errors import RecordNotFound, UnsupportedEvent
+from geosync.errors import ConfigurationError, RecordNotFound, UnsupportedEvent
 from geosync.names import DerivedNames
 
 if TYPE_CHECKING:
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
     from geosync.app import Geo
     from geosync.nodes import Node
+    from geosync.registry import RegistryRow
+    from geosync.secondary.settlement import Success
+    from geosync.secondary.sync import SyncService
+    from geosync.settings import Settings
 
 CREATED = "created"
 UPDATED = "updated"
@@ -39,6 +44,17 @@ class Replicator:
     replication_enabled_by_default: ClassVar[bool] = True
     verification_enabled: ClassVar[bool] = True
     sync_timeout: ClassVar[timedelta] = timedelta(hours=8)
+
+    # -- what a strategy declares (everything that differs between kinds of replicable) ------
+    #: What one copy is called in messages ("file", "repository").
+    noun: ClassVar[str] = "item"
+    #: The node field that caps this kind's concurrent syncs on a secondary; kinds naming the
+    #: same field share its capacity.
+    capacity_setting: ClassVar[str] = "files_max_capacity"
+    #: Whether the syncs of many items of one replicator share one batch request.
+    batches: ClassVar[bool] = False
+    #: Whether a copy is a git mirror, locked by a `<mirror>.lock` file beside it while fetched.
+    copy_lock_file: ClassVar[bool] = False
 
     names: ClassVar[DerivedNames]
     replicable_name: ClassVar[str]
@@ -110,6 +126,48 @@ class Replicator:
         if not cls.__name__.endswith("Replicator"):
             problems.append(f"{cls.__name__}: a replicator class name must end in 'Replicator'")
         return problems
+
+    # -- the strategy's behaviour (overridden by each strategy) ---------------------------------
+
+    @classmethod
+    def keeps_checksum(cls) -> bool:
+        """Whether a record keeps its reference checksum once it has one: true only for content
+        that cannot change, so a corrupted copy keeps failing until it is restored."""
+        return False
+
+    @classmethod
+    def storage_root(cls, settings: Settings) -> Path:
+        """The directory this kind's copies (`local_path`s) are relative to on a site."""
+        raise ConfigurationError(f"{cls.__name__} keeps no copies in a storage")
+
+    @classmethod
+    def path_in_payload(cls, payload: dict[str, Any]) -> str | None:
+        """Where a deleted record's copy was, from its `deleted` event's payload."""
+        return None
+
+    @classmethod
+    def remove_copy(cls, settings: Settings, local_path: str) -> bool:
+        """Delete this site's copy at `local_path` (relative to the storage root), only inside
+        the root and never what a symlink points to; missing is fine. Returns if removed.
+        `ValidationError` for a path that may not be removed."""
+        raise ConfigurationError(f"{cls.__name__} keeps no copies in a storage")
+
+    def local_path(self) -> str:
+        """Where the bound record's copy lives, relative to the storage root."""
+        raise ConfigurationError(f"{type(self).__name__} keeps no copies in a storage")
+
+    def copy_path(self) -> Path:
+        """Absolute path of this site's copy of the bound record."""
+        raise ConfigurationError(f"{type(self).__name__} keeps no copies in a storage")
+
+    def can_skip_download(self, row: RegistryRow, expected: str | None) -> bool:
+        """Whether the copy already in place may be taken without a transfer (§6)."""
+        return False
+
+    def fetch(self, job: SyncService, expected: str | None) -> Success:
+        """Bring this site's copy up to date from the primary (the secondary side of a sync);
+        `expected` is the primary's checksum, if it has one."""
+        raise ConfigurationError(f"{type(self).__name__} has no transfer")
 
     # -- the bound record --------------------------------------------------------------------
 

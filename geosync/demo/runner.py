@@ -7,7 +7,6 @@ that the secondary ends up holding every replicable, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import secrets
@@ -192,34 +191,18 @@ def prepare(root: Path) -> tuple[Site, Site]:
     return primary, secondary
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1024 * 1024):
-                digest.update(chunk)
-        return digest.hexdigest()
-    except FileNotFoundError:
-        return None
-
-
 def copies_identical(primary: Geo, secondary: Geo) -> list[str]:
     """Every replicable whose secondary copy differs from the primary's (empty when all match)."""
-    from geosync.git import repository_checksum
-
     problems: list[str] = []
     with primary.session() as session:
         for replicator_class in primary.catalog:
             for record in session.query(replicator_class.model).all():
                 here = replicator_class(record, geo=primary)
                 there = replicator_class(record, geo=secondary)
-                if replicator_class.strategy == "blob":
-                    same = _sha256(here.file_path()) == _sha256(there.file_path())  # type: ignore[attr-defined]
-                else:
-                    target = there.repository_dir()  # type: ignore[attr-defined]
-                    same = target.exists() and repository_checksum(
-                        here.repository_dir()  # type: ignore[attr-defined]
-                    ) == repository_checksum(target)
+                try:  # each strategy's own checksum of each site's copy
+                    same = here.checksum() == there.checksum()
+                except (GeoError, OSError):
+                    same = False
                 if not same:
                     problems.append(f"{replicator_class.replicable_name} {record.id}")
     return problems

@@ -56,7 +56,7 @@ def mark_changed(geo: Geo, conn: Connection, replicator: type[Replicator], ids: 
     """
     target = primary_verifiable(geo, replicator)
     c = target.table.c
-    keep_checksum = replicator.strategy == "blob" and not replicator.mutable
+    keep_checksum = replicator.keeps_checksum()
     for chunk in in_chunks(sorted(set(ids))):
         where: Any = target.key.in_(chunk)
         if keep_checksum:

@@ -122,12 +122,12 @@ def settle_failure(
     replicator = target.replicator
     failure = result.failure or "Checksum could not be calculated"
     if result.checksum is not None:
-        noun = "file" if replicator.strategy == "blob" else "repository"
         failure = (
-            f"Checksum does not match the last verified checksum: the {noun} changed without"
+            "Checksum does not match the last verified checksum: the"
+            f" {replicator.noun} changed without"
             f" an update (expected {claim.previous_checksum}, found {result.checksum})"
         )
-    immutable = replicator.strategy == "blob" and not replicator.mutable
+    immutable = replicator.keeps_checksum()
     count = target.failed(
         conn, claim.model_record_id, claim.started_at, failure, keep_checksum=immutable
     )

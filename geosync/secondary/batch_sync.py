@@ -24,8 +24,6 @@ from geosync.secondary.blob_client import BlobResponse, TransportFailure
 from geosync.secondary.settlement import Failure, Settled, Success
 from geosync.secondary.sync import SyncService, prefetch_missing
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
-from geosync.states import VerificationState
-from geosync.strategies.blob import BlobReplicator
 from geosync.web.blob_batch import HEADER, MAX_HEADER
 from geosync.web.node_paths import batch_path
 
@@ -115,14 +113,11 @@ class BatchSync:
         return self._wanted
 
     def _plan(self, service: SyncService) -> _Item | Success:
-        record, expected = service.record()
-        replicator = service.replicator(record, geo=service.geo)
-        assert isinstance(replicator, BlobReplicator)
-        dest = replicator.file_path()
-        relative = replicator.blob_path()
-        if service.can_skip_download(replicator, dest, expected):
-            return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
-        return _Item(service, dest, relative, expected)
+        plan = service.plan()
+        if plan.skip is not None:
+            return plan.skip
+        bound = plan.replicator
+        return _Item(service, bound.copy_path(), bound.local_path(), plan.expected)
 
     def _transfer(self) -> None:
         """Ask for every item, plan them while the primary works, then take in the answer."""
@@ -225,13 +220,7 @@ class BatchSync:
             )
         except Exception as exc:
             return exc
-        verified = item.expected is not None
-        return Success(
-            item.relative,
-            VerificationState.SUCCEEDED if verified else VerificationState.DISABLED,
-            download.sha256 if verified else None,
-            bytes=download.bytes,
-        )
+        return Success.downloaded(item.relative, item.expected, download)
 
     def _alone(self, service: SyncService) -> Success | BaseException:
         try:

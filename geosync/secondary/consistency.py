@@ -16,22 +16,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select, true
 
 from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
-from geosync.errors import ConfigurationError, ValidationError
+from geosync.errors import ValidationError
 from geosync.flags import flag_enabled
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
-from geosync.paths import resolve_inside
 from geosync.registry import Registry
 from geosync.scope import ids_in_range
-from geosync.secondary.handlers import remove_path
 from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
@@ -124,22 +121,10 @@ def delete_unused(conn: Connection, registry: Registry, ids: list[int]) -> list[
 # -- local copies -----------------------------------------------------------------------------
 
 
-def storage_root(geo: Geo, replicator: type[Replicator]) -> Path:
-    """The directory a replicator's `local_path`s are relative to on this site."""
-    if replicator.strategy == "blob":
-        return geo.settings.blob_storage(str(getattr(replicator, "storage", "")))
-    root = geo.settings.repository_storage_root
-    if root is None:
-        raise ConfigurationError(
-            f"setting 'repository_storage_root' is needed by {replicator.__name__}"
-        )
-    return root
-
-
 def remove_local_copy(geo: Geo, replicator: type[Replicator], local_path: str) -> bool:
-    """Delete one copy (file or mirror) inside its storage root; missing is fine."""
+    """Delete one copy the strategy's safe way; missing is fine; an unsafe path is logged."""
     try:
-        path = resolve_inside(storage_root(geo, replicator), local_path)
+        return replicator.remove_copy(geo.settings, local_path)
     except ValidationError as exc:
         log.warning(
             "local copy not removed: unsafe path",
@@ -147,7 +132,6 @@ def remove_local_copy(geo: Geo, replicator: type[Replicator], local_path: str) -
             error=str(exc),
         )
         return False
-    return remove_path(path)
 
 
 # -- one range --------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -18,7 +17,6 @@ from sqlalchemy import Connection
 from geosync.errors import ValidationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
-from geosync.paths import resolve_inside
 from geosync.registry import Registry
 from geosync.replicator import CHECKSUM_SUCCEEDED, CREATED, DELETED, UPDATED
 from geosync.scope import ids_in_scope
@@ -111,7 +109,10 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
         raise SkipEvent("unknown_event", f"event {event.id}: unknown event {event.event_name!r}")
     model_record_id = event.model_record_id()
     if event.event_name in (CREATED, UPDATED):
-        _changed(ctx, replicator, model_record_id, event.created_at, event.event_name)
+        # A change alone is a set of one: the set-wise path holds the semantics.
+        change = Change(event, replicator, model_record_id)
+        for _event, skip in _apply_changes(ctx, replicator, [change]):
+            raise skip
     elif event.event_name == DELETED:
         delete_local_copy(ctx.geo, replicator, event.payload)
         delete_registry(ctx.tracking, ctx.geo, replicator, model_record_id)
@@ -119,26 +120,6 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
         from geosync.secondary.verification import handle_checksum_succeeded
 
         handle_checksum_succeeded(ctx.geo, ctx.tracking, replicator, model_record_id)
-
-
-def _changed(
-    ctx: HandlerContext,
-    replicator: type[Replicator],
-    model_record_id: int,
-    at: datetime,
-    event_name: str,
-) -> None:
-    registry = Registry(ctx.geo, replicator)
-    if event_name == CREATED and registry.get(ctx.tracking, model_record_id) is not None:
-        # The consistency sweep got there first: the row already stands for this record, and
-        # re-queueing it would throw away a sync in flight or done. Only `updated` forces work.
-        return
-    if not ctx.flag_on(replicator):
-        raise _flag_disabled(replicator)
-    if not _in_scope(ctx, replicator, [model_record_id]):
-        raise _out_of_scope(replicator, model_record_id)
-    registry.ensure_pending(ctx.tracking, model_record_id, at)
-    ctx.new_work = True
 
 
 def _in_scope(ctx: HandlerContext, replicator: type[Replicator], ids: list[int]) -> set[int]:
@@ -205,7 +186,8 @@ def _apply_changes(
 ) -> list[Skipped]:
     registry = Registry(ctx.geo, replicator)
     existing = registry.existing_ids(ctx.tracking, [c.model_record_id for c in changes])
-    # As in `_changed`: `created` for a row that exists is a no-op; only `updated` forces work.
+    # `created` for a row that exists is a no-op: the consistency sweep got there first, and
+    # re-queueing it would throw away a sync in flight or done. Only `updated` forces work.
     todo = [c for c in changes if not (c.created and c.model_record_id in existing)]
     if not todo:
         return []
@@ -234,72 +216,16 @@ def _apply_changes(
     ]
 
 
-def local_copy_path(geo: Geo, replicator: type[Replicator], payload: Any) -> Path | None:
-    """Where this site's copy of a deleted replicable is, from the event payload."""
-    if not isinstance(payload, dict):
-        return None
-    if replicator.strategy == "blob" and payload.get("blob_path"):
-        storage = str(payload.get("storage") or getattr(replicator, "storage", ""))
-        return resolve_inside(geo.settings.blob_storage(storage), str(payload["blob_path"]))
-    root = geo.settings.repository_storage_root
-    if replicator.strategy == "repository" and payload.get("repository_path") and root:
-        return resolve_inside(root, str(payload["repository_path"]))
-    return None
-
-
 def delete_local_copy(geo: Geo, replicator: type[Replicator], payload: Any) -> bool:
-    """Remove the local file or mirror named by `payload`; missing is fine. Returns if removed."""
+    """Remove the local copy a `deleted` event's payload names, the strategy's safe way;
+    missing is fine. Returns whether it was removed; `SkipEvent` for an unsafe path."""
+    relative = replicator.path_in_payload(payload) if isinstance(payload, dict) else None
+    if relative is None:
+        return False
     try:
-        mirror = _mirror_location(geo, replicator, payload)
-        if mirror is not None:
-            return remove_mirror(*mirror)
-        path = local_copy_path(geo, replicator, payload)
+        return replicator.remove_copy(geo.settings, relative)
     except ValidationError as exc:
         raise SkipEvent("unsafe_path", str(exc)) from None
-    return remove_path(path) if path is not None else False
-
-
-def _mirror_location(
-    geo: Geo, replicator: type[Replicator], payload: Any
-) -> tuple[Path, str] | None:
-    root = geo.settings.repository_storage_root
-    if replicator.strategy != "repository" or root is None or not isinstance(payload, dict):
-        return None
-    relative = payload.get("repository_path")
-    return (root, str(relative)) if relative else None
-
-
-def remove_mirror(root: Path, relative: str) -> bool:
-    """Delete the mirror `root/relative`; missing is fine. Returns whether it was removed.
-
-    Only a git directory is deleted (a path naming a directory of many mirrors is refused with
-    `ValidationError`); a symlinked mirror loses the link, never what it points to.
-    """
-    from geosync.git import remove_repository
-
-    target = resolve_inside(root, relative)
-    linked = (root.resolve() / relative).is_symlink()
-    if not linked and target.is_dir() and not _is_git_directory(target):
-        raise ValidationError(f"Not a repository, not removed: {relative!r}")
-    return remove_repository(root, relative)
-
-
-def _is_git_directory(path: Path) -> bool:
-    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
-
-
-def remove_path(path: Path) -> bool:
-    """Delete a file or a directory tree (an already-resolved safe path)."""
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
-        return True
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def delete_registry(

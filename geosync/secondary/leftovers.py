@@ -28,8 +28,6 @@ from geosync.file_locks import is_temp_name, lock_file_of, remove_if_unheld
 from geosync.log import get_logger
 from geosync.paths import resolve_inside
 from geosync.registry import Registry
-from geosync.strategies.blob import BlobReplicator
-from geosync.strategies.repository import RepositoryReplicator
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -45,7 +43,7 @@ def remove_leftovers(geo: Geo, recovered: Mapping[type[Replicator], Sequence[int
     for replicator, ids in recovered.items():
         if not ids:
             continue
-        mirrors = issubclass(replicator, RepositoryReplicator)
+        mirrors = replicator.copy_lock_file
         locations = copy_locations(geo, replicator, ids)
         count = sum(
             remove_beside(copy, mirror=mirrors, keep=locations) for copy in sorted(locations)
@@ -68,8 +66,6 @@ def copy_locations(geo: Geo, replicator: type[Replicator], ids: Sequence[int]) -
 
 
 def _recorded_paths(geo: Geo, replicator: type[Replicator], ids: Sequence[int]) -> set[Path]:
-    from geosync.secondary.consistency import storage_root
-
     registry = Registry(geo, replicator)
     with geo.tracking_engine.connect() as conn:
         relative = [row.local_path for i in ids if (row := registry.get(conn, i)) is not None]
@@ -77,7 +73,7 @@ def _recorded_paths(geo: Geo, replicator: type[Replicator], ids: Sequence[int]) 
     for local_path in relative:
         if local_path:
             try:
-                paths.add(resolve_inside(storage_root(geo, replicator), local_path))
+                paths.add(resolve_inside(replicator.storage_root(geo.settings), local_path))
             except (ConfigurationError, ValidationError) as exc:
                 _skipped(replicator, exc)
     return paths
@@ -95,22 +91,10 @@ def _record_paths(geo: Geo, replicator: type[Replicator], ids: Sequence[int]) ->
     paths: set[Path] = set()
     for record in records.values():
         try:
-            path = _copy_of(replicator(record, geo=geo))
+            paths.add(replicator(record, geo=geo).copy_path())
         except (ConfigurationError, ValidationError) as exc:
             _skipped(replicator, exc)
-            continue
-        if path is not None:
-            paths.add(path)
     return paths
-
-
-def _copy_of(instance: Replicator) -> Path | None:
-    """The record's copy on this site, for the strategies that keep one beside its temps."""
-    if isinstance(instance, BlobReplicator):
-        return instance.file_path()
-    if isinstance(instance, RepositoryReplicator):
-        return instance.repository_dir()
-    return None
 
 
 def _skipped(replicator: type[Replicator], exc: Exception) -> None:

@@ -1,7 +1,8 @@
 """The scheduler: claims due registry rows and runs their syncs within the node's capacities.
 
-Work is the registry tables themselves. Claims for one strategy happen under a site-wide lock
-(PostgreSQL advisory lock; SQLite's `BEGIN IMMEDIATE`), so the count of rows in `started` —
+Work is the registry tables themselves. Claims for one capacity group (the replicators whose
+strategies share a node capacity setting) happen under a site-wide lock (PostgreSQL advisory
+lock; SQLite's `BEGIN IMMEDIATE`), so the count of rows in `started` —
 the syncs running in every worker process of the site — never exceeds the capacity.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 log = get_logger("scheduler")
 
 Claim = tuple["type[Replicator]", int, datetime]
-STRATEGY_CAPACITY = {"blob": "files_max_capacity", "repository": "repos_max_capacity"}
 SHUTDOWN_GRACE = 20.0
 #: Claim for a strategy only once this fraction of its slots (1/n) is free locally...
 CLAIM_FRACTION = 3
@@ -63,28 +63,34 @@ class _Release:
     """Gives a job's slots back to the scheduler, once: when its rows are written (a batch
     says so before its log lines and metrics) or else when it ends."""
 
-    def __init__(self, scheduler: SchedulerLoop, strategy: str, count: int) -> None:
+    def __init__(self, scheduler: SchedulerLoop, group: str, count: int) -> None:
         self.scheduler = scheduler
-        self.strategy = strategy
+        self.group = group
         self.count = count
 
     def __call__(self, wake: bool = True) -> None:
         scheduler = self.scheduler
         with scheduler._lock:
             count, self.count = self.count, 0
-            scheduler.inflight[self.strategy] -= count
+            scheduler.inflight[self.group] -= count
         if count and wake:
             scheduler.worker.wake(scheduler.name)
 
 
-def capacity_of(node: Node, strategy: str) -> int:
-    """The node's limit of concurrent syncs for `strategy`."""
-    return int(getattr(node, STRATEGY_CAPACITY[strategy]))
+def capacity_of(node: Node, group: str) -> int:
+    """The node's limit of concurrent syncs of a capacity group (the name of a node field
+    that replicators declare as their `capacity_setting`)."""
+    return int(getattr(node, group))
 
 
-def _lock_claims(conn: Connection, strategy: str) -> None:
+def capacity_groups(replicators: Iterable[type[Replicator]]) -> list[str]:
+    """The capacity settings `replicators` declare, each once, in catalog order."""
+    return list(dict.fromkeys(r.capacity_setting for r in replicators))
+
+
+def _lock_claims(conn: Connection, group: str) -> None:
     if not is_sqlite(conn.engine):
-        key = zlib.crc32(f"geosync-claim-{strategy}".encode())
+        key = zlib.crc32(f"geosync-claim-{group}".encode())
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
@@ -99,9 +105,9 @@ def claim_round_robin(
     """Claim up to the free capacity, sharing it across `registries` in turn.
 
     The capacity is shared by the syncs of `counted` (default: `registries`): every registry
-    of the strategy, when only some are worth a claim.
+    of the group, when only some are worth a claim.
     """
-    _lock_claims(conn, registries[0].replicator.strategy if registries else "none")
+    _lock_claims(conn, registries[0].replicator.capacity_setting if registries else "none")
     free = capacity - started_total(conn, counted if counted is not None else registries)
     if not registries or free <= 0:
         return []
@@ -149,13 +155,15 @@ class SchedulerLoop:
         self.worker = worker
         self.cancel = threading.Event()
         self.pools: dict[str, ThreadPoolExecutor] = {}
-        self.inflight: dict[str, int] = dict.fromkeys(STRATEGY_CAPACITY, 0)
+        #: The capacity groups of the catalog's replicators, each with its own slots and pool.
+        self.groups = capacity_groups(geo.catalog)
+        self.inflight: dict[str, int] = dict.fromkeys(self.groups, 0)
         self._lock = threading.Lock()
         self._offset = 0
         self._route: Route | None = None
         self._route_read = 0.0
         self._drained_at: dict[str, float | None] = {}
-        #: Since when a strategy has had free slots, too few to claim for yet.
+        #: Since when a group has had free slots, too few to claim for yet.
         self._gathering_since: dict[str, float] = {}
         self._empty_at: dict[type[Replicator], float] = {}
         self._fresh = False
@@ -186,44 +194,44 @@ class SchedulerLoop:
         started = 0
         full = False
         wait = self.geo.settings.poll_interval
-        for strategy in STRATEGY_CAPACITY:
-            capacity = capacity_of(node, strategy)
-            delay = self._claim_delay(strategy, capacity)
+        for group in self.groups:
+            capacity = capacity_of(node, group)
+            delay = self._claim_delay(group, capacity)
             if delay > 0:
                 wait = min(wait, delay)
                 continue
-            started_now = self._schedule(strategy, capacity)
-            self._drained_at[strategy] = None if started_now else time.monotonic()
+            started_now = self._schedule(group, capacity)
+            self._drained_at[group] = None if started_now else time.monotonic()
             started += started_now
             with self._lock:
-                full = full or self.inflight[strategy] >= capacity
+                full = full or self.inflight[group] >= capacity
         self._offset += 1
         if started and not full:
             return 0.0
         return wait
 
-    def _claim_delay(self, strategy: str, capacity: int) -> float:
-        """Seconds until claiming for `strategy` is worth its queries; 0 when it is now.
+    def _claim_delay(self, group: str, capacity: int) -> float:
+        """Seconds until claiming for `group` is worth its queries; 0 when it is now.
 
         Claims come in groups, not one per finished sync: a round waits until a third of the
         slots are free, or until a free slot has waited `CLAIM_GATHER` for others. A round
         that found nothing is not repeated for a while either.
         """
         with self._lock:
-            inflight = self.inflight[strategy]
+            inflight = self.inflight[group]
         now = time.monotonic()
         free = capacity - inflight
         if free <= 0:
-            self._gathering_since.pop(strategy, None)
+            self._gathering_since.pop(group, None)
             return self._recheck_after()
         if inflight and free < max(1, capacity // CLAIM_FRACTION):
-            waited = now - self._gathering_since.setdefault(strategy, now)
+            waited = now - self._gathering_since.setdefault(group, now)
             if waited < CLAIM_GATHER:
                 return CLAIM_GATHER - waited
-        drained_at = self._drained_at.get(strategy)
+        drained_at = self._drained_at.get(group)
         if drained_at is not None and now - drained_at < self._recheck_after():
             return self._recheck_after() - (now - drained_at)
-        self._gathering_since.pop(strategy, None)
+        self._gathering_since.pop(group, None)
         return 0.0
 
     def _recheck_after(self) -> float:
@@ -248,8 +256,8 @@ class SchedulerLoop:
             self._flags_read = now
         return self._flags.get(replicator, False)
 
-    def _schedule(self, strategy: str, capacity: int) -> int:
-        replicators = self.geo.catalog.of_strategy(strategy)
+    def _schedule(self, group: str, capacity: int) -> int:
+        replicators = [r for r in self.geo.catalog if r.capacity_setting == group]
         if not replicators or capacity <= 0:
             return 0
         enabled = [Registry(self.geo, r) for r in replicators if self._enabled(r)]
@@ -272,26 +280,26 @@ class SchedulerLoop:
                 self._empty_at.pop(registry.replicator, None)
             else:
                 self._empty_at[registry.replicator] = now
-        jobs = self._jobs(strategy, capacity, claims)
+        jobs = self._jobs(group, capacity, claims)
         # A batch reads its own records while its request is out; a sync alone gets them here.
         prefetch_missing([job[0] for job in jobs if len(job) == 1])
         for job in jobs:
-            self._submit(strategy, capacity, job)
+            self._submit(group, capacity, job)
         return len(claims)
 
-    def _submit(self, strategy: str, capacity: int, job: list[SyncService]) -> None:
-        """Run `job` (one sync, or a batch of blobs) on the strategy's pool, counted in flight
+    def _submit(self, group: str, capacity: int, job: list[SyncService]) -> None:
+        """Run `job` (one sync, or a batch of blobs) on the group's pool, counted in flight
         until it ends. A batch hands the items too large for it back here, as syncs of their
         own: counted twice for a moment, never not at all."""
         with self._lock:
-            self.inflight[strategy] += len(job)
-        pool = self._pool(strategy, capacity)
-        release = _Release(self, strategy, len(job))
+            self.inflight[group] += len(job)
+        pool = self._pool(group, capacity)
+        release = _Release(self, group, len(job))
         run: Callable[[], object]
         if len(job) == 1:
             run = job[0].execute
         else:
-            hand_off = partial(self._hand_off, strategy, capacity)
+            hand_off = partial(self._hand_off, group, capacity)
             batch = BatchSync(job, self.client, self.cancel, self.writers, hand_off, release)
             run = batch.execute
         try:
@@ -301,25 +309,24 @@ class SchedulerLoop:
             raise
         future.add_done_callback(partial(self._done, release=release))
 
-    def _hand_off(self, strategy: str, capacity: int, service: SyncService) -> None:
+    def _hand_off(self, group: str, capacity: int, service: SyncService) -> None:
         try:
-            self._submit(strategy, capacity, [service])
+            self._submit(group, capacity, [service])
         except RuntimeError:  # stopping: the batch's own thread runs it (or fails it cleanly)
             service.execute()
 
     def _jobs(
         self,
-        strategy: str,
+        group: str,
         capacity: int,
         claims: list[tuple[Registry, int, SyncClaim]],
     ) -> list[list[SyncService]]:
-        """The claimed syncs, as jobs for the pool: blobs of one replicator go in one batch
-        (a claim is at most the capacity), everything else alone.
+        """The claimed syncs, as jobs for the pool: items of one replicator whose strategy
+        batches go in one batch (a claim is at most the capacity), everything else alone.
 
         One batch at a time measured best: half-capacity batches paid the request, claim and
         settle costs twice as often without overlapping enough to make up for it.
         """
-        size = max(1, capacity) if strategy == "blob" and self.batch_blobs else 1
         by_replicator: dict[type[Replicator], list[SyncService]] = {}
         for registry, model_id, claim in claims:
             service = SyncService(
@@ -333,17 +340,18 @@ class SchedulerLoop:
                 self.settler,
             )
             by_replicator.setdefault(registry.replicator, []).append(service)
-        return [
-            services[i : i + size]
-            for services in by_replicator.values()
-            for i in range(0, len(services), size)
-        ]
+        jobs: list[list[SyncService]] = []
+        for replicator, services in by_replicator.items():
+            size = max(1, capacity) if replicator.batches and self.batch_blobs else 1
+            jobs.extend(services[i : i + size] for i in range(0, len(services), size))
+        return jobs
 
-    def _pool(self, strategy: str, capacity: int) -> ThreadPoolExecutor:
-        pool = self.pools.get(strategy)
+    def _pool(self, group: str, capacity: int) -> ThreadPoolExecutor:
+        pool = self.pools.get(group)
         if pool is None:
-            pool = ThreadPoolExecutor(max(1, capacity), thread_name_prefix=f"sync-{strategy}")
-            self.pools[strategy] = pool
+            prefix = f"sync-{group.removesuffix('_max_capacity')}"
+            pool = ThreadPoolExecutor(max(1, capacity), thread_name_prefix=prefix)
+            self.pools[group] = pool
         return pool
 
     def _done(self, future: Future[object], *, release: _Release) -> None:

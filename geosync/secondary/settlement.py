@@ -26,6 +26,7 @@ from geosync.states import VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo
+    from geosync.secondary.transfer import Download
 
 #: At most this many syncs share one transaction.
 MAX_GROUP = 100
@@ -41,6 +42,19 @@ class Success:
     missing_on_primary: bool = False
     bytes: int | None = None
     skipped_download: bool = False
+
+    @classmethod
+    def downloaded(cls, local_path: str, expected: str | None, download: Download) -> Success:
+        """A blob written whole: verified when the primary had a checksum (the download
+        refused to finish unless the bytes matched it)."""
+        if expected is None:
+            return cls(local_path, bytes=download.bytes)
+        return cls(local_path, VerificationState.SUCCEEDED, download.sha256, bytes=download.bytes)
+
+    @classmethod
+    def skipped(cls, local_path: str, expected: str) -> Success:
+        """The copy in place was taken as it is (§6's skip-download)."""
+        return cls(local_path, VerificationState.SUCCEEDED, expected, skipped_download=True)
 
 
 @dataclass(frozen=True)

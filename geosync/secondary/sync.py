@@ -12,10 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geosync.auth import BLOB_TOKEN_TTL, REPOSITORY_TOKEN_TTL, node_header
 from geosync.errors import (
     AuthenticationError,
     ChecksumMismatch,
@@ -37,11 +35,7 @@ from geosync.secondary.settlement import (
     failure_of,
     settle_group,
 )
-from geosync.secondary.transfer import download_blob
 from geosync.states import VerificationState
-from geosync.strategies.blob import BlobReplicator
-from geosync.strategies.repository import RepositoryReplicator
-from geosync.web.node_paths import repository_base_path, retrieve_path
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -49,7 +43,6 @@ if TYPE_CHECKING:
     from geosync.replicator import Replicator
 
 log = get_logger("sync")
-GIT_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +56,16 @@ class Route:
     def lookup(cls, geo: Geo) -> Route:
         """The current route, from the database."""
         return cls(geo.primary_internal_url(), geo.current_node())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The first step of every sync, alone or in a batch: the record bound to its replicator,
+    the primary's checksum, and `skip`, the outcome when no transfer is needed."""
+
+    replicator: Replicator
+    expected: str | None
+    skip: Success | None = None
 
 
 #: A claimed row's model record (None if gone) and the primary's checksum of it (None if none).
@@ -198,78 +201,27 @@ class SyncService:
             )
         return record, expected
 
-    def transfer(self) -> Success:
-        """Download or fetch the item; its outcome, not yet written to the registry."""
+    def plan(self) -> Plan:
+        """What this sync must do: the record bound to its replicator, the primary's checksum,
+        and the outcome already known when the copy in place can be taken (skip-download)."""
         record, expected = self.record()
-        replicator = self.replicator(record, geo=self.geo)
-        if isinstance(replicator, BlobReplicator):
-            return self._sync_blob(replicator, expected)
-        if isinstance(replicator, RepositoryReplicator):
-            return self._sync_repository(replicator, expected)
-        raise ConfigurationError(f"{self.replicator.__name__} has no known strategy")
+        bound = self.replicator(record, geo=self.geo)
+        skip = None
+        if expected is not None and self._may_skip(bound, expected):
+            skip = Success.skipped(bound.local_path(), expected)
+        return Plan(bound, expected, skip)
 
-    def _sync_blob(self, replicator: BlobReplicator, expected: str | None) -> Success:
-        dest = replicator.file_path()
-        relative = replicator.blob_path()
-        if self.can_skip_download(replicator, dest, expected):
-            return Success(relative, VerificationState.SUCCEEDED, expected, skipped_download=True)
-        route = self.route()
-        base = route.primary_url
-        path = retrieve_path(self.replicator.replicable_name, self.model_record_id)
-
-        def auth() -> dict[str, str]:
-            return {"Authorization": node_header(self.geo, path, BLOB_TOKEN_TTL, route.node)}
-
-        download = download_blob(
-            self.client,
-            base.rstrip("/") + path,
-            auth,
-            dest,
-            expected_sha256=expected,
-            cancel=self.cancel,
-        )
-        verified = expected is not None
-        return Success(
-            relative,
-            VerificationState.SUCCEEDED if verified else VerificationState.DISABLED,
-            download.sha256 if verified else None,
-            bytes=download.bytes,
-        )
-
-    def can_skip_download(
-        self, replicator: BlobReplicator, dest: Path, expected: str | None
-    ) -> bool:
-        """Whether the file already in place can be taken as the copy (§6's skip-download)."""
-        from geosync.secondary.verification import skip_download_possible
-
-        if expected is None or not dest.is_file():
-            return False
+    def _may_skip(self, bound: Replicator, expected: str) -> bool:
         with self.geo.tracking_engine.connect() as conn:
             row = self.registry.get(conn, self.model_record_id)
-        return row is not None and skip_download_possible(replicator, row, expected)
+        return row is not None and bound.can_skip_download(row, expected)
 
-    def _sync_repository(self, replicator: RepositoryReplicator, expected: str | None) -> Success:
-        from geosync.git import mirror_repository, repository_checksum
-
-        dest = replicator.repository_dir()
-        relative = replicator.repository_path()
-        base = repository_base_path(self.replicator.replicable_name, self.model_record_id)
-        route = self.route()
-        url = route.primary_url.rstrip("/") + base
-        with mirror_lock(dest):
-            # Signed only now: waiting for an older sync of this mirror may take long.
-            header = node_header(self.geo, base, REPOSITORY_TOKEN_TTL, route.node)
-            try:
-                mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
-            except PrimaryMissing:
-                return Success(relative, missing_on_primary=True)
-        if expected is None:
-            return Success(relative)
-        actual = repository_checksum(dest)
-        if actual != expected:
-            # The primary may have moved on since its checksum; let verification decide later.
-            return Success(relative, VerificationState.PENDING)
-        return Success(relative, VerificationState.SUCCEEDED, actual)
+    def transfer(self) -> Success:
+        """Plan, then transfer the item the strategy's way; its outcome, not yet written."""
+        plan = self.plan()
+        if plan.skip is not None:
+            return plan.skip
+        return plan.replicator.fetch(self, plan.expected)
 
     # -- settling the row ----------------------------------------------------------------------
 
@@ -284,17 +236,9 @@ class SyncService:
         """The row was deleted while this sync ran (a `deleted` event, or the record left this
         secondary's scope): the copy this sync just put in place must not outlive it.
         """
-        from geosync.secondary.handlers import SkipEvent, delete_local_copy
-
-        key = "blob_path" if self.replicator.strategy == "blob" else "repository_path"
-        payload = {
-            "model_record_id": self.model_record_id,
-            key: outcome.local_path,
-            "storage": getattr(self.replicator, "storage", None),
-        }
         try:
-            delete_local_copy(self.geo, self.replicator, payload)
-        except (SkipEvent, GeoError, OSError):
+            self.replicator.remove_copy(self.geo.settings, outcome.local_path)
+        except (GeoError, OSError):
             log.exception(
                 "cannot remove the copy of a deleted item",
                 replicable=self.replicator.replicable_name,

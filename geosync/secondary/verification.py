@@ -23,7 +23,6 @@ from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.registry import Registry, RegistryRow
-from geosync.strategies.blob import file_sha256
 from geosync.verification import (
     MISMATCH_FAILURE,
     Claim,
@@ -39,7 +38,6 @@ from geosync.verification import (
 if TYPE_CHECKING:
     from geosync.app import Geo
     from geosync.replicator import Replicator
-    from geosync.strategies.blob import BlobReplicator
     from geosync.worker import Worker
 
 log = get_logger("secondary_verification")
@@ -295,35 +293,6 @@ class SecondaryVerificationLoop:
 # -- skip-download ------------------------------------------------------------------------------
 
 
-def is_brand_new(row: RegistryRow) -> bool:
-    """Whether geosync never placed, failed or verified this copy (a first sync)."""
-    return (
-        row.retry_count == 0
-        and row.verified_at is None
-        and row.verification_checksum is None
-        and row.values.get("local_path") is None
-    )
-
-
-def skip_download_possible(
-    replicator: BlobReplicator, registry_row: RegistryRow, expected: str | None
-) -> bool:
-    """ARCHITECTURE.md §6 skip-download: an immutable blob, a brand-new registry, and a file
-    already at the target path whose SHA-256 is the primary's checksum `expected`.
-    """
-    if replicator.strategy != "blob" or replicator.mutable or expected is None:
-        return False
-    if not is_brand_new(registry_row):
-        return False
-    path = replicator.file_path()
-    if not path.is_file():
-        return False
-    try:
-        return file_sha256(path) == expected
-    except OSError:
-        return False
-
-
 def skip_download_checksum(
     geo: Geo,
     main_conn: Connection,
@@ -334,15 +303,11 @@ def skip_download_checksum(
     """The checksum to mark the row synced and verified with, when no download is needed;
     None when the file must be downloaded.
     """
-    from geosync.strategies.blob import BlobReplicator
-
-    if not issubclass(replicator, BlobReplicator):
-        return None
     expected = primary_checksum(geo, main_conn, replicator, model_record_id)
     if expected is None:
         return None
     record: Any = geo.load_record(replicator.model, model_record_id)
     if record is None:
         return None
-    bound = replicator(record, geo=geo)
-    return expected if skip_download_possible(bound, registry_row, expected) else None
+    skip = replicator(record, geo=geo).can_skip_download(registry_row, expected)
+    return expected if skip else None

@@ -147,18 +147,19 @@ def test_a_few_free_slots_wait_briefly_for_more_then_are_claimed_for(
     assert isinstance(loop, scheduler_module.SchedulerLoop)
     try:
         capacity = 9
-        loop.inflight["blob"] = capacity - 3  # a third free: worth a claim at once
-        assert loop._claim_delay("blob", capacity) == 0.0
-        loop.inflight["blob"] = capacity  # none free
-        assert loop._claim_delay("blob", capacity) > 0
-        loop.inflight["blob"] = capacity - 1  # one free: wait for others to free up...
-        first = loop._claim_delay("blob", capacity)
+        files = "files_max_capacity"  # the blob strategy's capacity group
+        loop.inflight[files] = capacity - 3  # a third free: worth a claim at once
+        assert loop._claim_delay(files, capacity) == 0.0
+        loop.inflight[files] = capacity  # none free
+        assert loop._claim_delay(files, capacity) > 0
+        loop.inflight[files] = capacity - 1  # one free: wait for others to free up...
+        first = loop._claim_delay(files, capacity)
         assert 0.0 < first <= 0.3
         time.sleep(0.1)
-        assert 0.0 < loop._claim_delay("blob", capacity) < first  # the wait is not restarted
+        assert 0.0 < loop._claim_delay(files, capacity) < first  # the wait is not restarted
         time.sleep(0.25)
-        assert loop._claim_delay("blob", capacity) == 0.0  # ... but not for long
-        assert loop._claim_delay("blob", capacity) > 0.0  # a new wait after a claim round
+        assert loop._claim_delay(files, capacity) == 0.0  # ... but not for long
+        assert loop._claim_delay(files, capacity) > 0.0  # a new wait after a claim round
     finally:
         loop.close()
 
