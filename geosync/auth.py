@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import jwt
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from geosync.crypto import token_digest
 from geosync.db.tables import geo_admin_tokens
@@ -137,10 +137,3 @@ def find_admin_token(conn: Connection, token: str | None) -> AdminToken | None:
         )
     ).first()
     return AdminToken(row.id, row.name, bool(row.admin)) if row else None
-
-
-def touch_admin_token(conn: Connection, token_id: int, now: datetime) -> None:
-    """Record when a token was last used."""
-    conn.execute(
-        update(geo_admin_tokens).where(geo_admin_tokens.c.id == token_id).values(last_used_at=now)
-    )

@@ -78,13 +78,6 @@ def checksum_one(geo: Geo, replicator: type[Replicator], record: Any) -> Checksu
         return ChecksumResult(model_record_id, failure=failure_message(exc))
 
 
-def checksum_records(
-    geo: Geo, replicator: type[Replicator], ids: Sequence[int], pool: Executor | None = None
-) -> list[ChecksumResult]:
-    """Checksums of `ids` in the same order, in parallel on `pool` when one is given."""
-    return checksum_loaded(geo, replicator, ids, load_records(geo, replicator, ids), pool)
-
-
 def checksum_loaded(
     geo: Geo,
     replicator: type[Replicator],

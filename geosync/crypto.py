@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import hmac
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -42,8 +41,3 @@ def decrypt_secret(token: str, secret_key_base: str) -> str:
 def token_digest(token: str) -> str:
     """The stored form of an admin token (SHA-256 hex; tokens are long and random)."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def digests_equal(a: str, b: str) -> bool:
-    """Constant-time comparison of two digests."""
-    return hmac.compare_digest(a, b)

@@ -25,14 +25,6 @@ EventRow = tuple[type["Replicator"], str, dict[str, Any]]
 published_hooks: list[Callable[[Geo, Connection, Sequence[EventRow]], None]] = []
 
 
-def publishing_site(geo: Geo, connection: Connection) -> bool:
-    """Whether this site publishes events: it is the primary and has a secondary."""
-    # Nodes are few: one query answers both questions.
-    nodes = connection.execute(select(geo_nodes.c.name, geo_nodes.c.primary)).all()
-    is_primary = any(n.primary and n.name == geo.settings.node_name for n in nodes)
-    return is_primary and any(not n.primary for n in nodes)
-
-
 def published_types(
     geo: Geo, connection: Connection, replicators: Sequence[type[Replicator]]
 ) -> set[type[Replicator]]:

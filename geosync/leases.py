@@ -43,11 +43,3 @@ def release(conn: Connection, name: str, holder: str) -> None:
     conn.execute(
         geo_leases.delete().where(geo_leases.c.name == name, geo_leases.c.holder == holder)
     )
-
-
-def holder_of(conn: Connection, name: str, now: datetime) -> str | None:
-    """Who holds lease `name` right now, if anyone."""
-    t = geo_leases
-    return conn.execute(
-        select(t.c.holder).where(t.c.name == name, t.c.expires_at >= now)
-    ).scalar_one_or_none()

@@ -31,7 +31,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
     union_all,
     update,
@@ -641,15 +640,6 @@ class Registry:
 
     # -- work --------------------------------------------------------------------------------
 
-    def due_condition(self, now: datetime | Any) -> Any:
-        """Rows a worker may claim: pending, or failed with their retry due (`now`: a time or a
-        bound parameter)."""
-        c = self.table.c
-        return or_(
-            c.state == SyncState.PENDING,
-            and_(c.state == SyncState.FAILED, c.retry_at <= now),
-        )
-
     def claim(
         self, conn: Connection, limit: int, holder: str | None = None
     ) -> list[tuple[int, SyncClaim]]:
@@ -708,16 +698,6 @@ class Registry:
                 claim_generation=c.claim_generation + 1,
             )
             .returning(self.key, c.claim_generation)
-        )
-
-    def started_count(self, conn: Connection) -> int:
-        """How many rows are being synced right now (across every worker of the site)."""
-        return int(
-            conn.execute(
-                select(func.count())
-                .select_from(self.table)
-                .where(self.table.c.state == SyncState.STARTED)
-            ).scalar_one()
         )
 
     def fail_abandoned(self, conn: Connection, live_holders: set[str]) -> list[int]:

@@ -14,7 +14,7 @@ from sqlalchemy import Select, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import object_session
 
-from geosync.errors import ConfigurationError, RecordNotFound, UnsupportedEvent
+from geosync.errors import ConfigurationError, NotFound, RecordNotFound, UnsupportedEvent
 from geosync.names import DerivedNames
 
 if TYPE_CHECKING:
@@ -159,6 +159,17 @@ class Replicator:
     def copy_path(self) -> Path:
         """Absolute path of this site's copy of the bound record."""
         raise ConfigurationError(f"{type(self).__name__} keeps no copies in a storage")
+
+    def served_file(self) -> Path:
+        """The file the primary sends a secondary for this record (`GET .../retrieve/...`):
+        a blob's own file; a strategy whose copy is not one file may build one. `NotFound` for
+        kinds served another way (the answer reveals nothing about the catalog)."""
+        raise NotFound(f"{self.replicable_name} not found")
+
+    def served_repository(self) -> Path:
+        """The bare repository the primary serves read-only over git smart HTTP for this
+        record; `NotFound` for kinds that are not git repositories."""
+        raise NotFound(f"{self.replicable_name} not found")
 
     def can_skip_download(self, row: RegistryRow, expected: str | None) -> bool:
         """Whether the copy already in place may be taken without a transfer (§6)."""

@@ -106,6 +106,10 @@ class BlobReplicator(Replicator):
         """This site's copy of the file."""
         return self.file_path()
 
+    def served_file(self) -> Path:
+        """The blob's file on the primary."""
+        return self.file_path()
+
     def can_skip_download(self, row: RegistryRow, expected: str | None) -> bool:
         """§6 skip-download: an immutable blob, a brand-new registry row, and a file already at
         the target path whose SHA-256 is the primary's checksum `expected`."""

@@ -99,6 +99,10 @@ class RepositoryReplicator(Replicator):
         """This site's mirror of the repository."""
         return self.repository_dir()
 
+    def served_repository(self) -> Path:
+        """The repository on the primary."""
+        return self.repository_dir()
+
     def fetch(self, job: SyncService, expected: str | None) -> Success:
         """Clone or fetch the mirror over git smart HTTP, one sync of a mirror at a time across
         processes; verified at once when its ref checksum is the primary's."""

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from geosync.app import Geo
-from geosync.errors import ValidationError
+from geosync.errors import NotFound, ValidationError
 from geosync.model import load_records
-from geosync.strategies.blob import BlobReplicator
+from geosync.replicator import Replicator
 
 BATCH_MEDIA_TYPE = "application/vnd.geosync.blob-batch"
 #: Most ids one batch request may name.
@@ -68,7 +68,7 @@ class BatchSource:
     """The records of one batch request, loaded up front; files are read as frames are sent."""
 
     geo: Geo
-    replicator: type[BlobReplicator]
+    replicator: type[Replicator]
     ids: list[int]
     records: dict[int, Any]
     #: Index in `ids` of the first frame not yet sent.
@@ -77,8 +77,9 @@ class BatchSource:
     @classmethod
     def load(cls, geo: Geo, name: str, ids: list[int], conn: Any) -> BatchSource:
         """The batch's records, in one query on `conn`."""
-        replicator = geo.catalog.served(name, BlobReplicator)
-        assert issubclass(replicator, BlobReplicator)
+        replicator = geo.catalog.served(name, Replicator)
+        if not replicator.batches:  # its strategy transfers items alone
+            raise NotFound(f"{name} not found")
         return cls(geo, replicator, ids, load_records(conn, replicator.model, ids))
 
     def first_piece(self) -> tuple[bytes, bool]:
@@ -113,9 +114,8 @@ class BatchSource:
         record = self.records.get(model_id)
         if record is None:
             return frame({"id": model_id, "status": "not_found", "message": f"{name} not found"})
-        path = self.replicator(record, geo=self.geo).file_path()
         try:
-            handle = path.open("rb")
+            handle = self.replicator(record, geo=self.geo).served_file().open("rb")
         except OSError:
             message = f"{name} file not found"
             return frame({"id": model_id, "status": "file_not_found", "message": message})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -21,8 +21,6 @@ from geosync.app import Geo
 from geosync.auth import authenticate_node
 from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
-from geosync.strategies.blob import BlobReplicator
-from geosync.strategies.repository import RepositoryReplicator
 from geosync.web.blob_batch import BATCH_MEDIA_TYPE, BatchSource, parse_ids
 from geosync.web.git_http import git_http_backend
 from geosync.web.node_paths import GEO_API, repository_base_path
@@ -90,14 +88,9 @@ class BlobResponse(FileResponse):
                 return
 
 
-def _replicator(
-    geo: Geo,
-    name: str,
-    strategy: type[Replicator],
-    record_id: int,
-    conn: Connection | None = None,
-) -> Replicator:
-    replicator_class = geo.catalog.served(name, strategy)
+def _replicator(geo: Geo, name: str, record_id: int, conn: Connection | None = None) -> Replicator:
+    """The record `record_id` of replicator `name`, bound; `NotFound` naming only `name`."""
+    replicator_class = geo.catalog.served(name, Replicator)
     record = geo.load_record(replicator_class.model, record_id, conn)
     if record is None:
         raise NotFound(f"{name} not found")
@@ -117,9 +110,7 @@ def _blob_response(
             authenticate_node(geo, conn, header, path, on_primary=True)
         except AuthenticationError as exc:
             return _unauthorized(exc)
-        replicator = _replicator(geo, name, BlobReplicator, record_id, conn)
-    assert isinstance(replicator, BlobReplicator)
-    file_path = replicator.file_path()
+        file_path = _replicator(geo, name, record_id, conn).served_file()
     try:
         handle = file_path.open("rb")
     except OSError:
@@ -198,8 +189,6 @@ async def repository(
         await run_in_threadpool(_authorize, geo, request, scope)
     except AuthenticationError as exc:
         return _unauthorized(exc)
-    found: Any = await run_in_threadpool(
-        _replicator, geo, replicable_name, RepositoryReplicator, model_record_id
-    )
-    repo_dir: Path = found.repository_dir()
+    found = await run_in_threadpool(_replicator, geo, replicable_name, model_record_id)
+    repo_dir = found.served_repository()
     return await git_http_backend(request, repo_dir, "/" + rest)
