@@ -22,7 +22,7 @@ from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables
 from geosync.db.engines import WRITE_OPTION, is_sqlite, make_engine, write_transaction
-from geosync.errors import ConfigurationError
+from geosync.errors import ConfigurationError, ReadOnlyViolation
 from geosync.replicator import Replicator
 from geosync.settings import Settings
 
@@ -128,7 +128,13 @@ class Geo:
 
     @contextmanager
     def main(self) -> Iterator[Connection]:
-        """A transaction on the main database."""
+        """A transaction on the main database; `ReadOnlyViolation` on a secondary, whose main
+        database is the primary's (or a standby of it) and must never be written to."""
+        if self.main_readonly:
+            raise ReadOnlyViolation(
+                f"site {self.settings.node_name!r} is a secondary: its main database is"
+                " read-only (make this change on the primary)"
+            )
         with self.main_engine.begin() as connection:
             yield connection
 

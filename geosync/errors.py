@@ -8,13 +8,17 @@ The tree::
     │   └── ReadOnlyViolation       a secondary was about to write to its read-only main database
     ├── NotFound                    a node, a record, a registry or a flag that does not exist
     │   └── RecordNotFound          a replicator asked for a model record that does not exist
+    ├── RecordGone                  a record a secondary was syncing no longer exists on the primary
+    ├── SkipEvent                   an event a secondary cannot apply: logged, counted, skipped
     ├── ValidationError             input that breaks a rule (two primaries, ...)
     ├── UnsupportedEvent            an event that the replicator's strategy does not declare
     ├── InvalidTransition           a state change its current state forbids
     ├── AuthenticationError         a node token missing, expired or not for this path
     ├── TransferError               a download or git fetch that did not complete
     │   ├── PrimaryMissing          the primary has the record but not its file or repository
-    │   └── ChecksumMismatch        the copy does not hash to the primary's checksum
+    │   ├── ChecksumMismatch        the copy does not hash to the primary's checksum
+    │   ├── TransportFailure        the connection to the primary failed or was cut short
+    │   └── Interrupted             a download stopped because its worker is shutting down
     └── LeaseLost                   a worker lost the lease it needed to go on
 
 Each class's docstring is its default message. Third-party errors are mapped at the boundary with
@@ -60,6 +64,18 @@ class ValidationError(GeoError):
     """The input is not valid."""
 
 
+class RecordGone(GeoError):
+    """The model record no longer exists on the primary."""
+
+
+class SkipEvent(GeoError):
+    """An event that cannot be applied; it is logged, counted by `reason` and skipped."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class UnsupportedEvent(GeoError):
     """The replicator's strategy does not declare this event."""
 
@@ -82,6 +98,14 @@ class PrimaryMissing(TransferError):
 
 class ChecksumMismatch(TransferError):
     """The copy does not match the primary's checksum."""
+
+
+class TransportFailure(TransferError):
+    """The connection to the primary failed: refused, reset, timed out or cut short."""
+
+
+class Interrupted(TransferError):
+    """The download was stopped because the worker is shutting down."""
 
 
 class LeaseLost(GeoError):

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geosync.auth import BLOB_TOKEN_TTL, node_header
-from geosync.errors import PrimaryMissing, TransferError
-from geosync.secondary.blob_client import BlobResponse, TransportFailure
+from geosync.errors import PrimaryMissing, TransferError, TransportFailure
+from geosync.secondary.blob_client import BlobResponse
 from geosync.secondary.settlement import Failure, Settled, Success
 from geosync.secondary.sync import SyncService, prefetch_missing
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob

@@ -16,17 +16,13 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from geosync.errors import TransferError
+from geosync.errors import TransferError, TransportFailure
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 MAX_IDLE_PER_ORIGIN = 64
 
 Origin = tuple[str, str, int]
-
-
-class TransportFailure(TransferError):
-    """The connection to the primary failed: refused, reset, timed out or cut short."""
 
 
 class BlobResponse:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from geosync.errors import ValidationError
+from geosync.errors import SkipEvent, ValidationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.registry import Registry
@@ -27,14 +27,6 @@ if TYPE_CHECKING:
     from geosync.replicator import Replicator
 
 log = get_logger("handlers")
-
-
-class SkipEvent(Exception):
-    """An event that cannot be handled; it is logged, counted by `reason` and skipped."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

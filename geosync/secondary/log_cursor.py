@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events
-from geosync.errors import ConfigurationError
+from geosync.errors import ConfigurationError, SkipEvent
 from geosync.leases import acquire
 from geosync.log import get_logger
 from geosync.secondary.handlers import (
     Change,
     Event,
     HandlerContext,
-    SkipEvent,
     event_key,
     handle_changes,
     handle_event,

@@ -97,7 +97,7 @@ class Settled:
 
 def failure_of(exc: BaseException, error_class: str) -> Failure:
     """The recorded form of a failed sync's exception."""
-    from geosync.secondary.sync import RecordGone
+    from geosync.errors import RecordGone
 
     missing = isinstance(exc, PrimaryMissing | RecordGone)
     if isinstance(exc, GeoError):

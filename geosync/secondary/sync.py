@@ -20,6 +20,7 @@ from geosync.errors import (
     ConfigurationError,
     GeoError,
     PrimaryMissing,
+    RecordGone,
     TransferError,
 )
 from geosync.file_locks import mirror_lock as mirror_lock  # its home; kept importable here
@@ -101,10 +102,6 @@ def prefetch_missing(services: Sequence[SyncService]) -> None:
             continue
         for service in group:
             service.prefetched = found.get(service.model_record_id)
-
-
-class RecordGone(GeoError):
-    """The model record no longer exists on the primary."""
 
 
 def error_class(exc: BaseException) -> str:

@@ -20,10 +20,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from geosync.errors import AuthenticationError, ChecksumMismatch, PrimaryMissing, TransferError
+from geosync.errors import (
+    AuthenticationError,
+    ChecksumMismatch,
+    Interrupted,
+    PrimaryMissing,
+    TransferError,
+    TransportFailure,
+)
 from geosync.file_locks import TEMP_PREFIX, hold_new
 from geosync.file_locks import temp_name as _temp_name
-from geosync.secondary.blob_client import BlobClient, BlobResponse, TransportFailure
+from geosync.secondary.blob_client import BlobClient, BlobResponse
 from geosync.secondary.partial_file import PartialFile
 
 CHUNK = 1024 * 1024
@@ -43,10 +50,6 @@ class Download:
     path: Path
     bytes: int
     sha256: str
-
-
-class Interrupted(TransferError):
-    """The download was stopped because the worker is shutting down."""
 
 
 def download_blob(

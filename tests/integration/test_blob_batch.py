@@ -17,13 +17,14 @@ from geosync.attempts import recent_attempts
 from geosync.auth import BLOB_TOKEN_TTL, node_header
 from geosync.demo.models import Upload
 from geosync.demo.replicators import UploadReplicator
+from geosync.errors import Interrupted
 from geosync.registry import Registry
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.partial_file import DIRECT_MIN
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import SyncService, prefetch
-from geosync.secondary.transfer import Interrupted, write_blob
+from geosync.secondary.transfer import write_blob
 from geosync.states import SyncState, VerificationState
 from geosync.testing import SitePair
 from geosync.testing.workers import checksum_on_primary

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from geosync.errors import ChecksumMismatch
+from geosync.errors import ChecksumMismatch, TransportFailure
 from geosync.secondary import transfer
-from geosync.secondary.blob_client import BlobClient, TransportFailure
+from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.partial_file import BLOCK, DIRECT_MIN, PartialFile
 from geosync.secondary.transfer import TMP_PREFIX, download_blob, write_blob
 from tests.httputil import loopback_server

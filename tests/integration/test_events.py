@@ -16,6 +16,7 @@ from geosync import Geo, RecordNotFound, Settings, UnsupportedEvent
 from geosync.db.tables import geo_events, geo_feature_flags
 from geosync.demo.models import PackageFile, Snippet, Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
+from geosync.errors import ReadOnlyViolation
 from geosync.events import publish_events, published_types
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
@@ -366,3 +367,13 @@ def test_a_caller_that_knows_what_is_published_saves_the_check(sites: SitePair) 
         "package_file",
         {"model_record_id": package_id},
     )
+
+
+def test_a_secondary_refuses_a_main_database_transaction_before_it_reaches_the_database(
+    sites: SitePair,
+) -> None:
+    with pytest.raises(ReadOnlyViolation, match="is a secondary: its main database is read-only"):
+        with sites.secondary.main():
+            pass  # pragma: no cover - never entered
+    with sites.primary.main() as conn:  # the primary's own transactions are unaffected
+        assert conn.execute(geo_feature_flags.select()).all() is not None

@@ -17,11 +17,12 @@ from geosync.clock import FrozenClock
 from geosync.db.tables import geo_events
 from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
+from geosync.errors import SkipEvent
 from geosync.flags import set_flag
 from geosync.metrics import metrics_for
 from geosync.registry import Registry
 from geosync.replicator import CREATED, DELETED, UPDATED, Replicator
-from geosync.secondary.handlers import Event, HandlerContext, SkipEvent, handle_event
+from geosync.secondary.handlers import Event, HandlerContext, handle_event
 from geosync.secondary.log_cursor import LogCursor
 from geosync.states import SyncState, VerificationState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair

@@ -56,5 +56,20 @@ def test_every_geosync_error_is_exported() -> None:
         direct: set[type] = set(cls.__subclasses__())
         return direct.union(*(subclasses(c) for c in direct))
 
-    errors = {cls.__name__ for cls in subclasses(GeoError) if cls.__module__ == "geosync.errors"}
-    assert errors <= set(geosync.__all__)
+    errors = subclasses(GeoError)
+    assert {cls.__name__ for cls in errors} <= set(geosync.__all__)
+
+
+def test_every_geosync_error_lives_in_errors_and_its_drawn_tree() -> None:
+    import geosync.errors
+
+    def subclasses(cls: type) -> set[type]:
+        direct: set[type] = set(cls.__subclasses__())
+        return direct.union(*(subclasses(c) for c in direct))
+
+    tree = geosync.errors.__doc__ or ""
+    for cls in subclasses(GeoError):
+        assert cls.__module__ == "geosync.errors", f"{cls.__name__} is defined in {cls.__module__}"
+        parent = cls.__mro__[1].__name__
+        assert f" {cls.__name__} " in tree, f"{cls.__name__} is missing from the drawn tree"
+        assert issubclass(cls, getattr(geosync.errors, parent))
