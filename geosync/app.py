@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
-import geosync.primary.changes  # noqa: F401  (registers the hook keeping checksums current)
 from geosync.binding import bind_engines, geo_for_engine
 from geosync.catalog import Catalog
 from geosync.clock import Clock, SystemClock

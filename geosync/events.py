@@ -7,22 +7,20 @@ when the replicator's feature flag is on; it always joins the caller's transacti
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, false, insert, select, true
 
 from geosync.db.tables import geo_events, geo_nodes
 from geosync.flags import effective_flag, stored_flag
+from geosync.primary.changes import keep_verification_current
 
 if TYPE_CHECKING:
     from geosync.app import Geo
     from geosync.replicator import Replicator
 
 EventRow = tuple[type["Replicator"], str, dict[str, Any]]
-
-#: Called after events were written, inside the same transaction (verification uses it).
-published_hooks: list[Callable[[Geo, Connection, Sequence[EventRow]], None]] = []
 
 
 def published_types(
@@ -65,8 +63,9 @@ def publish_events(
     """
     for replicator_class, event_name, _payload in rows:
         replicator_class.check_event(event_name)
-    for hook in published_hooks:
-        hook(geo, connection, rows)
+    # Changed records need new checksums, in this very transaction (wherever the main
+    # database is writable, whether or not events are published).
+    keep_verification_current(geo, connection, rows)
     if not rows:
         return []
     if published is None:

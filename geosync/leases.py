@@ -43,3 +43,13 @@ def release(conn: Connection, name: str, holder: str) -> None:
     conn.execute(
         geo_leases.delete().where(geo_leases.c.name == name, geo_leases.c.holder == holder)
     )
+
+
+def live_holders(conn: Connection, prefix: str, now: datetime) -> set[str]:
+    """The holders of the unexpired leases whose names start with `prefix` (the live workers
+    of a site, by their liveness leases `worker:<holder>`)."""
+    t = geo_leases
+    rows = conn.execute(
+        select(t.c.holder).where(t.c.name.startswith(prefix), t.c.expires_at >= now)
+    )
+    return set(rows.scalars())

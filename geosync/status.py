@@ -20,11 +20,12 @@ from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from geosync.db.engines import is_sqlite
-from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events, geo_node_statuses
+from geosync.db.tables import geo_events, geo_node_statuses
 from geosync.errors import ConfigurationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.registry import Registry
+from geosync.secondary.cursor_state import last_moved_at, reported_position
 from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
@@ -255,15 +256,10 @@ class StatusComputation:
 
     def _cursor_fields(self, values: dict[str, Any]) -> dict[str, Any]:
         with self.geo.tracking_engine.connect() as tracking:
-            state = tracking.execute(
-                select(geo_event_log_state).order_by(geo_event_log_state.c.id.desc()).limit(1)
-            ).first()
-            oldest_gap = tracking.execute(select(func.min(geo_event_gaps.c.event_id))).scalar()
-        if state is None:  # the log cursor has not run yet
+            cursor = reported_position(tracking)
+            moved_at = last_moved_at(tracking)
+        if cursor is None:  # the log cursor has not run yet
             return {"cursor_last_event_id": None, "cursor_last_event_timestamp": None}
-        cursor = int(state.event_id)
-        if oldest_gap is not None:
-            cursor = min(int(oldest_gap) - 1, cursor)
         with self.geo.main_engine.connect() as main:
             created_at = main.execute(
                 select(geo_events.c.created_at).where(geo_events.c.id == cursor)
@@ -274,7 +270,7 @@ class StatusComputation:
                 f"Event log cursor ({cursor}) fell behind the pruned event log (oldest event"
                 f" {oldest}); the consistency sweep is restoring what it missed"
             )
-        moment = created_at if created_at is not None else (state.updated_at if cursor else None)
+        moment = created_at if created_at is not None else (moved_at if cursor else None)
         return {"cursor_last_event_id": cursor, "cursor_last_event_timestamp": epoch(moment)}
 
 

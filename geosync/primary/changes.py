@@ -1,10 +1,9 @@
-"""Changed records need new checksums: the hook that keeps the primary's verification current.
+"""Changed records need new checksums: keeping the primary's verification current.
 
-`publish_events` calls `on_published` inside the transaction that writes the events (or would,
-when nothing is published), so a record's verification state changes atomically with it:
-`created`/`updated` make it pending and forget its checksum (an immutable blob that already has
-one keeps it: its content cannot have changed); `deleted` removes its state row.
-Registered on import; `geosync.app` imports this module, so every site has it.
+`publish_events` calls `keep_verification_current` inside the transaction that writes the events
+(or would, when nothing is published), so a record's verification state changes atomically with
+it: `created`/`updated` make it pending and forget its checksum (an immutable blob that already
+has one keeps it: its content cannot have changed); `deleted` removes its state row.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_
 
-from geosync.events import published_hooks
 from geosync.replicator import CREATED, DELETED, UPDATED
 from geosync.verification import in_chunks, primary_verifiable
 
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     from geosync.replicator import Replicator
 
 
-def on_published(geo: Geo, conn: Connection, rows: Sequence[EventRow]) -> None:
+def keep_verification_current(geo: Geo, conn: Connection, rows: Sequence[EventRow]) -> None:
     """Called by `publish_events` in the publishing transaction: changed records need checksums.
 
     It runs wherever the main database is writable, whether or not events are published (no
@@ -85,7 +83,3 @@ def forget_records(
     """Delete the state rows of deleted records (the foreign key cascades too, where enforced)."""
     if geo.tables.state(replicator) is not None:
         primary_verifiable(geo, replicator).forget(conn, ids)
-
-
-if on_published not in published_hooks:
-    published_hooks.append(on_published)

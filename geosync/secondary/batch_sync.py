@@ -1,4 +1,4 @@
-"""Syncing several blobs of one replicator with one request (`geosync.web.blob_batch`).
+"""Syncing several blobs of one replicator with one request (`geosync.wire`'s blob batch).
 
 Each item is still its own sync: its own claim, checksum check, atomic write, registry outcome,
 attempt row and log line, exactly as `SyncService` does alone. Only the transfer is shared. An
@@ -24,8 +24,7 @@ from geosync.secondary.blob_client import BlobResponse
 from geosync.secondary.settlement import Failure, Settled, Success
 from geosync.secondary.sync import SyncService, prefetch_missing
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
-from geosync.web.blob_batch import HEADER, MAX_HEADER
-from geosync.web.node_paths import batch_path
+from geosync.wire import HEADER, MAX_HEADER, batch_path
 
 if TYPE_CHECKING:
     from geosync.secondary.blob_client import BlobClient

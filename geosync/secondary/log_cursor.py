@@ -13,12 +13,18 @@ import socket
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select
 
-from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events
+from geosync.db.tables import geo_event_gaps, geo_events
 from geosync.errors import ConfigurationError, SkipEvent
 from geosync.leases import acquire
 from geosync.log import get_logger
+from geosync.secondary.cursor_state import (
+    reported_position,
+    start_at,
+    store_position,
+    stored_position,
+)
 from geosync.secondary.handlers import (
     Change,
     Event,
@@ -60,17 +66,11 @@ class LogCursor:
 
     def position(self, conn: Connection) -> int | None:
         """The stored cursor, or None before the first start."""
-        return conn.execute(
-            select(geo_event_log_state.c.event_id).where(geo_event_log_state.c.id == 1)
-        ).scalar_one_or_none()
+        return stored_position(conn)
 
     def reported_position(self, conn: Connection) -> int | None:
         """`cursor_last_event_id` for status: min(oldest open gap - 1, cursor)."""
-        cursor = self.position(conn)
-        oldest_gap = conn.execute(select(func.min(geo_event_gaps.c.event_id))).scalar_one()
-        if cursor is None or oldest_gap is None:
-            return cursor
-        return min(int(oldest_gap) - 1, cursor)
+        return reported_position(conn)
 
     def process_batch(self) -> int:
         """Process at most one batch; returns how many events were applied or skipped."""
@@ -107,11 +107,7 @@ class LogCursor:
         never_pruned = low is None or int(low) == 1
         start = 0 if never_pruned else int(high)
         now = self.geo.clock.now()
-        tracking.execute(
-            insert(geo_event_log_state).values(
-                id=1, event_id=start, pruned_behind=not never_pruned, updated_at=now
-            )
-        )
+        start_at(tracking, start, not never_pruned, now)
         log.info("log cursor first start", event_id=start, from_oldest=never_pruned)
         return start
 
@@ -219,11 +215,7 @@ class LogCursor:
         count_skipped(self.geo, skip.reason)
 
     def _store(self, tracking: Connection, event_id: int) -> None:
-        tracking.execute(
-            update(geo_event_log_state)
-            .where(geo_event_log_state.c.id == 1)
-            .values(event_id=event_id, updated_at=self.geo.clock.now())
-        )
+        store_position(tracking, event_id, self.geo.clock.now())
 
 
 class LogCursorLoop:

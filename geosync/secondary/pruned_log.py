@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select
 
-from geosync.db.tables import geo_event_log_state, geo_events
+from geosync.db.tables import geo_events
 from geosync.log import get_logger
+from geosync.secondary.cursor_state import store_position, stored_position
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -24,13 +25,6 @@ log = get_logger("log_cursor")
 #: Holes younger than this may be transactions still in flight: the gap tracking of the log
 #: cursor waits for them as long (and no longer), so skipping older holes loses nothing more.
 IN_FLIGHT_HORIZON = timedelta(hours=1)
-
-
-def stored_cursor(tracking: Connection) -> int | None:
-    """The log cursor's stored position, or None before its first start."""
-    return tracking.execute(
-        select(geo_event_log_state.c.event_id).where(geo_event_log_state.c.id == 1)
-    ).scalar_one_or_none()
 
 
 def oldest_event_id(main: Connection) -> int | None:
@@ -45,7 +39,7 @@ def fell_behind_pruned_log(geo: Geo) -> bool:
     True when the cursor is below the oldest remaining event minus one; the status shows it.
     """
     with geo.tracking_engine.connect() as tracking:
-        cursor = stored_cursor(tracking)
+        cursor = stored_position(tracking)
     if cursor is None:
         return False
     with geo.main_engine.connect() as main:
@@ -69,11 +63,7 @@ def skip_pruned_events(geo: Geo, tracking: Connection, main: Connection, cursor:
     if oldest.created_at > now - IN_FLIGHT_HORIZON:
         return cursor  # the hole may still commit; the cursor's gap tracking covers it
     position = int(oldest.id) - 1
-    tracking.execute(
-        update(geo_event_log_state)
-        .where(geo_event_log_state.c.id == 1)
-        .values(event_id=position, pruned_behind=True, updated_at=now)
-    )
+    store_position(tracking, position, now, pruned_behind=True)
     log.warning(
         "log cursor fell behind the pruned event log; the consistency sweep restores the rest",
         cursor=cursor,

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, func, select, text, union_all
 
 from geosync.db.engines import error_line, is_sqlite
-from geosync.db.tables import geo_leases
 from geosync.flags import flag_enabled
-from geosync.leases import acquire
+from geosync.leases import acquire, live_holders
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START, OUTAGES
 from geosync.registry import Registry, SyncClaim
@@ -171,7 +170,7 @@ class SchedulerLoop:
         self._flags_read = -FLAGS_TTL
         self.client = BlobClient()
         self.settler = Settler(geo)
-        #: Small blobs of one replicator travel in batch requests (`geosync.web.blob_batch`).
+        #: Small blobs of one replicator travel in batch requests (`geosync.wire`).
         self.batch_blobs = geo.settings.blob_batches
         #: Where batches write their files: creating and fsyncing small files is slow kernel
         #: work, better done side by side than one after the other.
@@ -401,13 +400,7 @@ class StuckSweepLoop:
         now = self.geo.clock.now()
         with self.geo.tracking() as conn:
             acquire(conn, f"worker:{self.worker.holder}", self.worker.holder, now, self.ttl)
-            live = set(
-                conn.execute(
-                    select(geo_leases.c.holder).where(
-                        geo_leases.c.name.like("worker:%"), geo_leases.c.expires_at >= now
-                    )
-                ).scalars()
-            )
+            live = live_holders(conn, "worker:", now)
             recovered = {
                 r: Registry(self.geo, r).fail_abandoned(conn, live) for r in self.geo.catalog
             }

@@ -128,7 +128,7 @@ class BlobReplicator(Replicator):
         from geosync.auth import BLOB_TOKEN_TTL, node_header
         from geosync.secondary.settlement import Success
         from geosync.secondary.transfer import download_blob
-        from geosync.web.node_paths import retrieve_path
+        from geosync.wire import retrieve_path
 
         route = job.route()
         path = retrieve_path(self.replicable_name, self.model_record_id)

@@ -111,7 +111,7 @@ class RepositoryReplicator(Replicator):
         from geosync.git import mirror_repository, repository_checksum
         from geosync.secondary.settlement import Success
         from geosync.states import VerificationState
-        from geosync.web.node_paths import repository_base_path
+        from geosync.wire import repository_base_path
 
         dest = self.repository_dir()
         relative = self.repository_path()

@@ -1,26 +1,14 @@
-"""Many small blobs in one response: the batch form of blob retrieval.
+"""Many small blobs in one response: the primary's side of a blob batch.
 
-`GET /api/v4/geo/retrieve/<replicable_name>?ids=1,2,3` answers with one frame per requested id,
-in request order. A frame is a 4-byte big-endian header length, a JSON header and, for a file
-sent inline, exactly `size` bytes of content. The header's `status` is one of:
-
-- `ok`: the file follows (`size` bytes);
-- `file_not_found`: the record exists but its file does not (the single endpoint's
-  `FILE_NOT_FOUND`);
-- `not_found`: no such record;
-- `separate`: the file is too large to send inline; fetch it with the single endpoint, which
-  streams it and supports HTTP Range resumes.
-
-Per-request costs (a connection turn, authentication, a record query) dominate the transfer of a
-small file; a batch pays them once. The token's `data` covers the path and the exact id list,
-so it is worthless for any other set of items.
+The request and the frames are `geosync.wire`'s. Per-request costs (a connection turn,
+authentication, a record query) dominate the transfer of a small file; a batch pays them once.
+The token's `data` covers the path and the exact id list, so it is worthless for any other set
+of items.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,17 +17,10 @@ from geosync.app import Geo
 from geosync.errors import NotFound, ValidationError
 from geosync.model import load_records
 from geosync.replicator import Replicator
+from geosync.wire import INLINE_LIMIT, MAX_BATCH_IDS, frame
 
-BATCH_MEDIA_TYPE = "application/vnd.geosync.blob-batch"
-#: Most ids one batch request may name.
-MAX_BATCH_IDS = 100
-#: Files up to this size travel inline; larger ones are marked `separate`.
-INLINE_LIMIT = 1024 * 1024
 #: Frames are sent in pieces of about this size (bounds the memory of a response).
 PIECE = 1024 * 1024
-HEADER = struct.Struct(">I")
-#: A frame header is small; a larger declared length means the stream is not a batch.
-MAX_HEADER = 64 * 1024
 
 
 def parse_ids(raw: str | None) -> list[int]:
@@ -55,12 +36,6 @@ def parse_ids(raw: str | None) -> list[int]:
     if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
         raise ValidationError("ids: ids must be positive and distinct")
     return ids
-
-
-def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
-    """One frame: header length, JSON header, content."""
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return HEADER.pack(len(encoded)) + encoded + body
 
 
 @dataclass

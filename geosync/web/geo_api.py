@@ -21,10 +21,10 @@ from geosync.app import Geo
 from geosync.auth import authenticate_node
 from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
-from geosync.web.blob_batch import BATCH_MEDIA_TYPE, BatchSource, parse_ids
+from geosync.web.blob_batch import BatchSource, parse_ids
 from geosync.web.git_http import git_http_backend
-from geosync.web.node_paths import GEO_API, repository_base_path
 from geosync.web.zero_copy import ZERO_COPY_SEND
+from geosync.wire import BATCH_MEDIA_TYPE, GEO_API, repository_base_path
 
 router = APIRouter(prefix=GEO_API, tags=["geo"])
 FILE_NOT_FOUND = "FILE_NOT_FOUND"

@@ -28,8 +28,7 @@ from geosync.secondary.transfer import write_blob
 from geosync.states import SyncState, VerificationState
 from geosync.testing import SitePair
 from geosync.testing.workers import checksum_on_primary
-from geosync.web.blob_batch import INLINE_LIMIT, MAX_BATCH_IDS
-from geosync.web.node_paths import batch_path
+from geosync.wire import INLINE_LIMIT, MAX_BATCH_IDS, batch_path
 
 LARGE = INLINE_LIMIT + 12_345
 

@@ -11,7 +11,7 @@ from geosync.auth import BLOB_TOKEN_TTL, node_header, request_data, sign_request
 from geosync.demo.models import Upload
 from geosync.nodes import NodeStore
 from geosync.testing import SitePair
-from geosync.web.node_paths import retrieve_path
+from geosync.wire import retrieve_path
 
 SECRET_CONTENT = b"confidential bytes that must never leak"
 

@@ -26,7 +26,7 @@ from geosync.testing import SitePair
 from geosync.testing.servers import HeldResponses
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for
 from geosync.verification import primary_verifiable
-from geosync.web.node_paths import repository_base_path
+from geosync.wire import repository_base_path
 from tests import gitutil
 
 

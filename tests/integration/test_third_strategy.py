@@ -35,7 +35,7 @@ from geosync.states import SyncState, VerificationState
 from geosync.testing import SitePair, build_site_pair
 from geosync.testing.databases import DatabaseFactory
 from geosync.testing.workers import primary_worker, secondary_worker, wait_for
-from geosync.web.node_paths import retrieve_path
+from geosync.wire import retrieve_path
 
 if TYPE_CHECKING:
     from geosync.registry import RegistryRow
