@@ -27,6 +27,7 @@ from geosync import __version__
 from geosync.app import Geo
 from geosync.db.engines import error_line
 from geosync.errors import GeoError
+from geosync.nodes import NODE_SETTINGS, NodeSetting
 from geosync.settings import Settings
 
 ConfigOption = Annotated[
@@ -217,53 +218,65 @@ def db_upgrade() -> None:
 NODE_COLUMNS = ("id", "name", "url", "primary", "enabled", "selective_sync_type")
 
 
-def _node_settings(**options: Any) -> dict[str, Any]:
+def _setting_option(setting: NodeSetting) -> Any:
+    """The CLI option of one node setting; lists are comma-separated."""
+    switch = "--" + setting.name.replace("_", "-")
+    if setting.kind == "flag":
+        off = "--" + (setting.off_switch or "no-" + setting.name.replace("_", "-"))
+        return Annotated[bool | None, typer.Option(f"{switch}/{off}", help=setting.help)]
+    kind = int if setting.kind == "count" else str
+    return Annotated[kind | None, typer.Option(switch, help=setting.help)]
+
+
+def _node_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings an operator gave, in `NodeStore`'s terms."""
     settings = {k: v for k, v in options.items() if v is not None}
-    if "selective_sync_type" in settings and settings["selective_sync_type"] in ("", "none"):
+    if settings.get("selective_sync_type") in ("", "none"):
         settings["selective_sync_type"] = None
-    for key in ("selective_sync_namespace_ids", "selective_sync_shards"):
-        if key in settings:
-            settings[key] = [part for part in settings[key].split(",") if part.strip()]
+    for setting in NODE_SETTINGS:
+        if setting.kind in ("ids", "names") and setting.name in settings:
+            parts = settings[setting.name].split(",")
+            settings[setting.name] = [part for part in parts if part.strip()]
     return settings
 
 
-NamespacesOption = Annotated[
-    str | None, typer.Option(help="Comma-separated namespace ids for selective sync.")
-]
-ShardsOption = Annotated[
-    str | None, typer.Option(help="Comma-separated shards for selective sync.")
-]
+def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with one option per node setting, given to it as its `settings` dict."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "settings"]
+    options = [
+        inspect.Parameter(
+            s.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_setting_option(s)
+        )
+        for s in NODE_SETTINGS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        given = {s.name: kwargs.pop(s.name) for s in NODE_SETTINGS}
+        command(**kwargs, settings=_node_settings(given))
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*own, *options]
+    )
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *options)}
+    return wrapper
 
 
 @node_app.command("add")
+@_with_setting_options
 def node_add(
     name: str,
     url: str,
     primary: Annotated[bool, typer.Option("--primary", help="This node is the primary.")] = False,
-    internal_url: Annotated[str | None, typer.Option()] = None,
-    files_max_capacity: Annotated[int | None, typer.Option()] = None,
-    repos_max_capacity: Annotated[int | None, typer.Option()] = None,
-    verification_max_capacity: Annotated[int | None, typer.Option()] = None,
-    selective_sync_type: Annotated[str | None, typer.Option()] = None,
-    selective_sync_namespace_ids: NamespacesOption = None,
-    selective_sync_shards: ShardsOption = None,
-    minimum_reverification_interval: Annotated[int | None, typer.Option()] = None,
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Register a node (run on the primary)."""
     from geosync.nodes import NodeStore
 
     def action() -> None:
         geo = load_geo()
-        settings = _node_settings(
-            internal_url=internal_url,
-            files_max_capacity=files_max_capacity,
-            repos_max_capacity=repos_max_capacity,
-            verification_max_capacity=verification_max_capacity,
-            selective_sync_type=selective_sync_type,
-            selective_sync_namespace_ids=selective_sync_namespace_ids,
-            selective_sync_shards=selective_sync_shards,
-            minimum_reverification_interval=minimum_reverification_interval,
-        )
         with geo.main() as conn:
             node = NodeStore(geo, conn).add(name, url, primary=primary, **settings)
         role = "primary" if node.primary else "secondary"
@@ -293,40 +306,20 @@ def node_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @node_app.command("update")
+@_with_setting_options
 def node_update(
     node: Annotated[str, typer.Argument(help="Node name or id.")],
     name: Annotated[str | None, typer.Option()] = None,
     url: Annotated[str | None, typer.Option()] = None,
-    internal_url: Annotated[str | None, typer.Option()] = None,
-    enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
-    files_max_capacity: Annotated[int | None, typer.Option()] = None,
-    repos_max_capacity: Annotated[int | None, typer.Option()] = None,
-    verification_max_capacity: Annotated[int | None, typer.Option()] = None,
-    selective_sync_type: Annotated[
-        str | None, typer.Option(help="namespaces, shards or none")
-    ] = None,
-    selective_sync_namespace_ids: NamespacesOption = None,
-    selective_sync_shards: ShardsOption = None,
-    minimum_reverification_interval: Annotated[int | None, typer.Option()] = None,
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Change a node's settings (run on the primary)."""
     from geosync.nodes import NodeStore
 
     def action() -> None:
         geo = load_geo()
-        changes = _node_settings(
-            name=name,
-            url=url,
-            internal_url=internal_url,
-            enabled=enabled,
-            files_max_capacity=files_max_capacity,
-            repos_max_capacity=repos_max_capacity,
-            verification_max_capacity=verification_max_capacity,
-            selective_sync_type=selective_sync_type,
-            selective_sync_namespace_ids=selective_sync_namespace_ids,
-            selective_sync_shards=selective_sync_shards,
-            minimum_reverification_interval=minimum_reverification_interval,
-        )
+        changes = {**settings, **{k: v for k, v in (("name", name), ("url", url)) if v is not None}}
         with geo.main() as conn:
             store = NodeStore(geo, conn)
             updated = store.update(store.by_name_or_id(node).id, **changes)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
@@ -28,20 +28,68 @@ if TYPE_CHECKING:
 SELECTIVE_SYNC_TYPES = (None, "namespaces", "shards")
 _KEY_ALPHABET = string.ascii_letters + string.digits + "-_"
 
+SettingKind = Literal["url", "flag", "count", "choice", "ids", "names"]
+
+
+@dataclass(frozen=True)
+class NodeSetting:
+    """One setting an operator may change on a node: its kind, GitLab's default, its bounds.
+
+    `NodeStore`'s checks, the REST API's parameters and JSON shape and the CLI's options are
+    derived from `NODE_SETTINGS`, so a new setting is one entry there and its column.
+    """
+
+    name: str
+    kind: SettingKind
+    default: Any
+    help: str
+    minimum: int = 0
+    choices: tuple[str, ...] = ()
+    #: The CLI's switch that turns a flag off (`--disabled`), when not `--no-<name>`.
+    off_switch: str | None = None
+
+    @property
+    def initial(self) -> Any:
+        """The default as a new node stores it (a fresh list for the list kinds)."""
+        return list(self.default) if isinstance(self.default, tuple) else self.default
+
+
 #: Settings an operator may change, with their defaults (GitLab's).
-EDITABLE_DEFAULTS: dict[str, Any] = {
-    "internal_url": None,
-    "enabled": True,
-    "files_max_capacity": 10,
-    "repos_max_capacity": 25,
-    "verification_max_capacity": 100,
-    "container_repositories_max_capacity": 10,
-    "selective_sync_type": None,
-    "selective_sync_shards": [],
-    "selective_sync_namespace_ids": [],
-    "minimum_reverification_interval": 7,
-    "sync_object_storage": False,
-}
+NODE_SETTINGS: tuple[NodeSetting, ...] = (
+    NodeSetting("internal_url", "url", None, "URL other sites use for this one (else its url)."),
+    NodeSetting("enabled", "flag", True, "Whether the site replicates.", off_switch="disabled"),
+    NodeSetting("files_max_capacity", "count", 10, "Blob transfers at once on the site."),
+    NodeSetting("repos_max_capacity", "count", 25, "Repository transfers at once on the site."),
+    NodeSetting("verification_max_capacity", "count", 100, "Checksums at once on the site."),
+    NodeSetting(
+        "container_repositories_max_capacity", "count", 10, "Container repository syncs at once."
+    ),
+    NodeSetting(
+        "selective_sync_type",
+        "choice",
+        None,
+        "namespaces, shards or none",
+        choices=("namespaces", "shards"),
+    ),
+    NodeSetting("selective_sync_shards", "names", (), "Comma-separated shards for selective sync."),
+    NodeSetting(
+        "selective_sync_namespace_ids",
+        "ids",
+        (),
+        "Comma-separated namespace ids for selective sync.",
+    ),
+    NodeSetting(
+        "minimum_reverification_interval",
+        "count",
+        7,
+        "Days before the primary checksums an item again.",
+        minimum=1,
+    ),
+    NodeSetting(
+        "sync_object_storage", "flag", False, "Whether the site copies object-stored blobs itself."
+    ),
+)
+SETTINGS_BY_NAME = {setting.name: setting for setting in NODE_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -173,7 +221,7 @@ class NodeStore:
             raise ValidationError(f"a node named {name!r} already exists")
         if primary:
             self._require_no_other_primary(None)
-        values = {**EDITABLE_DEFAULTS, **self._checked(settings)}
+        values = {**{s.name: s.initial for s in NODE_SETTINGS}, **self._checked(settings)}
         secret = generate_key(40)
         with _unique_rules(name):
             node_id = self._insert(values, name, url, primary, secret)
@@ -247,39 +295,44 @@ class NodeStore:
             raise ValidationError(f"node {existing!r} is already the primary; there can be one")
 
     def _checked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(settings) - set(EDITABLE_DEFAULTS)
+        unknown = set(settings) - set(SETTINGS_BY_NAME)
         if unknown:
             raise ValidationError(f"unknown node setting(s): {', '.join(sorted(unknown))}")
-        values = dict(settings)
-        for key in (
-            "files_max_capacity",
-            "repos_max_capacity",
-            "verification_max_capacity",
-            "container_repositories_max_capacity",
-        ):
-            if key in values and (not isinstance(values[key], int) or values[key] < 0):
-                raise ValidationError(f"{key} must be a whole number ≥ 0")
-        interval = values.get("minimum_reverification_interval", 7)
-        if not isinstance(interval, int) or interval < 1:
-            raise ValidationError("minimum_reverification_interval must be a whole number ≥ 1")
-        if values.get("selective_sync_type") not in SELECTIVE_SYNC_TYPES:
-            raise ValidationError("selective_sync_type must be empty, 'namespaces' or 'shards'")
-        if values.get("internal_url"):
-            values["internal_url"] = normalize_url(values["internal_url"], "internal_url")
-        if "selective_sync_namespace_ids" in values:
-            values["selective_sync_namespace_ids"] = _int_list(
-                values["selective_sync_namespace_ids"]
-            )
-        if "selective_sync_shards" in values:
-            values["selective_sync_shards"] = [str(s) for s in values["selective_sync_shards"]]
-        return values
+        return {key: _checked_value(SETTINGS_BY_NAME[key], v) for key, v in settings.items()}
 
 
-def _int_list(values: Any) -> list[int]:
+def _checked_value(setting: NodeSetting, value: Any) -> Any:
+    """`value` as `setting` stores it, or `ValidationError` naming the setting."""
+    name = setting.name
+    if setting.kind == "count":
+        if not isinstance(value, int) or isinstance(value, bool) or value < setting.minimum:
+            raise ValidationError(f"{name} must be a whole number ≥ {setting.minimum}")
+        return value
+    if setting.kind == "flag":
+        if not isinstance(value, bool):
+            raise ValidationError(f"{name} must be true or false")
+        return value
+    if setting.kind == "choice":
+        if value not in (None, *setting.choices):
+            raise ValidationError(f"{name} must be empty, {_either(setting.choices)}")
+        return value
+    if setting.kind == "url":
+        return normalize_url(value, name) if value else None
+    if setting.kind == "ids":
+        return _int_list(value, name)
+    return [str(v) for v in value]
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    quoted = [f"'{c}'" for c in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _int_list(values: Any, name: str) -> list[int]:
     try:
         return sorted({int(v) for v in values})
     except (TypeError, ValueError):
-        raise ValidationError("selective_sync_namespace_ids must be whole numbers") from None
+        raise ValidationError(f"{name} must be whole numbers") from None
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from geosync.app import Geo
 from geosync.errors import NotFound
-from geosync.nodes import Node, NodeStore
+from geosync.nodes import NODE_SETTINGS, Node, NodeSetting, NodeStore
 from geosync.status import NodeStatus, compute_status, load_status, node_statuses
 from geosync.web.admin_auth import require_admin
 from geosync.web.deps import get_geo
@@ -37,28 +37,36 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # -- parameters --------------------------------------------------------------------------------
 
-Capacity = Annotated[int | None, Field(ge=0, le=MAX_ID)]
+
+def _param_type(setting: NodeSetting) -> Any:
+    """The request type of one node setting, with the bounds the database can hold."""
+    if setting.kind == "count":
+        return Annotated[int | None, Field(ge=setting.minimum, le=MAX_ID)]
+    if setting.kind == "flag":
+        return bool | None
+    if setting.kind == "choice":
+        return Literal[(*setting.choices, "")] | None
+    if setting.kind == "ids":
+        return list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None
+    if setting.kind == "names":
+        return list[Annotated[str, Field(max_length=255)]] | None
+    return Annotated[str | None, Field(max_length=254)]
+
+
+_LISTS = [s.name for s in NODE_SETTINGS if s.kind in ("ids", "names")]
 
 
 class NodeParams(BaseModel):
-    """Body of `POST` and `PUT` (JSON, form or query parameters, as GitLab accepts them)."""
+    """Body of `POST` and `PUT` (JSON, form or query parameters, as GitLab accepts them).
+
+    The settings' fields are added from `NODE_SETTINGS` by `_NodeParamsModel`.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     name: Annotated[str | None, Field(min_length=1, max_length=255)] = None
     url: Annotated[str | None, Field(min_length=1, max_length=254)] = None
-    internal_url: Annotated[str | None, Field(max_length=254)] = None
     primary: bool | None = None
-    enabled: bool | None = None
-    files_max_capacity: Capacity = None
-    repos_max_capacity: Capacity = None
-    verification_max_capacity: Capacity = None
-    container_repositories_max_capacity: Capacity = None
-    selective_sync_type: Literal["namespaces", "shards", ""] | None = None
-    selective_sync_shards: list[Annotated[str, Field(max_length=255)]] | None = None
-    selective_sync_namespace_ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = None
-    minimum_reverification_interval: Annotated[int | None, Field(ge=1, le=MAX_ID)] = None
-    sync_object_storage: bool | None = None
 
     @field_validator("*", mode="after")
     @classmethod
@@ -68,7 +76,7 @@ class NodeParams(BaseModel):
             raise ValueError("must not contain NUL characters")
         return value
 
-    @field_validator("selective_sync_shards", "selective_sync_namespace_ids", mode="before")
+    @field_validator(*_LISTS, mode="before", check_fields=False)
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -85,6 +93,12 @@ class NodeParams(BaseModel):
         return values
 
 
+_PARAM_FIELDS: dict[str, Any] = {s.name: (_param_type(s), None) for s in NODE_SETTINGS}
+_NodeParamsModel = pydantic.create_model(
+    "NodeParams", __base__=NodeParams, __doc__=NodeParams.__doc__, **_PARAM_FIELDS
+)
+
+
 async def read_params(request: Request) -> NodeParams:
     """The node parameters of a request: query string, then a JSON or form body over it."""
     data: dict[str, Any] = {
@@ -97,7 +111,7 @@ async def read_params(request: Request) -> NodeParams:
     elif body:
         data.update(_form_fields(body, content_type))
     try:
-        return NodeParams.model_validate(data)
+        return _NodeParamsModel.model_validate(data)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
@@ -147,23 +161,18 @@ def node_json(
         "id": node.id,
         "name": node.name,
         "url": node.url,
-        "internal_url": node.effective_internal_url,
         "primary": node.primary,
-        "enabled": node.enabled,
         "current": node.name == geo.settings.node_name,
-        "files_max_capacity": node.files_max_capacity,
-        "repos_max_capacity": node.repos_max_capacity,
-        "verification_max_capacity": node.verification_max_capacity,
-        "container_repositories_max_capacity": node.container_repositories_max_capacity,
-        "selective_sync_type": node.selective_sync_type,
-        "selective_sync_shards": list(node.selective_sync_shards),
-        "selective_sync_namespace_ids": list(node.selective_sync_namespace_ids),
-        "minimum_reverification_interval": node.minimum_reverification_interval,
-        "sync_object_storage": node.sync_object_storage,
+        **{setting.name: _plain(getattr(node, setting.name)) for setting in NODE_SETTINGS},
+        "internal_url": node.effective_internal_url,
         "clone_protocol": "http",
         "web_edit_url": f"{primary_url}admin/geo/sites/{node.id}/edit",
         "_links": {"self": api, "status": f"{api}/status", "repair": f"{api}/repair"},
     }
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def status_json(status: NodeStatus, base_url: str, collection: str) -> dict[str, Any]:
@@ -181,7 +190,7 @@ class NodeLinks(BaseModel):
     repair: str
 
 
-class NodeOut(BaseModel):
+class _NodeOutBase(BaseModel):
     """A Geo node (site) as the API returns it."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -189,22 +198,28 @@ class NodeOut(BaseModel):
     id: int
     name: str
     url: str
-    internal_url: str
     primary: bool
-    enabled: bool
     current: bool
-    files_max_capacity: int
-    repos_max_capacity: int
-    verification_max_capacity: int
-    container_repositories_max_capacity: int
-    selective_sync_type: str | None
-    selective_sync_shards: list[str]
-    selective_sync_namespace_ids: list[int]
-    minimum_reverification_interval: int
-    sync_object_storage: bool
     clone_protocol: str
     web_edit_url: str
     links: NodeLinks = Field(alias="_links")
+
+
+_OUT_TYPES: dict[str, Any] = {
+    "count": int,
+    "flag": bool,
+    "choice": str | None,
+    "ids": list[int],
+    "names": list[str],
+    "url": str,
+}
+#: The node's shape: the fields above and every setting, `internal_url` always filled in.
+_OUT_FIELDS: dict[str, Any] = {s.name: (_OUT_TYPES[s.kind], ...) for s in NODE_SETTINGS}
+NodeOut = pydantic.create_model(
+    "NodeOut", __base__=_NodeOutBase, __doc__=_NodeOutBase.__doc__, **_OUT_FIELDS
+)
+#: A page of nodes (a derived model is a value to mypy, not a type).
+NodeOutList: Any = list[NodeOut]  # type: ignore[valid-type]
 
 
 class Message(BaseModel):
@@ -300,7 +315,7 @@ def build_router(collection: str) -> APIRouter:
 
 
 def _add_node_routes(router: APIRouter, collection: str) -> None:
-    @_get_and_head(router, "", response_model=list[NodeOut])
+    @_get_and_head(router, "", response_model=NodeOutList)
     def list_nodes(request: Request, page: PageDep) -> Response:
         """Every node, primary first (paginated)."""
         geo = get_geo(request)

@@ -156,6 +156,14 @@ def test_nodes_are_added_listed_updated_and_removed(cli: Cli) -> None:
     osaka = nodes[1]
     assert (osaka["files_max_capacity"], osaka["enabled"]) == (3, False)
     assert osaka["selective_sync_namespace_ids"] == [1, 3]
+    cli.ok(
+        "node", "update", "osaka", "--sync-object-storage",
+        "--container-repositories-max-capacity", "4", "--selective-sync-shards", "b,a",
+    )  # fmt: skip
+    osaka = json.loads(cli.ok("node", "list", "--json"))[1]
+    assert osaka["sync_object_storage"] is True
+    assert osaka["container_repositories_max_capacity"] == 4
+    assert osaka["selective_sync_shards"] == ["b", "a"]
     assert all("secret" not in key for node in nodes for key in node)
     table = cli.ok("node", "list")
     assert "osaka" in table and "namespaces" in table
