@@ -22,6 +22,7 @@ from geosync.clock import Clock, SystemClock
 from geosync.db.derived import DerivedTables
 from geosync.db.engines import WRITE_OPTION, is_sqlite, make_engine, write_transaction
 from geosync.errors import ConfigurationError, ReadOnlyViolation
+from geosync.records import load_record
 from geosync.replicator import Replicator
 from geosync.settings import Settings
 
@@ -161,11 +162,7 @@ class Geo:
     ) -> Any | None:
         """Load one model record from the main database (or `connection`), detached, or None."""
         bind = connection if connection is not None else self.main_engine
-        with Session(bind, expire_on_commit=False) as session:
-            record = session.get(model, record_id)
-            if record is not None:
-                session.expunge(record)
-            return record
+        return load_record(bind, model, record_id)
 
     # -- nodes -------------------------------------------------------------------------------
 

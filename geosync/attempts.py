@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_
 
+from geosync.db.statements import built_once
 from geosync.db.tables import geo_sync_attempts
 from geosync.states import cut
 
@@ -52,12 +53,14 @@ def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
     conn.execute(insert(t), [_values(attempt) for attempt in attempts])
     items = sorted({(a.replicable_name, a.model_record_id) for a in attempts})
     # Most items are far from `KEEP` attempts: find the few that are over before deleting.
-    over = conn.execute(_OVER_THE_LIMIT, {"items": items}).all()
+    over_the_limit, prune = _prune_statements()
+    over = conn.execute(over_the_limit, {"items": items}).all()
     if over:
-        conn.execute(_PRUNE, {"items": [tuple(row) for row in over]})
+        conn.execute(prune, {"items": [tuple(row) for row in over]})
 
 
-def _statements() -> tuple[Any, Any]:
+@built_once
+def _prune_statements() -> tuple[Any, Any]:
     """The prune statements, built once: building costs more than running them."""
     t = geo_sync_attempts
     item = tuple_(t.c.replicable_name, t.c.model_record_id)
@@ -80,9 +83,6 @@ def _statements() -> tuple[Any, Any]:
     )
     prune = delete(t).where(t.c.id.in_(select(ranked.c.id).where(ranked.c.rank > KEEP)))
     return over, prune
-
-
-_OVER_THE_LIMIT, _PRUNE = _statements()
 
 
 def _values(attempt: Attempt) -> dict[str, Any]:

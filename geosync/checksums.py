@@ -11,9 +11,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select
-from sqlalchemy.orm import Session
-
 from geosync.errors import GeoError, NotFound
 from geosync.log import get_logger
 
@@ -46,24 +43,6 @@ def failure_message(exc: BaseException) -> str:
     if isinstance(exc, GeoError):
         return str(exc)
     return f"Error calculating checksum: {type(exc).__name__}: {exc}"
-
-
-def load_records(
-    geo: Geo,
-    replicator: type[Replicator],
-    ids: Sequence[int],
-    connection: Connection | None = None,
-) -> dict[int, Any]:
-    """The model records of `ids` from the main database, detached, by id (missing ones absent).
-
-    With `connection` they are read in that transaction (the claim's), saving a connection.
-    """
-    model = replicator.model
-    bind = connection if connection is not None else geo.main_engine
-    with Session(bind, expire_on_commit=False) as session:
-        records = session.scalars(select(model).where(model.id.in_(list(ids)))).all()
-        session.expunge_all()
-    return {int(record.id): record for record in records}
 
 
 def checksum_one(geo: Geo, replicator: type[Replicator], record: Any) -> ChecksumResult:

@@ -6,12 +6,12 @@ when the replicator's feature flag is on; it always joins the caller's transacti
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, false, insert, select, true
 
+from geosync.db.statements import built_once
 from geosync.db.tables import geo_events, geo_nodes
 from geosync.flags import effective_flag, stored_flag
 from geosync.primary.changes import keep_verification_current
@@ -40,7 +40,7 @@ def published_types(
     return {r for r, value in zip(unique, stored, strict=True) if effective_flag(r, value)}
 
 
-@functools.lru_cache(maxsize=256)
+@built_once
 def _publication_statement(replicators: tuple[type[Replicator], ...]) -> Any:
     """`SELECT <primary with a secondary>, <stored flag of each replicator>`, built once."""
     nodes = geo_nodes

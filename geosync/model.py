@@ -10,11 +10,10 @@ a site's main engine, or an application's engine bound with `Geo.bind`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Integer, String, bindparam, select
+from sqlalchemy import Connection, Integer, String
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import (
     Mapped,
@@ -203,28 +202,3 @@ def _forget_deletes(session: Session, previous: SessionTransaction) -> None:
     session.info.pop(_PENDING_DELETES, None)
     if previous.parent is None:  # the whole transaction is gone, its changes with it
         session.info.pop(_CHANGED_SITES, None)
-
-
-def load_records(connection: Connection, model: type[Any], ids: Sequence[int]) -> dict[int, Any]:
-    """The records of `model` with `ids` (detached), by id, in one query on `connection`.
-
-    Syncs and the primary's batch answers load records many at a time, many times a second.
-    """
-    mapper = model.__mapper__
-    with Session(connection, expire_on_commit=False) as session:
-        found = session.scalars(_records_by_ids(model), {"ids": list(ids)}).all()
-        session.expunge_all()
-    return {int(mapper.primary_key_from_instance(record)[0]): record for record in found}
-
-
-_RECORDS_BY_IDS: dict[type[Any], Any] = {}
-
-
-def _records_by_ids(model: type[Any]) -> Any:
-    """`SELECT model WHERE id IN :ids`, built once per model."""
-    statement = _RECORDS_BY_IDS.get(model)
-    if statement is None:
-        key = model.__mapper__.primary_key[0]
-        statement = select(model).where(key.in_(bindparam("ids", expanding=True)))
-        _RECORDS_BY_IDS[model] = statement
-    return statement

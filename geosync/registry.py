@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from sqlalchemy import (
@@ -39,6 +39,7 @@ from sqlalchemy import (
 from geosync.attempts import forget_attempts
 from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
 from geosync.db.engines import is_sqlite
+from geosync.db.statements import built_once, statement
 from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
 from geosync.states import SyncState, VerificationState, cut
 
@@ -124,9 +125,6 @@ class _SyncedSource:
 #: (PostgreSQL's `unnest`) or from one JSON document (SQLite's `json_each`).
 SyncedForm = Literal["one", "unnest", "json_each"]
 
-#: Hot statements, built once: by registry table name and what varies in their shape.
-_STATEMENTS: dict[tuple[Any, ...], Any] = {}
-
 
 def pending_values(pending_since: Any) -> dict[str, Any]:
     """The columns of the pending transition: retry fields cleared, verification disabled until
@@ -188,6 +186,37 @@ class Registry:
         for state, count in rows:
             counts[SyncState(state)] = int(count)
         return counts
+
+    def synced_verification_counts(self, conn: Connection) -> dict[VerificationState, int]:
+        """How many synced rows are in each verification state (every state present)."""
+        c = self.table.c
+        rows = conn.execute(
+            select(c.verification_state, func.count())
+            .where(c.state == SyncState.SYNCED)
+            .group_by(c.verification_state)
+        )
+        counts = dict.fromkeys(VerificationState, 0)
+        for state, count in rows:
+            counts[VerificationState(state)] = int(count)
+        return counts
+
+    def oldest_unsynced_since(self, conn: Connection) -> datetime | None:
+        """When the longest-waiting unsynced row began to wait (its change, else its row)."""
+        c = self.table.c
+        unsynced = [int(SyncState.PENDING), int(SyncState.STARTED), int(SyncState.FAILED)]
+        since = conn.execute(
+            select(func.min(func.coalesce(c.pending_since, c.created_at))).where(
+                c.state.in_(unsynced)
+            )
+        ).scalar()
+        if isinstance(since, str):  # SQLite returns MIN(COALESCE(...)) untyped
+            since = datetime.fromisoformat(since)
+        return since if since is None or since.tzinfo is not None else since.replace(tzinfo=UTC)
+
+    def resyncable_count(self, conn: Connection, failed_only: bool) -> int:
+        """How many rows a bulk resync would move (see `resyncable`)."""
+        query = select(func.count()).select_from(self.table).where(self.resyncable(failed_only))
+        return int(conn.execute(query).scalar_one())
 
     def newest(
         self,
@@ -443,11 +472,7 @@ class Registry:
 
     def _hot(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         """The hot statement `key` of this very table, built by `build` the first time."""
-        cache_key = (self.table.name, *key)
-        statement = _STATEMENTS.get(cache_key)
-        if statement is None or statement.table is not self.table:
-            statement = _STATEMENTS[cache_key] = build()
-        return statement
+        return statement((self.table, *key), build)
 
     def _synced_update(
         self, verification: VerificationState, given: _SyncedSource, *where: Any
@@ -783,3 +808,18 @@ def _synced_params(
         "b_paths": [s.local_path for s in group],
         "b_checksums": checksums,
     }
+
+
+def started_total(conn: Connection, registries: list[Registry]) -> int:
+    """Rows in `started` across `registries` (every worker process of the site), one query."""
+    if not registries:
+        return 0
+    return sum(int(n) for n in conn.execute(_started_counts(tuple(r.table for r in registries))))
+
+
+@built_once
+def _started_counts(tables: tuple[Table, ...]) -> Any:
+    counts = [
+        select(func.count()).select_from(t).where(t.c.state == SyncState.STARTED) for t in tables
+    ]
+    return union_all(*counts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from geosync.registry import Registry
 
@@ -35,8 +35,7 @@ def resync_count(geo: Geo, replicator: type[Replicator], failed_only: bool) -> i
     """How many rows `resync_all` would move (for a progress bar)."""
     registry = _registry(geo, replicator)
     with geo.tracking_engine.connect() as conn:
-        query = select(func.count()).select_from(registry.table)
-        return int(conn.execute(query.where(registry.resyncable(failed_only))).scalar_one())
+        return registry.resyncable_count(conn, failed_only)
 
 
 def resync_all(geo: Geo, replicator: type[Replicator], failed_only: bool) -> Iterator[int]:

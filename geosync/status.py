@@ -312,7 +312,7 @@ def registry_counts(
         oldest_unsynced_age_seconds=_oldest_unsynced_age(registry, tracking, now),
     )
     if replicator.verification_enabled:
-        verification = _synced_verification_counts(registry, tracking)
+        verification = registry.synced_verification_counts(tracking)
         verifiable = sum(
             n for state, n in verification.items() if state != VerificationState.DISABLED
         )
@@ -326,33 +326,9 @@ def registry_counts(
     return counts
 
 
-def _synced_verification_counts(
-    registry: Registry, tracking: Connection
-) -> dict[VerificationState, int]:
-    c = registry.table.c
-    rows = tracking.execute(
-        select(c.verification_state, func.count())
-        .where(c.state == SyncState.SYNCED)
-        .group_by(c.verification_state)
-    )
-    counts = dict.fromkeys(VerificationState, 0)
-    for state, count in rows:
-        counts[VerificationState(state)] = int(count)
-    return counts
-
-
 def _oldest_unsynced_age(registry: Registry, tracking: Connection, now: datetime) -> int | None:
-    c = registry.table.c
-    unsynced = [int(SyncState.PENDING), int(SyncState.STARTED), int(SyncState.FAILED)]
-    since = tracking.execute(
-        select(func.min(func.coalesce(c.pending_since, c.created_at))).where(c.state.in_(unsynced))
-    ).scalar()
-    if since is None:
-        return None
-    if isinstance(since, str):  # SQLite returns MIN(COALESCE(...)) untyped
-        since = datetime.fromisoformat(since)
-    moment = since if since.tzinfo is not None else since.replace(tzinfo=now.tzinfo)
-    return max(0, int((now - moment).total_seconds()))
+    since = registry.oldest_unsynced_since(tracking)
+    return None if since is None else max(0, int((now - since).total_seconds()))
 
 
 def replication_lag_seconds(engine: Engine) -> int | None:

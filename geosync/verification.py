@@ -13,9 +13,8 @@ makes a changed record pending; the loops live in `geosync.primary` and `geosync
 
 from __future__ import annotations
 
-import functools
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from geosync.backoff import Backoff
 from geosync.db.engines import is_sqlite
+from geosync.db.statements import built_once
 from geosync.db.types import UTCDateTime
 from geosync.errors import GeoError
+from geosync.records import in_chunks
 from geosync.states import SyncState, VerificationState, cut
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 BATCH_SIZE = 10
 TIMEOUT = timedelta(hours=8)
 REVERIFY_BATCH = 1000
-_IN_CHUNK = 500
 MISMATCH_FAILURE = "Checksum does not match the primary checksum"
 _NOW = bindparam("now", type_=UTCDateTime())
 
@@ -340,7 +340,7 @@ def _insert_ignoring_duplicates(conn: Connection, table: Table) -> Any:
     return insert(table)
 
 
-@functools.lru_cache(maxsize=256)
+@built_once
 def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: bool) -> Any:
     """The claim of ARCHITECTURE.md §6 as one statement, built once per table.
 
@@ -400,7 +400,7 @@ def _claimable(table: Table, registry: bool) -> Any:
     return or_(exists().where(synced, pending), exists().where(synced, _failed_due(table)))
 
 
-@functools.lru_cache(maxsize=256)
+@built_once
 def _succeeded_statement(table: Table, key_name: str, registry: bool, size: int) -> Any:
     """started → succeeded for `size` rows claimed at `:started_at`, built once per table and
     size: the row of `:key_i` gets `:checksum_i`; returns the keys whose claim still stood.
@@ -435,7 +435,7 @@ def _succeeded_statement(table: Table, key_name: str, registry: bool, size: int)
     )
 
 
-@functools.lru_cache(maxsize=64)
+@built_once
 def _round_statement(tables: tuple[Table, ...], targets: tuple[tuple[Table, bool], ...]) -> Any:
     """Rows started across `tables`, then for each (table, registry) of `targets` whether it
     has rows to claim at `:now`, in one query.
@@ -606,9 +606,3 @@ def primary_checksum(
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def in_chunks(ids: Sequence[int]) -> Iterator[list[int]]:
-    """`ids` in slices small enough for an IN list on every database."""
-    for start in range(0, len(ids), _IN_CHUNK):
-        yield list(ids[start : start + _IN_CHUNK])

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_
 
+from geosync.records import in_chunks
 from geosync.replicator import CREATED, DELETED, UPDATED
-from geosync.verification import in_chunks, primary_verifiable
+from geosync.verification import primary_verifiable
 
 if TYPE_CHECKING:
     from geosync.app import Geo

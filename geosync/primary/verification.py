@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
-from geosync.checksums import ChecksumResult, checksum_loaded, load_records
+from geosync.checksums import ChecksumResult, checksum_loaded
 from geosync.db.held import HeldConnection
 from geosync.events import publish_events, published_types
 from geosync.flags import flag_enabled
@@ -31,6 +30,7 @@ from geosync.primary.backfill import StateBackfill
 # Their home is `geosync.primary.backfill`; importing them from here still works.
 from geosync.primary.backfill import backfill_all as backfill_all
 from geosync.primary.backfill import backfill_range as backfill_range
+from geosync.records import load_records
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.verification import (
     REVERIFY_BATCH,
@@ -38,7 +38,6 @@ from geosync.verification import (
     Claim,
     Verifiable,
     claim_batches,
-    in_chunks,
     lock_claims,
     primary_verifiable,
     verifiable_replicators,
@@ -143,27 +142,9 @@ def settle_failure(
 
 def load_claimed(conn: Connection, replicator: type[Replicator], ids: list[int]) -> dict[int, Any]:
     """The model records of claimed `ids` (detached, by id; missing ones absent), read in
-    `conn`'s transaction with a statement built once per model.
+    `conn`'s transaction.
     """
-    records: dict[int, Any] = {}
-    with Session(conn, expire_on_commit=False) as session:
-        for chunk in in_chunks(ids):
-            found = session.scalars(_records_statement(replicator), {"ids": chunk}).all()
-            records.update((int(record.id), record) for record in found)
-        session.expunge_all()
-    return records
-
-
-def _records_statement(replicator: type[Replicator]) -> Any:
-    statement = _RECORDS_STATEMENTS.get(replicator)
-    if statement is None:
-        model = replicator.model
-        statement = select(model).where(model.id.in_(bindparam("ids", expanding=True)))
-        _RECORDS_STATEMENTS[replicator] = statement
-    return statement
-
-
-_RECORDS_STATEMENTS: dict[type[Replicator], Any] = {}
+    return load_records(conn, replicator.model, ids)
 
 
 def verify_batch(
@@ -176,7 +157,7 @@ def verify_batch(
     """Checksum claimed records and record the outcomes; returns how many succeeded."""
     ids = [claim.model_record_id for claim in claims]
     if records is None:
-        records = load_records(geo, target.replicator, ids)
+        records = load_records(geo.main_engine, target.replicator.model, ids)
     results = checksum_loaded(geo, target.replicator, ids, records, pool)
     with geo.main() as conn:
         return record_results(geo, conn, target, claims, results)

@@ -80,7 +80,7 @@ def _recorded_paths(geo: Geo, replicator: type[Replicator], ids: Sequence[int]) 
 
 
 def _record_paths(geo: Geo, replicator: type[Replicator], ids: Sequence[int]) -> set[Path]:
-    from geosync.model import load_records
+    from geosync.records import load_records
 
     try:
         with geo.main_reads() as main:

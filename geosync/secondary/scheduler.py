@@ -15,22 +15,21 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, func, select, text, union_all
+from sqlalchemy import Connection, text
 
 from geosync.db.engines import error_line, is_sqlite
 from geosync.flags import flag_enabled
 from geosync.leases import acquire, live_holders
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START, OUTAGES
-from geosync.registry import Registry, SyncClaim
+from geosync.registry import Registry, SyncClaim, started_total
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.leftovers import remove_leftovers
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Route, SyncService, prefetch_missing
-from geosync.states import SyncState
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -123,25 +122,6 @@ def claim_round_robin(
             if free <= 0:
                 break
     return claimed
-
-
-def started_total(conn: Connection, registries: list[Registry]) -> int:
-    """Rows in `started` across `registries` (every worker process of the site), one query."""
-    if not registries:
-        return 0
-    tables = tuple(r.table for r in registries)
-    statement = _STARTED_COUNTS.get(tables)
-    if statement is None:
-        counts = [
-            select(func.count()).select_from(t).where(t.c.state == SyncState.STARTED)
-            for t in tables
-        ]
-        statement = _STARTED_COUNTS[tables] = union_all(*counts)
-    return sum(int(n) for n in conn.execute(statement).scalars())
-
-
-#: `started_total` statements, by the registry tables they count (built once).
-_STARTED_COUNTS: dict[tuple[Any, ...], Any] = {}
 
 
 class SchedulerLoop:

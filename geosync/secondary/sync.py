@@ -78,7 +78,7 @@ def prefetch(geo: Geo, replicator: type[Replicator], ids: list[int]) -> dict[int
 
     Syncs get them in groups (`prefetch_missing`); a sync given none reads its own.
     """
-    from geosync.model import load_records
+    from geosync.records import load_records
     from geosync.verification import primary_checksums
 
     with geo.main_reads() as main:

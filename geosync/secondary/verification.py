@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from geosync.attempts import Attempt, record_attempt
-from geosync.checksums import ChecksumResult, checksum_loaded, load_records
+from geosync.checksums import ChecksumResult, checksum_loaded
 from geosync.db.held import HeldConnection
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
+from geosync.records import load_records
 from geosync.registry import Registry, RegistryRow
 from geosync.verification import (
     MISMATCH_FAILURE,
@@ -141,7 +142,7 @@ def _verify(
     with main.transaction() as conn:
         expected = primary_checksums(geo, conn, replicator, ids)
         # Hash only what can be compared: without a primary checksum the row is disabled.
-        records = load_records(geo, replicator, [i for i in ids if i in expected], conn)
+        records = load_records(conn, replicator.model, [i for i in ids if i in expected])
     computed = checksum_loaded(geo, replicator, list(records), records, pool)
     results = {result.model_record_id: result for result in computed}
     verdicts = [

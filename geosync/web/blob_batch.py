@@ -15,7 +15,7 @@ from typing import Any
 
 from geosync.app import Geo
 from geosync.errors import NotFound, ValidationError
-from geosync.model import load_records
+from geosync.records import load_records
 from geosync.replicator import Replicator
 from geosync.wire import INLINE_LIMIT, MAX_BATCH_IDS, frame
 

@@ -8,8 +8,7 @@ import pytest
 
 from geosync import InvalidTransition, NotFound, SyncState, VerificationState
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
-from geosync.registry import Registry, RegistryRow, SyncClaim, SyncedRow
-from geosync.secondary.scheduler import started_total
+from geosync.registry import Registry, RegistryRow, SyncClaim, SyncedRow, started_total
 from geosync.testing import SitePair
 
 ID = 7
