@@ -814,7 +814,8 @@ def started_total(conn: Connection, registries: list[Registry]) -> int:
     """Rows in `started` across `registries` (every worker process of the site), one query."""
     if not registries:
         return 0
-    return sum(int(n) for n in conn.execute(_started_counts(tuple(r.table for r in registries))))
+    statement = _started_counts(tuple(r.table for r in registries))
+    return sum(int(n) for n in conn.execute(statement).scalars())
 
 
 @built_once

@@ -6,7 +6,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from geosync.errors import ConfigurationError, PrimaryMissing, ValidationError
+from geosync.errors import ConfigurationError, Interrupted, PrimaryMissing, ValidationError
 from geosync.paths import resolve_inside
 from geosync.replicator import UPDATED, Replicator
 
@@ -117,7 +117,10 @@ class RepositoryReplicator(Replicator):
         relative = self.repository_path()
         base = repository_base_path(self.replicable_name, self.model_record_id)
         route = job.route()
-        with mirror_lock(dest):
+        lock = mirror_lock(dest)
+        if not lock.acquire(job.cancel):  # a shutdown ends the wait for an older sync
+            raise Interrupted("Sync interrupted: the worker is shutting down")
+        try:
             # Signed only now: waiting for an older sync of this mirror may take long.
             header = node_header(job.geo, base, REPOSITORY_TOKEN_TTL, route.node)
             url = route.primary_url.rstrip("/") + base
@@ -125,6 +128,8 @@ class RepositoryReplicator(Replicator):
                 mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
             except PrimaryMissing:
                 return Success(relative, missing_on_primary=True)
+        finally:
+            lock.release()
         if expected is None:
             return Success(relative)
         actual = repository_checksum(dest)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from structlog.testing import capture_logs
 
 from geosync.auth import REPOSITORY_TOKEN_TTL, node_header, request_data, sign_request
@@ -489,3 +490,48 @@ def test_openapi_lists_the_git_endpoint_once_per_method(sites: SitePair) -> None
         schema = create_app(sites.primary).openapi()
     path = "/api/v4/geo/repositories/{replicable_name}/{model_record_id}.git/{rest}"
     assert sorted(schema["paths"][path]) == ["get", "post"]
+
+
+def test_a_shutdown_ends_a_sync_waiting_for_the_mirror_lock(
+    live_sites: SitePair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from geosync.file_locks import mirror_lock
+    from geosync.secondary import scheduler
+
+    monkeypatch.setattr(scheduler, "SHUTDOWN_GRACE", 1.0)
+    sites = live_sites
+    repo = create_snippet(sites, tmp_path, commits=1)
+    lock = mirror_lock(repo.mirror(sites))
+    held_elsewhere = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:  # another thread of this site, mid-sync of the same mirror
+        with lock:
+            held_elsewhere.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held_elsewhere.wait(10)
+        with secondary_worker(sites):
+
+            def started() -> bool:
+                row = registry_row(sites, repo.id)
+                return row is not None and row.state == SyncState.STARTED
+
+            wait_for(started, what="the sync waiting for the mirror lock")
+            stopping = time.monotonic()
+        # The worker stopped soon after its grace, while the lock was still held: the wait was
+        # cancelled, not left for the worker's join timeout to abandon.
+        assert time.monotonic() - stopping < 15
+        assert holder.is_alive()
+        row = registry_row(sites, repo.id)
+        assert row is not None and row.state != SyncState.SYNCED
+        assert not repo.mirror(sites).exists()
+    finally:
+        done.set()
+        holder.join(10)
