@@ -1,7 +1,8 @@
 """Test support for geosync and for applications that declare replicators.
 
 The contract kit (docs/adding-a-data-type.md): subclass `BlobReplicatorContract` or
-`RepositoryReplicatorContract` and define one fixture, ``replicator_factory``, returning a
+`RepositoryReplicatorContract` (and `RegistryContract` or `VerifiableRegistryContract` for the
+registry's state machine) and define one fixture, ``replicator_factory``, returning a
 `ReplicatorFactory`. `create_bare_repository`, `push_commit` and `repository_refs` make and read
 the git repositories such a factory needs. `sites` builds real primary/secondary site pairs on
 SQLite or PostgreSQL (`DatabaseFactory`); the contracts run the full replication cycle on them.
@@ -21,13 +22,16 @@ if TYPE_CHECKING:
         ReplicatorFactory,
         RepositoryReplicatorContract,
     )
+    from geosync.testing.registry_contracts import RegistryContract, VerifiableRegistryContract
 
 __all__ = [
     "BlobReplicatorContract",
     "DatabaseFactory",
+    "RegistryContract",
     "ReplicatorFactory",
     "RepositoryReplicatorContract",
     "SitePair",
+    "VerifiableRegistryContract",
     "build_site_pair",
     "create_bare_repository",
     "push_commit",
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 _CONTRACTS = ("BlobReplicatorContract", "ReplicatorFactory", "RepositoryReplicatorContract")
+_REGISTRY_CONTRACTS = ("RegistryContract", "VerifiableRegistryContract")
 
 
 def __getattr__(name: str) -> Any:
@@ -43,4 +48,8 @@ def __getattr__(name: str) -> Any:
         from geosync.testing import contracts
 
         return getattr(contracts, name)
+    if name in _REGISTRY_CONTRACTS:
+        from geosync.testing import registry_contracts
+
+        return getattr(registry_contracts, name)
     raise AttributeError(f"module 'geosync.testing' has no attribute {name!r}")

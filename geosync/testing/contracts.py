@@ -108,8 +108,10 @@ def declares_selective_sync(replicator: type[Replicator]) -> bool:
     return owner is not Replicator
 
 
-class _ReplicatorContract:
-    """The tests every strategy shares; the strategy subclasses say what a "copy" is."""
+class ContractKit:
+    """The fixtures and helpers every contract suite shares (no tests of its own): a real
+    primary and secondary cataloguing only the replicator under test, records made by the
+    application's factory, and the secondary's registry row of each."""
 
     #: The strategy base class a replicator under this contract must subclass.
     strategy_class: ClassVar[type[Replicator]] = Replicator
@@ -173,8 +175,8 @@ class _ReplicatorContract:
     # -- what a copy is (strategies implement) -----------------------------------------------
 
     def copy_path(self, replicator: Replicator) -> Path:
-        """Where `replicator`'s site keeps the resource."""
-        raise NotImplementedError
+        """Where `replicator`'s site keeps the resource (its strategy says)."""
+        return replicator.copy_path()
 
     def same_copy(self, on_primary: Replicator, on_secondary: Replicator) -> bool:
         """Whether the secondary's copy equals the primary's resource."""
@@ -302,7 +304,9 @@ class _ReplicatorContract:
                 selective_sync_namespace_ids=[namespace_id],
             )
 
-    # -- the contract ------------------------------------------------------------------------
+
+class _ReplicatorContract(ContractKit):
+    """The tests every strategy shares; the strategy subclasses say what a "copy" is."""
 
     def test_created_record_is_synced_verified_then_deleted(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory

@@ -37,6 +37,14 @@ SHARED = [
 #: What must pass for each type; the kit skips nothing.
 BLOB_PASSED = {*SHARED, "test_rewritten_blob_is_synced_again_or_refused_when_immutable"}
 REPOSITORY_PASSED = {*SHARED, "test_push_then_handle_after_update_is_mirrored"}
+REGISTRY_PASSED = {
+    "test_a_created_record_gets_a_pending_row",
+    "test_only_its_own_claim_settles_a_sync",
+    "test_a_failure_counts_its_retry_and_loses_to_a_newer_change",
+    "test_resync_moves_a_settled_row_back_and_delete_removes_it",
+    "test_a_verification_claim_succeeds_only_as_itself",
+    "test_a_verification_failure_counts_its_retry",
+}
 #: The line of the guide's blob replicator that says where an attachment's file is.
 BLOB_PATH_LINE = "        return str(self.model_record.stored_as)\n"
 
@@ -137,11 +145,13 @@ def test_the_guides_example_passes_the_contract_kit(tmp_path: Path) -> None:
     assert run.returncode == 0, run.output
     counts = run.summary()
     assert counts.get("failed", 0) == 0 and counts.get("error", 0) == 0, run.output
-    assert counts["passed"] == len(BLOB_PASSED) + len(REPOSITORY_PASSED), run.output
+    expected = len(BLOB_PASSED) + len(REPOSITORY_PASSED) + len(REGISTRY_PASSED)
+    assert counts["passed"] == expected, run.output
     assert run.names("TestAttachmentReplicator", "passed") == BLOB_PASSED
     assert run.names("TestAttachmentReplicator", "skipped") == set()
     assert run.names("TestWikiReplicator", "passed") == REPOSITORY_PASSED
     assert run.names("TestWikiReplicator", "skipped") == set()
+    assert run.names("TestWikiRegistry", "passed") == REGISTRY_PASSED
 
 
 def test_a_replicator_pointing_at_the_wrong_file_fails_the_kit(tmp_path: Path) -> None:

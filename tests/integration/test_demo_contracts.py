@@ -20,6 +20,7 @@ from geosync.testing import (
     DatabaseFactory,
     ReplicatorFactory,
     RepositoryReplicatorContract,
+    VerifiableRegistryContract,
     create_bare_repository,
 )
 
@@ -97,6 +98,18 @@ class TestPackageFileReplicator(OnBothDatabases, BlobReplicatorContract):
 
 
 class TestSnippetReplicator(OnBothDatabases, RepositoryReplicatorContract):
+    @pytest.fixture
+    def replicator_factory(self) -> ReplicatorFactory:
+        return SnippetFactory()
+
+
+class TestUploadRegistry(OnBothDatabases, VerifiableRegistryContract):
+    @pytest.fixture
+    def replicator_factory(self) -> ReplicatorFactory:
+        return UploadFactory()
+
+
+class TestSnippetRegistry(OnBothDatabases, VerifiableRegistryContract):
     @pytest.fixture
     def replicator_factory(self) -> ReplicatorFactory:
         return SnippetFactory()
