@@ -37,7 +37,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pytest
 from sqlalchemy import select
@@ -144,11 +144,15 @@ class ContractKit:
             tmp_path / "contract-sites",
             [replicator_factory.replicator],
             geosync_databases,
-            backoff_scale=0.01,
-            poll_interval=0.1,
+            **self.site_options(),
         )
         yield pair
         pair.dispose()
+
+    def site_options(self) -> dict[str, Any]:
+        """The `build_site_pair` options of this suite's sites: quick retries and polls, for
+        the background loops that replicate while a test waits."""
+        return {"backoff_scale": 0.01, "poll_interval": 0.1}
 
     def check_factory(self, factory: object) -> None:
         """Fail in one line when the fixture returns something the suite cannot use."""

@@ -17,9 +17,8 @@ that verifies. No background loop runs: each transition is made and checked in t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,8 +28,7 @@ from geosync.registry import Registry, RegistryRow, SyncClaim
 from geosync.secondary.log_cursor import LogCursor
 from geosync.states import SyncState, VerificationState
 from geosync.testing.contracts import ContractKit, ReplicatorFactory
-from geosync.testing.databases import DatabaseFactory
-from geosync.testing.sites import SitePair, build_site_pair
+from geosync.testing.sites import SitePair
 from geosync.verification import registry_verifiable
 
 __all__ = ["RegistryContract", "VerifiableRegistryContract"]
@@ -43,23 +41,9 @@ class RegistryContract(ContractKit):
 
     # -- fixtures and helpers ----------------------------------------------------------------
 
-    @pytest.fixture
-    def contract_sites(
-        self,
-        tmp_path: Path,
-        geosync_databases: DatabaseFactory,
-        replicator_factory: ReplicatorFactory,
-    ) -> Iterator[SitePair]:
-        """Both sites on a frozen clock, which the tests move past a retry's backoff."""
-        self.check_factory(replicator_factory)
-        pair = build_site_pair(
-            tmp_path / "contract-sites",
-            [replicator_factory.replicator],
-            geosync_databases,
-            clock=FrozenClock(),
-        )
-        yield pair
-        pair.dispose()
+    def site_options(self) -> dict[str, Any]:
+        """Both sites on one frozen clock, which the tests move past a retry's backoff."""
+        return {"clock": FrozenClock()}
 
     def clock(self, sites: SitePair) -> FrozenClock:
         """The sites' shared frozen clock."""
