@@ -318,6 +318,8 @@ def _checked_value(setting: NodeSetting, value: Any) -> Any:
         return value
     if setting.kind == "url":
         return normalize_url(value, name) if value else None
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set):
+        raise ValidationError(f"{name} must be a list")
     if setting.kind == "ids":
         return _int_list(value, name)
     return [str(v) for v in value]

@@ -189,6 +189,8 @@ def test_settings_can_be_updated_and_are_checked(sites: SitePair, store: NodeSto
         ({"selective_sync_type": "everything"}, "selective_sync_type must be empty"),
         ({"selective_sync_namespace_ids": ["x"]}, "selective_sync_namespace_ids must be whole"),
         ({"colour": "blue"}, r"unknown node setting\(s\): colour"),
+        ({"selective_sync_shards": "abc"}, "selective_sync_shards must be a list"),
+        ({"enabled": "yes"}, "enabled must be true or false"),
         ({"internal_url": "gopher://x"}, "internal_url must be an http"),
     ],
 )
