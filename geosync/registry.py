@@ -187,19 +187,6 @@ class Registry:
             counts[SyncState(state)] = int(count)
         return counts
 
-    def synced_verification_counts(self, conn: Connection) -> dict[VerificationState, int]:
-        """How many synced rows are in each verification state (every state present)."""
-        c = self.table.c
-        rows = conn.execute(
-            select(c.verification_state, func.count())
-            .where(c.state == SyncState.SYNCED)
-            .group_by(c.verification_state)
-        )
-        counts = dict.fromkeys(VerificationState, 0)
-        for state, count in rows:
-            counts[VerificationState(state)] = int(count)
-        return counts
-
     def oldest_unsynced_since(self, conn: Connection) -> datetime | None:
         """When the longest-waiting unsynced row began to wait (its change, else its row)."""
         c = self.table.c

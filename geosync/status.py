@@ -312,7 +312,11 @@ def registry_counts(
         oldest_unsynced_age_seconds=_oldest_unsynced_age(registry, tracking, now),
     )
     if replicator.verification_enabled:
-        verification = registry.synced_verification_counts(tracking)
+        from geosync.verification import registry_verifiable
+
+        verification = registry_verifiable(geo, replicator).count_by_state(
+            tracking, eligible_only=True
+        )
         verifiable = sum(
             n for state, n in verification.items() if state != VerificationState.DISABLED
         )

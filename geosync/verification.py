@@ -105,12 +105,14 @@ class Verifiable:
         """Rows that may be verified at all: on a secondary only synced registries."""
         return self.table.c.state == SyncState.SYNCED if self.registry else true()
 
-    def count_by_state(self, conn: Connection) -> dict[VerificationState, int]:
-        """Row counts per verification state."""
+    def count_by_state(
+        self, conn: Connection, *, eligible_only: bool = False
+    ) -> dict[VerificationState, int]:
+        """Row counts per verification state (every state present); with `eligible_only`, of
+        the rows that may be verified at all (on a secondary, the synced ones)."""
         c = self.table.c
-        rows = conn.execute(
-            select(c.verification_state, func.count()).group_by(c.verification_state)
-        )
+        query = select(c.verification_state, func.count()).group_by(c.verification_state)
+        rows = conn.execute(query.where(self.eligible()) if eligible_only else query)
         counts = dict.fromkeys(VerificationState, 0)
         for state, count in rows:
             counts[VerificationState(state)] = int(count)

@@ -45,7 +45,7 @@ def built_once(builder: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(builder)
     def cached(*args: P.args, **kwargs: P.kwargs) -> T:
-        key = (builder.__qualname__, builder.__module__, args, tuple(sorted(kwargs.items())))
+        key = (builder, args, tuple(sorted(kwargs.items())))
         return statement(key, lambda: builder(*args, **kwargs))
 
     return cached

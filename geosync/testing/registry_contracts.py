@@ -29,7 +29,7 @@ from geosync.secondary.log_cursor import LogCursor
 from geosync.states import SyncState, VerificationState
 from geosync.testing.contracts import ContractKit, ReplicatorFactory
 from geosync.testing.sites import SitePair
-from geosync.verification import registry_verifiable
+from geosync.verification import Claim, registry_verifiable
 
 __all__ = ["RegistryContract", "VerifiableRegistryContract"]
 
@@ -164,16 +164,23 @@ class VerifiableRegistryContract(RegistryContract):
             assert registry.synced(conn, record_id, claim, verification=VerificationState.PENDING)
         return record_id
 
+    def verification_claim(
+        self, sites: SitePair, factory: ReplicatorFactory, record_id: int
+    ) -> Claim:
+        """Claim the row's verification as the verification loop would."""
+        verifiable = registry_verifiable(sites.secondary, factory.replicator)
+        with sites.secondary.tracking() as conn:
+            claims = {c.model_record_id: c for c in verifiable.claim(conn, 10)}
+        assert record_id in claims, "the verification claim did not take the synced row"
+        return claims[record_id]
+
     def test_a_verification_claim_succeeds_only_as_itself(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
         record_id = self.synced_row(sites, factory)
         verifiable = registry_verifiable(sites.secondary, factory.replicator)
-        with sites.secondary.tracking() as conn:
-            claims = {c.model_record_id: c for c in verifiable.claim(conn, 10)}
-        assert record_id in claims
-        claim = claims[record_id]
+        claim = self.verification_claim(sites, factory, record_id)
         earlier = claim.started_at - timedelta(seconds=1)
         with sites.secondary.tracking() as conn:
             assert not verifiable.succeeded(conn, record_id, earlier, "a" * 64)
@@ -188,8 +195,8 @@ class VerifiableRegistryContract(RegistryContract):
         sites, factory = contract_sites, replicator_factory
         record_id = self.synced_row(sites, factory)
         verifiable = registry_verifiable(sites.secondary, factory.replicator)
+        claim = self.verification_claim(sites, factory, record_id)
         with sites.secondary.tracking() as conn:
-            (claim,) = [c for c in verifiable.claim(conn, 10) if c.model_record_id == record_id]
             count = verifiable.failed(conn, record_id, claim.started_at, "Checksum differs")
         assert count == 1
         row = self.current(sites, factory, record_id)
