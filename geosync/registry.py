@@ -38,6 +38,7 @@ from sqlalchemy import (
 
 from geosync.attempts import forget_attempts
 from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
+from geosync.db import keyset
 from geosync.db.engines import is_sqlite
 from geosync.db.statements import built_once, statement
 from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
@@ -204,6 +205,10 @@ class Registry:
         """How many rows a bulk resync would move (see `resyncable`)."""
         query = select(func.count()).select_from(self.table).where(self.resyncable(failed_only))
         return int(conn.execute(query).scalar_one())
+
+    def next_keys(self, conn: Connection, where: Any, after: int, limit: int) -> list[int]:
+        """Keyset page: up to `limit` model ids above `after` of rows matching `where`."""
+        return keyset.next_keys(conn, self.key, where, after, limit)
 
     def newest(
         self,
@@ -591,15 +596,19 @@ class Registry:
         if not self.resync_many(conn, [model_record_id]):
             self._refuse(conn, model_record_id, "resync")
 
-    def resync_many(self, conn: Connection, ids: Sequence[int], failed_only: bool = False) -> int:
+    def resync_many(
+        self, conn: Connection, ids: Sequence[int], failed_only: bool = False, *, where: Any = None
+    ) -> int:
         """The `resync` of every row of `ids` that is synced or failed (only failed with
-        `failed_only`), in one statement; the others are left alone. Returns how many moved."""
+        `failed_only`) and matches `where` when given (a bulk job's filters), in one statement;
+        the others are left alone. Returns how many moved."""
         if not ids:
             return 0
+        conditions = [self.key.in_(list(ids)), self.resyncable(failed_only)]
+        if where is not None:
+            conditions.append(where)
         result = conn.execute(
-            update(self.table)
-            .where(self.key.in_(list(ids)), self.resyncable(failed_only))
-            .values(**pending_values(self.geo.clock.now()))
+            update(self.table).where(*conditions).values(**pending_values(self.geo.clock.now()))
         )
         return int(result.rowcount)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from geosync.registry import Registry
 
 if TYPE_CHECKING:
@@ -44,16 +42,9 @@ def resync_all(geo: Geo, replicator: type[Replicator], failed_only: bool) -> Ite
     after = 0
     while True:
         with geo.tracking() as conn:
-            keys = list(
-                conn.execute(
-                    select(registry.key)
-                    .where(registry.key > after, registry.resyncable(failed_only))
-                    .order_by(registry.key)
-                    .limit(KEYSET_BATCH)
-                ).scalars()
-            )
+            keys = registry.next_keys(conn, registry.resyncable(failed_only), after, KEYSET_BATCH)
             if not keys:
                 return
             moved = registry.resync_many(conn, keys, failed_only)
-        after = int(keys[-1])
+        after = keys[-1]
         yield moved

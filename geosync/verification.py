@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from geosync.backoff import Backoff
+from geosync.db import keyset
 from geosync.db.engines import is_sqlite
 from geosync.db.statements import built_once
 from geosync.db.types import UTCDateTime
@@ -305,8 +306,7 @@ class Verifiable:
 
     def next_keys(self, conn: Connection, where: Any, after: int, limit: int) -> list[int]:
         """Keyset page: up to `limit` keys above `after` matching `where`, in key order."""
-        query = select(self.key).where(where, self.key > after).order_by(self.key).limit(limit)
-        return [int(key) for key in conn.execute(query).scalars()]
+        return keyset.next_keys(conn, self.key, where, after, limit)
 
     # -- the primary's state rows (a `<name>_states` table) ---------------------------------
 
