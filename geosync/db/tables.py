@@ -2,11 +2,14 @@
 
 Both sets are versioned with Alembic (``geosync/db/migrations``); a test keeps the migrations
 and these definitions equal. Tables derived from replicators live in `geosync.db.derived`.
+`geo_bulk_jobs` is in both: a site's bulk jobs live in the database that holds the state they
+change (the primary's main database, a secondary's tracking database).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     ForeignKey,
@@ -150,3 +153,35 @@ geo_sync_attempts = Table(
     Index("ix_geo_sync_attempts_item", "replicable_name", "model_record_id", "id"),
     sqlite_autoincrement=True,
 )
+
+
+def bulk_jobs_table(metadata: MetaData) -> Table:
+    """The bulk jobs of a site (owned by `geosync.jobs`), built into `metadata`.
+
+    `active_key` is "<replicable>:<action>" while a job is queued or running and NULL after:
+    its unique index lets one job per type and action be active at a time, and NULLs never
+    collide on SQLite or PostgreSQL.
+    """
+    return Table(
+        "geo_bulk_jobs",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("replicable_name", String(255), nullable=False),
+        Column("action", String(16), nullable=False),
+        Column("filters", JSONDoc, nullable=False),
+        Column("created_by", String(255)),
+        Column("state", String(16), nullable=False, index=True),
+        Column("processed", BigInteger, nullable=False, default=0),
+        Column("total", BigInteger, nullable=False, default=0),
+        Column("last_key", BigInteger),
+        Column("error", String(255)),
+        Column("active_key", String(255), unique=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("started_at", UTCDateTime),
+        Column("finished_at", UTCDateTime),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+
+
+main_bulk_jobs = bulk_jobs_table(main_metadata)
+tracking_bulk_jobs = bulk_jobs_table(tracking_metadata)
