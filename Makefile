@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help test demo lint typecheck clean venv
+.PHONY: help test demo lint typecheck clean venv graphql-schema
 
 define RUN_HINT
 run geosync as $(BIN)/geosync (or `source $(BIN)/activate`, then `geosync`), e.g. $(BIN)/geosync --help
@@ -18,6 +18,7 @@ help:
 	@echo "  make demo       run a primary and a secondary on this machine (DEMO_ARGS=...)"
 	@echo "  make lint       ruff check and format check"
 	@echo "  make typecheck  mypy (strict)"
+	@echo "  make graphql-schema  write docs/graphql/schema.graphql from the demo's replicators"
 	@echo "  make clean      remove $(VENV) and the tool caches"
 	@echo
 	@echo "$$RUN_HINT"
@@ -45,6 +46,9 @@ DEMO_ARGS ?= --blobs 300 --repos 10 --churn --churn-seconds 15 --exit-when-synce
 
 demo: $(STAMP)
 	$(BIN)/geosync demo $(DEMO_ARGS)
+
+graphql-schema: $(STAMP)
+	$(BIN)/python -m geosync.web.graphql.sdl geosync.demo.replicators > docs/graphql/schema.graphql
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -44,6 +44,9 @@ class Replicator:
     replication_enabled_by_default: ClassVar[bool] = True
     verification_enabled: ClassVar[bool] = True
     sync_timeout: ClassVar[timedelta] = timedelta(hours=8)
+    #: The model column the API's `keyword` argument searches (a path, a name); None: the
+    #: type cannot be searched by keyword.
+    keyword_column: ClassVar[str | None] = None
 
     # -- what a strategy declares (everything that differs between kinds of replicable) ------
     #: What one copy is called in messages ("file", "repository").
@@ -122,6 +125,11 @@ class Replicator:
             problems.append(
                 f"{cls.__name__}.model is {getattr(model, '__name__', model)!r},"
                 " which is not a Replicable model (add the Replicable mixin)"
+            )
+        elif cls.keyword_column is not None and cls.keyword_column not in model.__table__.c:
+            problems.append(
+                f"{cls.__name__}.keyword_column is {cls.keyword_column!r}, which is not a column"
+                f" of {model.__table__.name}"
             )
         if not cls.__name__.endswith("Replicator"):
             problems.append(f"{cls.__name__}: a replicator class name must end in 'Replicator'")

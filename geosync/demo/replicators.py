@@ -24,6 +24,7 @@ class UploadReplicator(BlobReplicator):
 
     model = Upload
     storage = "uploads"
+    keyword_column = "path"
 
     def blob_path(self) -> str:
         """Uploads store their relative path."""
@@ -41,6 +42,7 @@ class PackageFileReplicator(BlobReplicator):
     model = PackageFile
     storage = "packages"
     mutable = True
+    keyword_column = "file_name"
 
     def blob_path(self) -> str:
         """Package files live in a directory per namespace."""
@@ -57,6 +59,7 @@ class SnippetReplicator(RepositoryReplicator):
     """Snippets: bare git repositories."""
 
     model = Snippet
+    keyword_column = "title"
 
     def repository_path(self) -> str:
         """The snippet's repository directory."""

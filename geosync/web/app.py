@@ -129,5 +129,11 @@ def _metrics(app: FastAPI, geo: Geo) -> None:
     app.include_router(metrics.router)
 
 
+def _graphql(app: FastAPI, geo: Geo) -> None:
+    from geosync.web import graphql
+
+    graphql.mount(app, geo)
+
+
 #: Each adds one part of the web application; later parts append themselves here.
-ROUTERS = [_geo_api, _rest_api, _metrics]
+ROUTERS = [_geo_api, _rest_api, _metrics, _graphql]

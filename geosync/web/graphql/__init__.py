@@ -1,0 +1,67 @@
+"""The GraphQL API at `/api/graphql` (Strawberry, inside the site's FastAPI app).
+
+Every request needs an admin token (`PRIVATE-TOKEN` or `Authorization: Bearer`): without one
+the answer is a GraphQL error with 401, with a token that is not an admin's 403, and no data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from strawberry.fastapi import GraphQLRouter
+
+from geosync.auth import find_admin_token
+from geosync.web.admin_auth import FORBIDDEN, UNAUTHORIZED, presented_token
+from geosync.web.deps import get_geo
+from geosync.web.graphql.context import GeoContext
+from geosync.web.graphql.schema import build_schema
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from geosync.app import Geo
+
+PATH = "/api/graphql"
+
+
+class GraphQLDenied(Exception):
+    """A request without an admin token: answered before the query is even parsed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _context(request: Request) -> GeoContext:
+    geo = get_geo(request)
+
+    def lookup() -> object:
+        with geo.main_engine.connect() as conn:
+            return find_admin_token(conn, presented_token(request))
+
+    found = await run_in_threadpool(lookup)
+    if found is None:
+        raise GraphQLDenied(401, UNAUTHORIZED)
+    if not getattr(found, "admin", False):
+        raise GraphQLDenied(403, FORBIDDEN)
+    return GeoContext(geo, found)  # type: ignore[arg-type]
+
+
+def mount(app: FastAPI, geo: Geo) -> None:
+    """Serve the site's schema at `/api/graphql`."""
+    router: GraphQLRouter[GeoContext, None] = GraphQLRouter(
+        build_schema(geo.catalog),
+        path=PATH,
+        context_getter=_context,
+        graphql_ide=None,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(GraphQLDenied)
+    async def _denied(_request: Request, exc: GraphQLDenied) -> JSONResponse:
+        body = {"errors": [{"message": exc.message}], "data": None}
+        return JSONResponse(body, status_code=exc.status)
