@@ -20,7 +20,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from geosync.errors import GeoError, ValidationError
 from geosync.log import get_logger
-from geosync.status import NODE_FIELDS, PERCENTAGE_SUFFIX, NodeStatus, node_statuses, status_fields
+from geosync.status import (
+    JOB_FIELDS,
+    NODE_FIELDS,
+    PERCENTAGE_SUFFIX,
+    NodeStatus,
+    node_statuses,
+    status_fields,
+)
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -39,6 +46,7 @@ _NOT_GAUGES = frozenset(NODE_FIELDS) - {
     "cursor_last_event_id",
     "cursor_last_event_timestamp",
     "last_successful_status_check_timestamp",
+    *JOB_FIELDS,
 }
 
 _sites: weakref.WeakKeyDictionary[Geo, SiteMetrics] = weakref.WeakKeyDictionary()

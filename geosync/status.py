@@ -60,6 +60,15 @@ REPLICATOR_FIELDS = (
     "oldest_unsynced_age_seconds",
 )
 
+#: This site's bulk jobs by state (`geosync.jobs`): beyond GitLab.
+JOB_FIELDS = (
+    "bulk_jobs_queued_count",
+    "bulk_jobs_running_count",
+    "bulk_jobs_done_count",
+    "bulk_jobs_cancelled_count",
+    "bulk_jobs_failed_count",
+)
+
 #: Node-wide fields.
 NODE_FIELDS = (
     "geo_node_id",
@@ -76,6 +85,7 @@ NODE_FIELDS = (
     "revision",
     "selective_sync_type",
     "updated_at",
+    *JOB_FIELDS,
 )
 
 _LAG_SQL = text(
@@ -211,6 +221,7 @@ class StatusComputation:
                 label = replicator.replicable_name_plural
                 counts = functools.partial(self._counts, replicator)
                 values.update(self._guard(label, counts, dict[str, Any]()))
+        values.update(self._guard("bulk jobs", self._job_fields, dict[str, Any]()))
         if self.secondary:
             cursor = functools.partial(self._cursor_fields, values)
             values.update(self._guard("event cursor", cursor, dict[str, Any]()))
@@ -253,6 +264,11 @@ class StatusComputation:
             with self.geo.main_engine.connect() as main:
                 counts = primary_counts(self.geo, main, replicator)
         return {replicator.status_field_prefix + key: value for key, value in counts.items()}
+
+    def _job_fields(self) -> dict[str, Any]:
+        from geosync.jobs import job_counts
+
+        return {f"bulk_jobs_{state}_count": n for state, n in job_counts(self.geo).items()}
 
     def _cursor_fields(self, values: dict[str, Any]) -> dict[str, Any]:
         with self.geo.tracking_engine.connect() as tracking:

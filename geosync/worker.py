@@ -47,6 +47,7 @@ def tune_thread_switching() -> None:
 
 
 def _secondary_loops() -> list[LoopFactory]:
+    from geosync.jobs import BulkJobLoop
     from geosync.secondary.consistency import ConsistencySweepLoop
     from geosync.secondary.log_cursor import LogCursorLoop
     from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
@@ -60,15 +61,23 @@ def _secondary_loops() -> list[LoopFactory]:
         SecondaryVerificationLoop,
         StatusLoop,
         ConsistencySweepLoop,
+        BulkJobLoop,
     ]
 
 
 def _primary_loops() -> list[LoopFactory]:
+    from geosync.jobs import BulkJobLoop
     from geosync.primary.pruning import EventLogPruningLoop
     from geosync.primary.verification import PrimaryVerificationLoop, PrimaryVerificationSweepLoop
     from geosync.status_reporting import StatusLoop
 
-    return [PrimaryVerificationLoop, PrimaryVerificationSweepLoop, StatusLoop, EventLogPruningLoop]
+    return [
+        PrimaryVerificationLoop,
+        PrimaryVerificationSweepLoop,
+        StatusLoop,
+        EventLogPruningLoop,
+        BulkJobLoop,
+    ]
 
 
 _running: weakref.WeakSet[Worker] = weakref.WeakSet()
