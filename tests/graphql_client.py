@@ -1,4 +1,4 @@
-"""A GraphQL client for tests: a served site, an admin token, and `run(query)`."""
+"""A GraphQL client for tests: a served site, an admin token, `run(query)`, and seed data."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ import httpx
 
 from geosync.app import Geo
 from geosync.auth import create_admin_token
+from geosync.clock import FrozenClock
+from geosync.demo.models import Upload
+from geosync.demo.replicators import UploadReplicator
+from geosync.registry import Registry
+from geosync.states import VerificationState
 from geosync.testing import SitePair
 from geosync.testing.servers import serve_in_thread
 from geosync.web.app import create_app
+
+#: How many uploads `seed` creates.
+COUNT = 30
 
 
 @dataclass
@@ -52,6 +60,30 @@ class GraphQLSite:
         payload = response.json()
         assert payload.get("errors"), payload
         return [error["message"] for error in payload["errors"]]
+
+
+def seed(sites: SitePair, clock: FrozenClock) -> None:
+    """Uploads 1-30 on the primary; on the secondary every third synced and verified, every
+    fifth failed, the rest pending; sync times one minute apart."""
+    with sites.primary.session() as session, session.begin():
+        for i in range(1, COUNT + 1):
+            session.add(Upload(id=i, path=f"dir{i % 3}/file-{i}.bin", namespace_id=1, size=i))
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, list(range(1, COUNT + 1)))
+    for i in range(1, COUNT + 1):
+        clock.advance(60)
+        with sites.secondary.tracking() as conn:
+            if i % 3 == 0:
+                registry.synced(
+                    conn,
+                    i,
+                    registry.start(conn, i),
+                    verification=VerificationState.SUCCEEDED,
+                    checksum=f"{i:064x}",
+                )
+            elif i % 5 == 0:
+                registry.failed(conn, i, registry.start(conn, i), f"Download failed {i}")
 
 
 def admin_tokens(sites: SitePair) -> tuple[str, str]:

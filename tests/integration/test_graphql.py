@@ -12,46 +12,20 @@ import pytest
 from sqlalchemy import update
 
 from geosync.clock import FrozenClock
-from geosync.demo.models import Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.flags import set_flag
 from geosync.registry import Registry
 from geosync.states import VerificationState
 from geosync.testing import SitePair
 from geosync.web.graphql.schema import schema_sdl
-from tests.graphql_client import GraphQLSite, served_graphql
+from tests.graphql_client import COUNT, GraphQLSite, seed, served_graphql
 
 ROOT = Path(__file__).resolve().parents[2]
-COUNT = 30
 
 FIELDS = """id modelRecordId uploadId state retryCount retryAt lastSyncedAt lastSyncFailure
 missingOnPrimary createdAt verificationState verificationChecksum verificationChecksumMismatched
 checksumMismatch verificationFailure verificationRetryCount verificationRetryAt
 verificationStartedAt verifiedAt"""
-
-
-def seed(sites: SitePair, clock: FrozenClock) -> None:
-    """Uploads 1-30 on the primary; on the secondary every third synced and verified, every
-    fifth failed, the rest pending; sync times one minute apart."""
-    with sites.primary.session() as session, session.begin():
-        for i in range(1, COUNT + 1):
-            session.add(Upload(id=i, path=f"dir{i % 3}/file-{i}.bin", namespace_id=1, size=i))
-    registry = Registry(sites.secondary, UploadReplicator)
-    with sites.secondary.tracking() as conn:
-        registry.insert_pending(conn, list(range(1, COUNT + 1)))
-    for i in range(1, COUNT + 1):
-        clock.advance(60)
-        with sites.secondary.tracking() as conn:
-            if i % 3 == 0:
-                registry.synced(
-                    conn,
-                    i,
-                    registry.start(conn, i),
-                    verification=VerificationState.SUCCEEDED,
-                    checksum=f"{i:064x}",
-                )
-            elif i % 5 == 0:
-                registry.failed(conn, i, registry.start(conn, i), f"Download failed {i}")
 
 
 @pytest.fixture

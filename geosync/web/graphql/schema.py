@@ -11,12 +11,14 @@ catalog, and a test keeps the two equal.
 from typing import Annotated, Any, Union
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 
 from geosync.catalog import Catalog
 from geosync.errors import GeoError, ValidationError
 from geosync.listing import ListingFilters, PageRequest
+from geosync.log import get_logger
 from geosync.web.graphql import actions
 from geosync.web.graphql.connections import build_connection
 from geosync.web.graphql.context import GeoContext
@@ -43,6 +45,8 @@ from geosync.web.graphql.types import (
     ReplicationStateEnum,
     VerificationStateEnum,
 )
+
+log = get_logger("graphql")
 
 #: The most jobs `geoBulkJobs` returns.
 MAX_JOBS = 100
@@ -286,7 +290,7 @@ def build_schema(catalog: Catalog) -> strawberry.Schema:
                 job=GeoBulkJob.of(job) if job else None,
             )
 
-    return strawberry.Schema(
+    return _Schema(
         query=Query,
         mutation=Mutation,
         config=StrawberryConfig(scalar_map=SCALARS),
@@ -299,10 +303,22 @@ def build_schema(catalog: Catalog) -> strawberry.Schema:
     )
 
 
+class _Schema(strawberry.Schema):
+    """A schema that logs a client's mistake as one line and only a bug with its traceback."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Log each error of a request once (never a secret: messages carry no tokens)."""
+        unexpected = [e for e in errors if _unexpected(e)]
+        for error in errors:
+            if not _unexpected(error):
+                log.info("graphql request refused", error=error.message)
+        super().process_errors(unexpected, execution_context)
+
+
 def _unexpected(error: Any) -> bool:
     """Mask every error but geosync's own and GraphQL's (a bug's text never reaches a client)."""
     original = getattr(error, "original_error", None)
-    return original is not None and not isinstance(original, GeoError)
+    return original is not None and not isinstance(original, (GeoError, GraphQLError))
 
 
 def schema_sdl(catalog: Catalog) -> str:
