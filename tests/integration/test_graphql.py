@@ -192,6 +192,25 @@ def test_a_cursor_stays_correct_while_rows_change_state(api: GraphQLSite, sites:
     assert rest["count"] == len(pending_before) - 3 + 1
 
 
+def test_a_backward_cursor_stays_correct_while_rows_change_state(
+    api: GraphQLSite, sites: SitePair
+) -> None:
+    last = uploads(api, "(replicationState: PENDING, last: 4)")
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        for record in ids_of(last):  # the rows already listed leave the filter
+            registry.synced(conn, record, registry.start(conn, record))
+        registry.insert_pending(conn, [31])  # a new row after the cursor: not in earlier pages
+    before = last["pageInfo"]["startCursor"]
+    earlier = uploads(api, f'(replicationState: PENDING, last: 100, before: "{before}")')
+
+    pending_before = [i for i in range(1, 31) if i % 3 and i % 5]
+    assert ids_of(last) == pending_before[-4:]
+    assert ids_of(earlier) == pending_before[:-4]
+    assert earlier["pageInfo"]["hasNextPage"] is True
+    assert earlier["pageInfo"]["hasPreviousPage"] is False
+
+
 def test_first_and_last_are_capped_and_bad_cursors_are_refused(api: GraphQLSite) -> None:
     def message(arguments: str) -> str:
         query = f"{{ geoNode {{ uploadRegistries{arguments} {{ count }} }} }}"
