@@ -146,6 +146,15 @@ def test_a_blob_replicator_without_blob_path_is_refused() -> None:
         Catalog([lazy])
 
 
+def test_a_keyword_column_that_is_not_a_column_of_the_model_is_refused() -> None:
+    searchable = blob_replicator("SearchReplicator", model=Scratch)
+    searchable.keyword_column = "no_such_column"
+    with pytest.raises(CatalogError, match=r"SearchReplicator.keyword_column is 'no_such_column'"):
+        Catalog([searchable])
+    searchable.keyword_column = "id"
+    assert searchable in Catalog([searchable])
+
+
 def test_a_class_name_without_the_replicator_suffix_is_refused() -> None:
     odd = blob_replicator("AttachmentSync", model=Scratch)
     with pytest.raises(CatalogError, match=r"AttachmentSync: a replicator class name must end"):
