@@ -106,9 +106,11 @@ app = _typer(
 db_app = _typer(help="Database schema.")
 node_app = _typer(help="Sites (nodes) of this deployment.")
 flags_app = _typer(help="Per-type replication feature flags.")
+jobs_app = _typer(help="Bulk resync and reverify jobs of this site.")
 app.add_typer(db_app, name="db")
 app.add_typer(node_app, name="node")
 app.add_typer(flags_app, name="flags")
+app.add_typer(jobs_app, name="jobs")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -426,13 +428,12 @@ class Requeue:
     """One kind of operator re-queue (`reverify` or `resync`): its functions and its words."""
 
     one: Callable[[Geo, Any, int], None]
-    count: Callable[[Geo, Any, bool], int]
-    all: Callable[[Geo, Any, bool], Iterator[int]]
+    action: str
     outcome: str
 
 
 def _requeue(
-    kind: Requeue, name: str, record_id: int | None, all_records: bool, failed: bool
+    kind: Requeue, name: str, record_id: int | None, all_records: bool, failed: bool, wait: bool
 ) -> None:
     from geosync.errors import ValidationError
 
@@ -441,39 +442,70 @@ def _requeue(
             raise ValidationError("give exactly one of --id ID or --all")
         if failed and not all_records:
             raise ValidationError("--failed only goes with --all")
+        if wait and not all_records:
+            raise ValidationError("--wait only goes with --all")
         geo = load_geo()
         replicator = geo.catalog.get(name)
         if record_id is not None:
             kind.one(geo, replicator, record_id)
             console.print(f"{replicator.replicable_name} {record_id} queued for {kind.outcome}")
             return
-        total = kind.count(geo, replicator, failed)
-        label = f"re-queueing {replicator.replicable_name_plural}"
-        count = _with_progress(label, total, kind.all(geo, replicator, failed))
-        what = "failed " if failed else ""
-        plural = replicator.replicable_name_plural
-        console.print(f"{count} {what}{plural} queued for {kind.outcome}")
+        _bulk_requeue(geo, replicator, kind, failed, wait)
 
     run(action)
 
 
-def _with_progress(label: str, total: int, batches: Iterator[int]) -> int:
-    """Drain `batches` (counts per batch) behind a progress bar; returns the sum."""
+def _bulk_requeue(geo: Geo, replicator: Any, kind: Requeue, failed: bool, wait: bool) -> None:
+    """`--all`: queue one bulk job; with `wait`, work it here behind a progress bar."""
+    from geosync import jobs
+    from geosync.states import SyncState, VerificationState
+
+    action = jobs.JobAction(kind.action)
+    filters = jobs.JobFilters()
+    if failed and action == jobs.JobAction.RESYNC:
+        filters = jobs.JobFilters(replication_state=SyncState.FAILED)
+    elif failed:
+        filters = jobs.JobFilters(verification_state=VerificationState.FAILED)
+    job = jobs.create_job(geo, replicator, action, filters, jobs.cli_creator())
+    if not wait:
+        console.print(
+            f"job {job.id} queued: {action} of {job.total}"
+            f" {'failed ' if failed else ''}{replicator.replicable_name_plural}"
+            f" (follow it with `geosync jobs show {job.id}`)"
+        )
+        return
+    job = _with_progress(geo, f"re-queueing {replicator.replicable_name_plural}", job)
+    if job.state != jobs.JobState.DONE:
+        reason = f": {job.error}" if job.error else ""
+        raise GeoError(f"job {job.id} {job.state} after {job.processed} rows{reason}")
+    what = "failed " if failed else ""
+    plural = replicator.replicable_name_plural
+    console.print(f"{job.processed} {what}{plural} queued for {kind.outcome} (job {job.id})")
+
+
+def _with_progress(geo: Geo, label: str, job: Any) -> Any:
+    """Run `job`'s batches here (beside any worker: the job row keeps them apart) behind a
+    progress bar until it ends; returns the job as it ended."""
     from rich.progress import Progress
 
-    done = 0
+    from geosync.jobs import run_job_batch
+
     with Progress(console=err_console, transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        for changed in batches:
-            done += changed
-            progress.update(task, advance=changed)
-    return done
+        task = progress.add_task(label, total=max(job.total, 1))
+        while job.state.active:
+            job = run_job_batch(geo, job.id)
+            progress.update(task, completed=job.processed, total=max(job.total, job.processed))
+    return job
 
 
 NameArgument = Annotated[str, typer.Argument(help="Replicable name, e.g. upload or uploads.")]
 IdOption = Annotated[int | None, typer.Option("--id", help="One record's id.")]
 AllOption = Annotated[bool, typer.Option("--all", help="Every record of the type.")]
 FailedOption = Annotated[bool, typer.Option("--failed", help="With --all: only failed ones.")]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="With --all: run the job here with a progress bar until it ends."),
+]
 
 
 @app.command("reverify")
@@ -482,17 +514,16 @@ def reverify(
     record_id: IdOption = None,
     all_records: AllOption = False,
     failed: FailedOption = False,
+    wait: WaitOption = False,
 ) -> None:
-    """Queue verification again: the primary's checksums, or this secondary's copies."""
+    """Queue verification again: the primary's checksums, or this secondary's copies.
+
+    `--all` queues a bulk job (see `geosync jobs`) and returns; `--wait` follows it to its end.
+    """
     from geosync import reverification as r
 
-    _requeue(
-        Requeue(r.reverify_one, r.reverify_count, r.reverify_all, "verification"),
-        name,
-        record_id,
-        all_records,
-        failed,
-    )
+    kind = Requeue(r.reverify_one, "reverify", "verification")
+    _requeue(kind, name, record_id, all_records, failed, wait)
 
 
 @app.command("resync")
@@ -501,17 +532,97 @@ def resync(
     record_id: IdOption = None,
     all_records: AllOption = False,
     failed: FailedOption = False,
+    wait: WaitOption = False,
 ) -> None:
-    """Sync again on this secondary: one registry, or all synced (or failed) ones."""
+    """Sync again on this secondary: one registry, or all synced (or failed) ones.
+
+    `--all` queues a bulk job (see `geosync jobs`) and returns; `--wait` follows it to its end.
+    """
     from geosync import resync as r
 
-    _requeue(
-        Requeue(r.resync_one, r.resync_count, r.resync_all, "sync"),
-        name,
-        record_id,
-        all_records,
-        failed,
-    )
+    _requeue(Requeue(r.resync_one, "resync", "sync"), name, record_id, all_records, failed, wait)
+
+
+# -- bulk jobs ------------------------------------------------------------------------------
+
+JOB_COLUMNS = ("id", "type", "action", "state", "progress", "created by", "created", "error")
+
+
+def _job_row(job: Any) -> list[str]:
+    data = job.as_json()
+    return [
+        str(job.id),
+        job.replicable_name,
+        data["action"],
+        data["state"],
+        f"{job.processed}/{job.total}",
+        job.created_by or "",
+        data["created_at"],
+        job.error or "",
+    ]
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[
+        list[str] | None,
+        typer.Option(help="Only jobs in this state (repeatable): queued, running, done, ..."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many jobs (1 to 1000).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as a JSON list.")] = False,
+) -> None:
+    """This site's bulk jobs, newest first."""
+    from geosync.errors import ValidationError
+    from geosync.jobs import JobState, list_jobs
+
+    def action() -> None:
+        try:
+            states = None if not state else [JobState(s.lower()) for s in state]
+        except ValueError:
+            choices = ", ".join(JobState)
+            raise ValidationError(f"unknown job state in {state} (use: {choices})") from None
+        found = list_jobs(load_geo(), states=states, limit=limit)
+        if as_json:
+            print_json([job.as_json() for job in found])
+            return
+        table = Table(*JOB_COLUMNS)
+        for job in found:
+            table.add_row(*(escape(cell) for cell in _job_row(job)))
+        console.print(table)
+
+    run(action)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """One bulk job: what it does, its filters and how far it got."""
+    from geosync.jobs import get_job
+
+    def action() -> None:
+        data = get_job(load_geo(), job_id).as_json()
+        if as_json:
+            print_json(data)
+            return
+        for key, value in data.items():
+            shown = json.dumps(value) if isinstance(value, dict) else value
+            console.print(f"{key}: {escape(str(shown))}", highlight=False)
+
+    run(action)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
+    """Cancel a queued or running job; it stops before its next batch."""
+    from geosync.jobs import cancel_job
+
+    def action() -> None:
+        job = cancel_job(load_geo(), job_id)
+        console.print(f"job {job.id} cancelled after {job.processed} of {job.total} rows")
+
+    run(action)
 
 
 # -- explain --------------------------------------------------------------------------------

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from geosync.app import Geo
@@ -34,48 +33,13 @@ from geosync.jobs import (
     run_job_batch,
 )
 from geosync.metrics import metrics_for
-from geosync.registry import Registry
 from geosync.states import SyncState, VerificationState
 from geosync.status import JOB_FIELDS, compute_status
 from geosync.testing import SitePair
 from geosync.verification import primary_verifiable
 from geosync.worker import Worker
 from tests import verifyutil as vu
-
-#: Model ids start here, so registry row ids (1, 2, ...) and model ids differ.
-FIRST = 101
-
-
-def seed_synced(geo: Geo, count: int, failed: Collection[int] = ()) -> Registry:
-    """`count` registries for models FIRST.., all synced but the `failed` model ids.
-
-    One UPDATE marks them synced (the registry's transitions have tests of their own); the
-    failed ones go through `Registry.failed`.
-    """
-    registry = Registry(geo, UploadReplicator)
-    with geo.tracking() as conn:
-        registry.insert_pending(conn, list(range(FIRST, FIRST + count)))
-        conn.execute(update(registry.table).values(state=SyncState.SYNCED))
-        for i in failed:
-            registry.failed(conn, i, registry.start(conn, i), "boom")
-    return registry
-
-
-def sync_states(geo: Geo, registry: Registry) -> dict[int, SyncState]:
-    with geo.tracking_engine.connect() as conn:
-        rows = conn.execute(select(registry.key, registry.table.c.state)).all()
-    return {int(key): SyncState(state) for key, state in rows}
-
-
-def run_to_end(geo: Geo, job_id: int, limit: int = 100) -> list[int]:
-    """Run batches until the job ends; the job's `processed` after each batch."""
-    progress = []
-    for _ in range(limit):
-        job = run_job_batch(geo, job_id)
-        progress.append(job.processed)
-        if not job.state.active:
-            return progress
-    raise AssertionError("the job never ended")
+from tests.jobutil import FIRST, run_to_end, seed_synced, sync_states
 
 
 def test_a_job_is_created_at_once_with_its_total_and_changes_nothing_yet(

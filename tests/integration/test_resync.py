@@ -70,9 +70,10 @@ def test_cli_resync_reports_counts_and_user_errors(sites: SitePair, tmp_path: Pa
     )
     config.write_text(settings.to_toml())
     runner = CliRunner()
-    result = runner.invoke(app, ["--config", str(config), "resync", "uploads", "--all", "--failed"])
+    args = ["--config", str(config), "resync", "uploads", "--all", "--failed", "--wait"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "2 failed uploads queued for sync" in result.output
+    assert "2 failed uploads queued for sync (job 1)" in result.output
     bad = runner.invoke(
         app, ["--config", str(config), "resync", "uploads", "--failed", "--id", "1"]
     )

@@ -523,7 +523,7 @@ def test_reverify_all_failed_requeues_only_failed_records(
     run_until_idle(loop)
     config = cli_config(sites, tmp_path)
     result = CliRunner().invoke(
-        cli_app, ["--config", str(config), "reverify", "uploads", "--all", "--failed"]
+        cli_app, ["--config", str(config), "reverify", "uploads", "--all", "--failed", "--wait"]
     )
     assert result.exit_code == 0, result.output
     assert "1 failed uploads queued for verification" in result.output
@@ -544,7 +544,9 @@ def test_reverify_all_requeues_in_batches_and_one_id_alone(
     assert one.exit_code == 0, one.output
     states = [upload_state(sites, i)["verification_state"] for i in ids]
     assert states == [S.SUCCEEDED, S.PENDING, S.SUCCEEDED]
-    every = CliRunner().invoke(cli_app, ["--config", str(config), "reverify", "upload", "--all"])
+    every = CliRunner().invoke(
+        cli_app, ["--config", str(config), "reverify", "upload", "--all", "--wait"]
+    )
     assert every.exit_code == 0, every.output
     assert {upload_state(sites, i)["verification_state"] for i in ids} == {S.PENDING}
 
