@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from geosync.clock import FrozenClock
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
@@ -378,3 +378,19 @@ def test_the_committed_sdl_is_the_generated_schema(sites: SitePair) -> None:
     assert schema_sdl(sites.primary.catalog) == committed, (
         "docs/graphql/schema.graphql is stale: run `make graphql-schema`"
     )
+
+
+def test_an_unexpected_failure_is_masked_and_its_text_never_reaches_the_client(
+    api: GraphQLSite, sites: SitePair
+) -> None:
+    with sites.secondary.tracking() as conn:  # a fault injected on purpose: the table is gone
+        conn.execute(text(f"DROP TABLE {UploadReplicator.registry_table_name}"))
+    response = api.post(
+        "{ geoNode { name uploadRegistries { count } } }", headers={"PRIVATE-TOKEN": api.admin}
+    )
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["errors"][0]["message"] == "Unexpected error."
+    assert "upload_registry" not in response.text
+    assert body["data"]["geoNode"] == {"name": "secondary", "uploadRegistries": None}
