@@ -2,7 +2,8 @@
 
 Paths, parameters, JSON shapes, pagination headers and error codes follow GitLab's Geo nodes and
 Geo sites APIs, so GitLab's clients (python-gitlab, scripts, dashboards) work unchanged. Every
-endpoint needs an admin token; nodes are changed only on the primary.
+endpoint needs an admin token; nodes are changed only on the primary. This site's bulk jobs
+are under `current/bulk_jobs` (`geosync.web.jobs_api`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from geosync.status import NodeStatus, compute_status, load_status, node_statuse
 from geosync.web.admin_auth import require_admin
 from geosync.web.deps import get_geo
 from geosync.web.failures import FAILURE_TYPES, list_failures
+from geosync.web.jobs_api import add_job_routes
 from geosync.web.pagination import Page, page_params
 
 MAX_ID = 2**31 - 1
@@ -311,6 +313,7 @@ def build_router(collection: str) -> APIRouter:
     _add_node_routes(router, collection)
     _add_status_routes(router, collection)
     _add_write_routes(router, collection)
+    add_job_routes(router)
     return router
 
 
