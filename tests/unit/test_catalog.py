@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Integer, String
@@ -147,7 +148,7 @@ def test_a_blob_replicator_without_blob_path_is_refused() -> None:
 
 
 def test_a_keyword_column_that_is_not_a_column_of_the_model_is_refused() -> None:
-    searchable = blob_replicator("SearchReplicator", model=Scratch)
+    searchable: Any = blob_replicator("SearchReplicator", model=Scratch)
     searchable.keyword_column = "no_such_column"
     with pytest.raises(CatalogError, match=r"SearchReplicator.keyword_column is 'no_such_column'"):
         Catalog([searchable])
