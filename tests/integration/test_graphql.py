@@ -394,3 +394,26 @@ def test_an_unexpected_failure_is_masked_and_its_text_never_reaches_the_client(
     assert body["errors"][0]["message"] == "Unexpected error."
     assert "upload_registry" not in response.text
     assert body["data"]["geoNode"] == {"name": "secondary", "uploadRegistries": None}
+
+
+def test_requests_that_are_not_graphql_are_refused_as_json_errors(api: GraphQLSite) -> None:
+    headers = {"PRIVATE-TOKEN": api.admin, "Content-Type": "application/json"}
+    bad_json = api.client.post("api/graphql", content=b"{not json", headers=headers)
+    no_query = api.client.post("api/graphql", json={}, headers=headers)
+    get_mutation = api.client.get(
+        "api/graphql",
+        params={"query": 'mutation { geoBulkJobCancel(input: {id: "1"}) { errors } }'},
+        headers=headers,
+    )
+    get_query = api.client.get(
+        "api/graphql", params={"query": "{ geoNode { name } }"}, headers=headers
+    )
+
+    for response, message in [
+        (bad_json, "Unable to parse request body as JSON"),
+        (no_query, "No GraphQL query found in the request"),
+        (get_mutation, "mutations are not allowed when using GET"),
+    ]:
+        assert response.status_code == 400
+        assert response.json() == {"errors": [{"message": message}], "data": None}
+    assert get_query.json() == {"data": {"geoNode": {"name": "secondary"}}}

@@ -6,12 +6,14 @@ the answer is a GraphQL error with 401, with a token that is not an admin's 403,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cross_web import HTTPException
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from strawberry.fastapi import GraphQLRouter
+from strawberry.types.unset import UNSET
 
 from geosync.auth import find_admin_token
 from geosync.web.admin_auth import FORBIDDEN, UNAUTHORIZED, presented_token
@@ -28,7 +30,8 @@ PATH = "/api/graphql"
 
 
 class GraphQLDenied(Exception):
-    """A request without an admin token: answered before the query is even parsed."""
+    """A request refused before its query runs (no admin token, a body that is not a GraphQL
+    request, a mutation over GET): answered as a GraphQL error in JSON, never plain text."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -51,9 +54,20 @@ async def _context(request: Request) -> GeoContext:
     return GeoContext(geo, found)  # type: ignore[arg-type]
 
 
+class _Router(GraphQLRouter[GeoContext, None]):
+    """Strawberry's router, with its plain-text refusals turned into JSON errors."""
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        """Run one request; a request Strawberry refuses raises `GraphQLDenied`."""
+        try:
+            return await super().run(request, context=context, root_value=root_value)
+        except HTTPException as exc:
+            raise GraphQLDenied(exc.status_code, exc.reason) from None
+
+
 def mount(app: FastAPI, geo: Geo) -> None:
     """Serve the site's schema at `/api/graphql`."""
-    router: GraphQLRouter[GeoContext, None] = GraphQLRouter(
+    router = _Router(
         build_schema(geo.catalog),
         path=PATH,
         context_getter=_context,
