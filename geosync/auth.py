@@ -137,3 +137,13 @@ def find_admin_token(conn: Connection, token: str | None) -> AdminToken | None:
         )
     ).first()
     return AdminToken(row.id, row.name, bool(row.admin)) if row else None
+
+
+def admin_token_by_id(conn: Connection, token_id: int) -> AdminToken | None:
+    """The live token record with id `token_id` (a signed-in admin session names it), or None
+    once the token is revoked or gone."""
+    t = geo_admin_tokens
+    row = conn.execute(
+        select(t.c.id, t.c.name, t.c.admin).where(t.c.id == token_id, t.c.revoked_at.is_(None))
+    ).first()
+    return AdminToken(row.id, row.name, bool(row.admin)) if row else None

@@ -135,5 +135,11 @@ def _graphql(app: FastAPI, geo: Geo) -> None:
     graphql.mount(app, geo)
 
 
+def _admin(app: FastAPI, geo: Geo) -> None:
+    from geosync.web import admin
+
+    admin.mount(app, geo)
+
+
 #: Each adds one part of the web application; later parts append themselves here.
-ROUTERS = [_geo_api, _rest_api, _metrics, _graphql]
+ROUTERS = [_geo_api, _rest_api, _metrics, _graphql, _admin]

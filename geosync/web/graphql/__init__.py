@@ -67,8 +67,10 @@ class _Router(GraphQLRouter[GeoContext, None]):
 
 def mount(app: FastAPI, geo: Geo) -> None:
     """Serve the site's schema at `/api/graphql`."""
+    schema = build_schema(geo.catalog)
+    app.state.graphql_schema = schema  # the admin UI runs its queries on it, in-process
     router = _Router(
-        build_schema(geo.catalog),
+        schema,
         path=PATH,
         context_getter=_context,
         graphql_ide=None,

@@ -1,0 +1,10 @@
+"""The admin UI's page routers, one per page module; a new page adds itself here."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def routes() -> list[APIRouter]:
+    """Every page router of the admin UI."""
+    return []
