@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help test demo lint typecheck clean venv graphql-schema
+.PHONY: help test demo lint typecheck clean venv graphql-schema screenshots
 
 define RUN_HINT
 run geosync as $(BIN)/geosync (or `source $(BIN)/activate`, then `geosync`), e.g. $(BIN)/geosync --help
@@ -19,6 +19,7 @@ help:
 	@echo "  make lint       ruff check and format check"
 	@echo "  make typecheck  mypy (strict)"
 	@echo "  make graphql-schema  write docs/graphql/schema.graphql from the demo's replicators"
+	@echo "  make screenshots  run the browser tests and save the admin UI's screenshots in docs/images"
 	@echo "  make clean      remove $(VENV) and the tool caches"
 	@echo
 	@echo "$$RUN_HINT"
@@ -49,6 +50,9 @@ demo: $(STAMP)
 
 graphql-schema: $(STAMP)
 	$(BIN)/python -m geosync.web.graphql.sdl geosync.demo.replicators > docs/graphql/schema.graphql
+
+screenshots: $(STAMP)
+	GEOSYNC_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/browser
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
