@@ -90,6 +90,8 @@ NODE_SETTINGS: tuple[NodeSetting, ...] = (
     ),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in NODE_SETTINGS}
+#: What `NodeStore.update` changes beside the settings.
+_IDENTITY = ("name", "url", "primary")
 
 
 @dataclass(frozen=True)
@@ -251,20 +253,8 @@ class NodeStore:
     def update(self, node_id: int, **changes: Any) -> Node:
         """Change a node's settings (`name`, `url`, `primary` and the editable ones)."""
         node = self.get(node_id)
-        values: dict[str, Any] = {}
-        if "name" in changes:
-            name = str(changes.pop("name")).strip()
-            other = self.find(name)
-            if not name or (other is not None and other.id != node_id):
-                raise ValidationError(f"a node named {name!r} already exists")
-            values["name"] = name
-        if "url" in changes:
-            values["url"] = normalize_url(str(changes.pop("url")))
-        if "primary" in changes:
-            values["primary"] = bool(changes.pop("primary"))
-            if values["primary"]:
-                self._require_no_other_primary(node.id)
-        values.update(self._checked(changes))
+        _require_known(set(changes) - set(_IDENTITY))
+        values = {key: self._checked_change(node.id, key, v) for key, v in changes.items()}
         if values:
             values["updated_at"] = self.geo.clock.now()
             with _unique_rules(values.get("name", node.name)):
@@ -272,6 +262,37 @@ class NodeStore:
                     update(geo_nodes).where(geo_nodes.c.id == node_id).values(**values)
                 )
         return self.get(node_id)
+
+    def problems(self, node_id: int, changes: Mapping[str, Any]) -> dict[str, str]:
+        """What `update` would refuse in `changes`, by setting (empty when it would accept them).
+
+        `update` stops at the first problem; a form shows each one next to its field.
+        """
+        found: dict[str, str] = {}
+        for key, value in changes.items():
+            try:
+                self._checked_change(node_id, key, value)
+            except ValidationError as exc:
+                found[key] = exc.message
+        return found
+
+    def _checked_change(self, node_id: int, key: str, value: Any) -> Any:
+        if key == "name":
+            name = str(value).strip()
+            if not name:
+                raise ValidationError("name must not be empty")
+            other = self.find(name)
+            if other is not None and other.id != node_id:
+                raise ValidationError(f"a node named {name!r} already exists")
+            return name
+        if key == "url":
+            return normalize_url(str(value))
+        if key == "primary":
+            if value:
+                self._require_no_other_primary(node_id)
+            return bool(value)
+        _require_known({key})
+        return _checked_value(SETTINGS_BY_NAME[key], value)
 
     def remove(self, node_id: int) -> None:
         """Delete a node (its status goes with it)."""
@@ -295,10 +316,14 @@ class NodeStore:
             raise ValidationError(f"node {existing!r} is already the primary; there can be one")
 
     def _checked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(settings) - set(SETTINGS_BY_NAME)
-        if unknown:
-            raise ValidationError(f"unknown node setting(s): {', '.join(sorted(unknown))}")
+        _require_known(set(settings))
         return {key: _checked_value(SETTINGS_BY_NAME[key], v) for key, v in settings.items()}
+
+
+def _require_known(names: set[str]) -> None:
+    unknown = names - set(SETTINGS_BY_NAME)
+    if unknown:
+        raise ValidationError(f"unknown node setting(s): {', '.join(sorted(unknown))}")
 
 
 def _checked_value(setting: NodeSetting, value: Any) -> Any:

@@ -222,3 +222,19 @@ def test_a_node_reads_back_equal_from_its_row(store: NodeStore) -> None:
     node = store.add("tokyo", "http://127.0.0.1:3/", selective_sync_shards=["default"])
     assert Node.from_row(raw_row(store.connection, node.id)) == node
     assert node.selective_sync_shards == ["default"]
+
+
+def test_problems_names_every_refused_change_at_once_and_changes_nothing(
+    sites: SitePair, store: NodeStore
+) -> None:
+    node = sites.secondary_node
+    found = store.problems(
+        node.id,
+        {"name": "primary", "url": "ftp://x", "files_max_capacity": -1, "enabled": True},
+    )
+
+    assert set(found) == {"name", "url", "files_max_capacity"}
+    assert found["name"] == "a node named 'primary' already exists"
+    assert found["files_max_capacity"].startswith("files_max_capacity must be a whole number")
+    assert store.problems(node.id, {"name": node.name, "repos_max_capacity": 3}) == {}
+    assert store.get(node.id) == node
