@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from geosync.db.types import BigIntKey, JSONDoc, UTCDateTime
@@ -80,6 +81,19 @@ geo_node_statuses = Table(
     Column("status", JSONDoc, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: A node's per-type counts, at most one row per node and minute, kept for
+#: `status_history_hours` (`geosync.status_history`): the admin UI's activity charts.
+geo_node_status_history = Table(
+    "geo_node_status_history",
+    main_metadata,
+    Column("id", BigIntKey, primary_key=True, autoincrement=True),
+    Column("geo_node_id", Integer, ForeignKey("geo_nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False, index=True),
+    Column("counts", JSONDoc, nullable=False),
+    UniqueConstraint("geo_node_id", "recorded_at"),
+    sqlite_autoincrement=True,
 )
 
 geo_events = Table(
