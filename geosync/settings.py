@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         gt=timedelta(0),
         description="The primary never keeps events older than this, even for a dead secondary.",
     )
+    status_history_hours: int = Field(
+        default=24,
+        ge=1,
+        le=24 * 31,
+        description="The primary keeps each site's status counts for this many hours (the"
+        " admin UI's activity charts).",
+    )
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

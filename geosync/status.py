@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from geosync import status_history
 from geosync.db.engines import is_sqlite
 from geosync.db.tables import geo_events, geo_node_statuses
 from geosync.errors import ConfigurationError
@@ -398,7 +399,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def store_status(conn: Connection, status: NodeStatus, received_at: datetime) -> None:
-    """Keep `status` as its node's latest (the primary's `geo_node_statuses`)."""
+    """Keep `status` as its node's latest (the primary's `geo_node_statuses`) and append its
+    counts to the node's history (`status_history`)."""
     t = geo_node_statuses
     updated = conn.execute(
         update(t)
@@ -414,6 +416,7 @@ def store_status(conn: Connection, status: NodeStatus, received_at: datetime) ->
                 updated_at=received_at,
             )
         )
+    status_history.record(conn, status.geo_node_id, status.values, received_at)
 
 
 def load_statuses(

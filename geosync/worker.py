@@ -69,6 +69,7 @@ def _primary_loops() -> list[LoopFactory]:
     from geosync.jobs import BulkJobLoop
     from geosync.primary.pruning import EventLogPruningLoop
     from geosync.primary.verification import PrimaryVerificationLoop, PrimaryVerificationSweepLoop
+    from geosync.status_history import StatusHistoryPruningLoop
     from geosync.status_reporting import StatusLoop
 
     return [
@@ -76,6 +77,7 @@ def _primary_loops() -> list[LoopFactory]:
         PrimaryVerificationSweepLoop,
         StatusLoop,
         EventLogPruningLoop,
+        StatusHistoryPruningLoop,
         BulkJobLoop,
     ]
 
