@@ -7,4 +7,6 @@ from fastapi import APIRouter
 
 def routes() -> list[APIRouter]:
     """Every page router of the admin UI."""
-    return []
+    from geosync.web.admin import activity
+
+    return [activity.router]
