@@ -7,6 +7,6 @@ from fastapi import APIRouter
 
 def routes() -> list[APIRouter]:
     """Every page router of the admin UI."""
-    from geosync.web.admin import activity
+    from geosync.web.admin import activity, sites
 
-    return [activity.router]
+    return [sites.router, activity.router]
