@@ -362,7 +362,8 @@ def _seed(seeder: Seeder, options: DemoOptions, display: DemoDisplay) -> None:
 
 
 def admin_token(geo: Geo) -> str:
-    """A new admin token for the demo's REST API (stored hashed in the primary's database)."""
+    """A new admin token for the demo's REST API and admin UI (stored hashed in the primary's
+    database, which the secondary reads too)."""
     with geo.main() as conn:
         return create_admin_token(conn, "geosync demo", geo.clock.now())
 
@@ -388,6 +389,9 @@ def access_text(primary: Site, secondary: Site, token: str) -> str:
             f"  primary    {primary.url}  config {primary.config}",
             f"  secondary  {secondary.url}  config {secondary.config}",
             f"  admin token (REST API of both sites): {token}",
+            "open the admin UI and sign in with that token:",
+            f"  {secondary.url}admin/geo  (secondary)",
+            f"  {primary.url}admin/geo  (primary)",
             "try:",
             f'  curl -H "PRIVATE-TOKEN: {token}" {primary.url}api/v4/geo_nodes',
             f"  {command} --config {secondary.config} status",

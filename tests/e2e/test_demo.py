@@ -178,12 +178,16 @@ def test_a_running_demo_prints_urls_configs_and_a_token_that_works_and_cleans_up
             r"^  secondary  (\S+)  config (\S+)$", 5
         ).groups()
         token = err.wait_for(r"admin token \(REST API of both sites\): (\S+)$", 5)[1]
+        ui_secondary = err.wait_for(r"^  (\S+)  \(secondary\)$", 5)[1]
+        ui_primary = err.wait_for(r"^  (\S+)  \(primary\)$", 5)[1]
         curl = err.wait_for(r"^  curl .*", 5)[0]
         status = err.wait_for(r"^  (\S+ --config \S+ status)$", 5)[1]
         sites = children_of(process.pid)
 
         answer = httpx.get(f"{primary_url}api/v4/geo_nodes", headers={"PRIVATE-TOKEN": token})
         refused = httpx.get(f"{primary_url}api/v4/geo_nodes")
+        signed_in = httpx.post(f"{ui_secondary}/sign_in", data={"token": token})
+        sign_in_refused = httpx.post(f"{ui_primary}/sign_in", data={"token": "glpat-wrong"})
         shown = subprocess.run(
             [*shlex.split(status), "--json"], capture_output=True, text=True, timeout=60
         )
@@ -196,6 +200,10 @@ def test_a_running_demo_prints_urls_configs_and_a_token_that_works_and_cleans_up
     assert {node["name"] for node in answer.json()} == {"primary", "secondary"}
     assert {node["url"] for node in answer.json()} == {primary_url, secondary_url}
     assert refused.status_code == 401
+    assert (ui_secondary, ui_primary) == (f"{secondary_url}admin/geo", f"{primary_url}admin/geo")
+    assert signed_in.status_code == 303, signed_in.text
+    assert signed_in.cookies.get("geosync_admin")
+    assert sign_in_refused.status_code == 401
     assert str(scratch / "secondary" / "geosync.toml") == secondary_config
     assert str(scratch / "primary" / "geosync.toml") == primary_config
     assert shown.returncode == 0, shown.stderr
