@@ -25,12 +25,9 @@ def _no_checksum(explanation: Explanation) -> str:
     return f"none (primary verification: {state})"
 
 
-def facts_table(explanation: Explanation) -> Table:
-    """Flag, scope, primary and registry facts as a two-column table."""
+def fact_rows(explanation: Explanation) -> list[tuple[str, Any]]:
+    """Flag, scope, primary and registry facts as (label, value) pairs, for any renderer."""
     e = explanation
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
     rows: list[tuple[str, Any]] = [
         ("node", e.node_name),
         ("feature flag", f"{e.flag_name}: {'on' if e.flag_enabled else 'off'}"),
@@ -40,14 +37,21 @@ def facts_table(explanation: Explanation) -> Table:
         ("primary checksum", e.primary_checksum or _no_checksum(e)),
         ("next retry", e.next_retry_at),
     ]
-    for label, value in rows:
-        table.add_row(label, _text(value))
     if e.registry is None:
-        table.add_row("registry", "none")
-        return table
+        return [*rows, ("registry", "none")]
     for key, value in e.registry.items():
         if value not in (None, False, 0) or key in ("state", "verification_state"):
-            table.add_row(key, _text(value))
+            rows.append((key, value))
+    return rows
+
+
+def facts_table(explanation: Explanation) -> Table:
+    """Flag, scope, primary and registry facts as a two-column table."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in fact_rows(explanation):
+        table.add_row(label, _text(value))
     return table
 
 
