@@ -7,6 +7,11 @@ from fastapi import APIRouter
 
 def routes() -> list[APIRouter]:
     """Every page router of the admin UI."""
-    from geosync.web.admin import activity, sites
+    from geosync.web.admin import activity, replication, replication_item, sites
 
-    return [sites.router, activity.router]
+    return [
+        sites.router,
+        replication.router,
+        replication_item.router,
+        activity.router,
+    ]
