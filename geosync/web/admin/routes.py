@@ -7,11 +7,12 @@ from fastapi import APIRouter
 
 def routes() -> list[APIRouter]:
     """Every page router of the admin UI."""
-    from geosync.web.admin import activity, replication, replication_item, sites
+    from geosync.web.admin import activity, jobs_page, replication, replication_item, sites
 
     return [
         sites.router,
         replication.router,
         replication_item.router,
+        jobs_page.router,
         activity.router,
     ]
