@@ -85,7 +85,7 @@ def test_pages_fit_a_phone_sized_window(live: LiveSites, browser: Any) -> None:
         page.goto(f"{live.secondary.url}admin/geo/sign_in")
         page.get_by_label("Admin token").fill(live.token)
         page.get_by_role("button", name="Sign in").click()
-        for path in ("admin/geo/sites", "admin/geo/jobs"):
+        for path in ("admin/geo/sites", "admin/geo/jobs", "admin/geo/activity"):
             page.goto(live.secondary.url + path)
             overflow = page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
