@@ -250,12 +250,15 @@ def test_the_bulk_confirmation_states_the_count_and_confirm_queues_a_job(
     listed = secondary.get(secondary.uploads)
     confirmation = secondary.get(f"{secondary.uploads}/bulk/resync-failed")
     everything = secondary.get(f"{secondary.uploads}/bulk/reverify-all")
+    resyncable = secondary.get(f"{secondary.uploads}/bulk/resync-all")
 
     response = secondary.post(f"{secondary.uploads}/bulk/resync-failed")
 
     assert f'action="{secondary.uploads}/bulk/resync-failed"' in listed.text
     assert "This will queue 4 uploads for resync." in confirmation.text
     assert "This will queue 10 uploads for reverification." in everything.text
+    assert "This will queue 14 uploads for resync." in resyncable.text
+    assert "Synced and failed rows only" in resyncable.text
     assert response.status_code == 303
     assert response.headers["location"].startswith("/admin/geo/jobs?notice=")
     jobs = secondary.client.get(response.headers["location"])

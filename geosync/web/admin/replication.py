@@ -164,7 +164,7 @@ async def _bulk_confirmation(
         request,
         session,
         "bulk_confirm.html",
-        title=f"{bulk.label}: {api.label_of(place.replicator)}",
+        title=f"{bulk.label}: {place.replicator.replicable_name_plural.replace('_', ' ')}",
         place=place,
         bulk=bulk,
         count=count,

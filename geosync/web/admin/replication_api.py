@@ -312,19 +312,50 @@ class BulkAction:
     #: The states of the rows the job will touch, as the jobs select them (a resync leaves
     #: pending and started rows alone, a reverification takes only synced ones); None: any.
     counted: tuple[str | None, ...] = (None,)
+    #: Which rows those are, for people.
+    scope: str = ""
 
 
 SECONDARY_BULK = (
-    BulkAction("resync-all", "Resync all", "RESYNC_ALL", None, "for resync", ("SYNCED", "FAILED")),
     BulkAction(
-        "resync-failed", "Resync all failed", "RESYNC_ALL", "FAILED", "for resync", ("FAILED",)
+        "resync-all",
+        "Resync all",
+        "RESYNC_ALL",
+        None,
+        "for resync",
+        ("SYNCED", "FAILED"),
+        "Synced and failed rows only: pending ones are queued already, started ones are being"
+        " synced.",
     ),
     BulkAction(
-        "reverify-all", "Reverify all", "REVERIFY_ALL", None, "for reverification", ("SYNCED",)
+        "resync-failed",
+        "Resync all failed",
+        "RESYNC_ALL",
+        "FAILED",
+        "for resync",
+        ("FAILED",),
+        "Failed rows only.",
+    ),
+    BulkAction(
+        "reverify-all",
+        "Reverify all",
+        "REVERIFY_ALL",
+        None,
+        "for reverification",
+        ("SYNCED",),
+        "Synced rows only: the others are verified once they are synced.",
     ),
 )
 PRIMARY_BULK = (
-    BulkAction("checksum-all", "Checksum all", None, None, "to be checksummed again"),
+    BulkAction(
+        "checksum-all",
+        "Checksum all",
+        None,
+        None,
+        "to be checksummed again",
+        (None,),
+        "Every record of this type on the primary.",
+    ),
     BulkAction(
         "checksum-failed",
         "Checksum all failed",
@@ -332,6 +363,7 @@ PRIMARY_BULK = (
         "FAILED",
         "to be checksummed again",
         ("FAILED",),
+        "Records whose checksum failed only.",
     ),
 )
 
