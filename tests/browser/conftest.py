@@ -76,6 +76,13 @@ class LiveSites:
     broken: list[int]
     root: Path
 
+    def synced_count(self) -> int:
+        """How many uploads the secondary has synced now."""
+        table = self.pair.secondary.tables.registry(UploadReplicator)
+        with self.pair.secondary.tracking_engine.connect() as conn:
+            states = conn.execute(select(table.c.state)).scalars().all()
+        return sum(1 for s in states if s == SyncState.SYNCED)
+
     def registry_state(self, record_id: int) -> SyncState:
         """The secondary's sync state of upload `record_id`, read from its tracking database."""
         table = self.pair.secondary.tables.registry(UploadReplicator)
@@ -180,8 +187,12 @@ class Watched:
 
 def _watch(page: Any, watched: Watched) -> None:
     def on_console(message: Any) -> None:
-        if message.type == "error":
-            watched.problems.append(f"console error: {message.text}")
+        if message.type != "error":
+            return
+        status = re.search(r"responded with a status of (\d+)", message.text)
+        if status and int(status.group(1)) in watched.expected_statuses:
+            return  # the response itself was expected (a refused sign-in answers 401)
+        watched.problems.append(f"console error: {message.text}")
 
     def on_response(response: Any) -> None:
         if response.status >= 400 and response.status not in watched.expected_statuses:
