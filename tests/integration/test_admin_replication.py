@@ -265,6 +265,7 @@ def test_the_bulk_confirmation_states_the_count_and_confirm_queues_a_job(
     number = int(re.findall(r'<tr id="job-(\d+)"', jobs.text)[0])
     assert f"Job {number} queued: 4 uploads for resync." in jobs.text
     assert "Cancel job" in jobs.text and "replication failed" in jobs.text
+    assert '<a href="/admin/geo/replication/uploads">upload</a>' in jobs.text
     assert f'data-refresh="/admin/geo/jobs/{number}/progress"' in jobs.text
     assert get_job(sites.secondary, number).state is JobState.QUEUED
 

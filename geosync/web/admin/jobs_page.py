@@ -3,14 +3,19 @@ updates itself while the job runs, and a Cancel button while it can still be can
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from geosync.errors import NotFound
 from geosync.web.admin.pages import graphql, page
 from geosync.web.admin.session import PREFIX, AdminSession, current_session, form_of
+from geosync.web.deps import get_geo
+
+if TYPE_CHECKING:
+    from geosync.catalog import Catalog
 
 router = APIRouter(include_in_schema=False)
 JOB_FIELDS = (
@@ -20,15 +25,25 @@ JOB_FIELDS = (
 ACTIVE = ("QUEUED", "RUNNING")
 
 
-def _job(data: dict[str, Any]) -> dict[str, Any]:
+def _job(data: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
+    """A job as the templates show it; with `catalog`, a link to its type's list."""
     total, processed = int(data["total"]), int(data["processed"])
+    name = data["replicableName"]
     return {
         **data,
         "number": int(str(data["id"]).rsplit("/", 1)[-1]),
         "active": data["state"] in ACTIVE,
         "percent": 100 if total == 0 and data["state"] == "DONE" else _percent(processed, total),
-        "label": data["replicableName"].replace("_", " "),
+        "label": name.replace("_", " "),
+        "list_url": _list_url(catalog, name) if catalog is not None else None,
     }
+
+
+def _list_url(catalog: Catalog, name: str) -> str | None:
+    try:
+        return f"{PREFIX}/replication/{catalog.get(name).replicable_name_plural}"
+    except NotFound:  # a job of a type no longer in the catalog
+        return None
 
 
 def _percent(processed: int, total: int) -> int:
@@ -38,7 +53,8 @@ def _percent(processed: int, total: int) -> int:
 @router.get(PREFIX + "/jobs", response_class=HTMLResponse)
 async def _jobs(request: Request, session: AdminSession = Depends(current_session)) -> Response:
     data = await graphql(request, session, f"{{ geoBulkJobs(first: 50) {{ {JOB_FIELDS} }} }}")
-    jobs = [_job(job) for job in data["geoBulkJobs"]]
+    catalog = get_geo(request).catalog
+    jobs = [_job(job, catalog) for job in data["geoBulkJobs"]]
     return page(
         request,
         session,
