@@ -200,7 +200,12 @@ def _watch(page: Any, watched: Watched) -> None:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: watched.problems.append(f"page error: {error}"))
-    page.on("requestfailed", lambda request: watched.problems.append(f"failed: {request.url}"))
+    def on_failed(request: Any) -> None:
+        if request.failure == "net::ERR_ABORTED":
+            return  # the browser dropped it on leaving the page (a click navigated on)
+        watched.problems.append(f"failed: {request.url} ({request.failure})")
+
+    page.on("requestfailed", on_failed)
     page.on("response", on_response)
 
 

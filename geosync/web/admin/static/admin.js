@@ -1,6 +1,7 @@
 // geosync admin UI: the little JavaScript it needs, no library, no build step.
 // - [data-refresh]: the element's contents are fetched again from its URL every few seconds
-//   (data-interval, in ms) and replaced, so a page updates itself without a full reload.
+//   (data-interval, in ms) and replaced, so a page updates itself without a full reload; a
+//   fragment holding [data-refresh-stop] is final (a finished job) and ends the updates.
 // - form[data-confirm]: asks before submitting (bulk actions say how many rows they touch).
 "use strict";
 
@@ -11,7 +12,10 @@ function refresh(element) {
     try {
       const response = await fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
       if (response.status === 401) { window.location.reload(); return; }
-      if (response.ok) { element.innerHTML = await response.text(); }
+      if (response.ok) {
+        element.innerHTML = await response.text();
+        if (element.querySelector("[data-refresh-stop]")) { return; }
+      }
     } catch (error) {
       // the site is away for a moment: keep what is shown and try again at the next tick
     }
