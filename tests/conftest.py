@@ -23,7 +23,7 @@ POSTGRES_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEMO_REPLICATORS = [UploadReplicator, PackageFileReplicator, SnippetReplicator]
 
-_KEEP = {"GEOSYNC_TEST_POSTGRES_URL"}
+_KEEP = {"GEOSYNC_TEST_POSTGRES_URL", "GEOSYNC_CHROMIUM", "GEOSYNC_SCREENSHOTS"}
 for _name in [n for n in os.environ if n.startswith("GEOSYNC_") and n not in _KEEP]:
     del os.environ[_name]
 
