@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import Request
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from geosync.auth import AdminToken, admin_token_by_id, find_admin_token
 from geosync.web.deps import get_geo
 
 if TYPE_CHECKING:
     from geosync.app import Geo
+    from geosync.clock import Clock
 
 COOKIE = "geosync_admin"
 #: Seconds a sign-in lasts.
@@ -56,9 +57,20 @@ class CsrfRefused(Exception):
     """A POST without the session's CSRF token."""
 
 
+class _SiteClockSigner(TimestampSigner):
+    """Timestamps from the site's clock, so a session's age is the site's idea of time."""
+
+    clock: Clock
+
+    def get_timestamp(self) -> int:
+        """Seconds since the epoch, by the site's clock."""
+        return int(self.clock.now().timestamp())
+
+
 def _serializer(geo: Geo) -> URLSafeTimedSerializer:
     secret = geo.settings.secret_key_base.get_secret_value()
-    return URLSafeTimedSerializer(secret, salt="geosync-admin-session")
+    signer = type("SiteClockSigner", (_SiteClockSigner,), {"clock": geo.clock})
+    return URLSafeTimedSerializer(secret, salt="geosync-admin-session", signer=signer)
 
 
 def _csrf_for(geo: Geo, nonce: str) -> str:
