@@ -200,6 +200,7 @@ def _watch(page: Any, watched: Watched) -> None:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: watched.problems.append(f"page error: {error}"))
+
     def on_failed(request: Any) -> None:
         if request.failure == "net::ERR_ABORTED":
             return  # the browser dropped it on leaving the page (a click navigated on)
