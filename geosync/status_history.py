@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from geosync.db.batched_delete import delete_first
 from geosync.db.tables import geo_node_status_history
 from geosync.log import get_logger
 
@@ -120,14 +121,8 @@ def history_since(
 def prune_history(conn: Connection, older_than: datetime, limit: int = MAX_ROWS_PER_RUN) -> int:
     """Delete at most `limit` rows recorded before `older_than`, oldest first; how many went."""
     h = geo_node_status_history.c
-    doomed = (
-        select(h.id)
-        .where(h.recorded_at < older_than)
-        .order_by(h.recorded_at, h.id)
-        .limit(limit)
-        .scalar_subquery()
-    )
-    return int(conn.execute(delete(geo_node_status_history).where(h.id.in_(doomed))).rowcount)
+    older = h.recorded_at < older_than
+    return delete_first(conn, geo_node_status_history, older, (h.recorded_at, h.id), limit)
 
 
 def retention(geo: Geo) -> timedelta:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, or_, select
+from sqlalchemy import Connection, func, or_, select
 
+from geosync.db.batched_delete import delete_first
 from geosync.db.tables import geo_events, geo_node_statuses, geo_nodes
 from geosync.log import get_logger
 
@@ -112,8 +113,7 @@ def prune_event_log(geo: Geo, limit: int = MAX_ROWS_PER_RUN) -> PruneResult:
         plan = plan_pruning(geo, conn)
         e = geo_events.c
         prunable = or_(e.id <= plan.up_to_id, e.created_at < plan.older_than)
-        doomed = select(e.id).where(prunable).order_by(e.id).limit(limit).scalar_subquery()
-        deleted = int(conn.execute(delete(geo_events).where(e.id.in_(doomed))).rowcount)
+        deleted = delete_first(conn, geo_events, prunable, (e.id,), limit)
     if deleted:
         log.info(
             "event log pruned",
