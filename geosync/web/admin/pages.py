@@ -67,7 +67,7 @@ def page(
         site_name=geo.settings.node_name,
         secondary=geo.has_tracking_database,
         replicators=list(geo.catalog),
-        now=datetime.now(UTC),
+        now=geo.clock.now(),
         path=request.url.path,
         **context,
     )
