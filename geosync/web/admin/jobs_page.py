@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from geosync.errors import NotFound
-from geosync.web.admin.pages import graphql, page
+from geosync.web.admin.pages import graphql, notices_of, page
 from geosync.web.admin.session import PREFIX, AdminSession, current_session, form_of
 from geosync.web.deps import get_geo
 
@@ -62,8 +62,7 @@ async def _jobs(request: Request, session: AdminSession = Depends(current_sessio
         title="Jobs",
         active=[job for job in jobs if job["active"]],
         finished=[job for job in jobs if not job["active"]],
-        notice=request.query_params.get("notice", "")[:500],
-        error=request.query_params.get("error", "")[:500],
+        **notices_of(request),
     )
 
 

@@ -7,7 +7,7 @@ admin's token, so the UI and the API cannot disagree and there is no second quer
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -72,6 +72,24 @@ def page(
         **context,
     )
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
+
+
+def not_found(request: Request, session: AdminSession | None, message: str) -> HTMLResponse:
+    """The 404 page that says what was not found."""
+    return page(request, session, "error.html", 404, title="Not found", message=message)
+
+
+class Notices(TypedDict):
+    """What a redirect after an action tells the page it lands on."""
+
+    notice: str
+    error: str
+
+
+def notices_of(request: Request) -> Notices:
+    """The notice and error a redirect carried in the query string, cut to 500 characters."""
+    query = request.query_params
+    return Notices(notice=query.get("notice", "")[:500], error=query.get("error", "")[:500])
 
 
 #: Sent with every admin page: no framing, no sniffing, scripts and styles from this site only.

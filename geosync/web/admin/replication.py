@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from geosync.web.admin import replication_api as api
-from geosync.web.admin.pages import GraphQLFailed, graphql, page
+from geosync.web.admin.pages import GraphQLFailed, graphql, not_found, notices_of, page
 from geosync.web.admin.session import PREFIX, AdminSession, current_session, form_of
 
 router = APIRouter(include_in_schema=False)
@@ -31,7 +31,7 @@ async def _this_site(
     node = (await graphql(request, session, api.NODE_QUERY)).get("geoNode")
     if node is None:
         message = "This site is not registered as a Geo node."
-        return page(request, session, "error.html", 404, title="Not found", message=message)
+        return not_found(request, session, message)
     target = PATH.replace("{node_id:int}", str(api.number_of(node["id"]))).replace(
         "{plural}", quote(plural)
     )
@@ -88,8 +88,7 @@ def _context(
         "bulk_actions": api.bulk_actions(place),
         "replication_states": api.REPLICATION_STATES,
         "verification_states": api.VERIFICATION_STATES,
-        "notice": request.query_params.get("notice", "")[:500],
-        "error": request.query_params.get("error", "")[:500],
+        **notices_of(request),
     }
 
 
@@ -107,15 +106,11 @@ async def _row_action(
     if not isinstance(place, api.Place):
         return place
     if action not in ROW_ACTIONS or place.primary:
-        return page(
-            request, session, "error.html", 404, title="Not found", message="No such action."
-        )
+        return not_found(request, session, "No such action.")
     mutation_action, purpose = ROW_ACTIONS[action]
     what = f"{api.label_of(place.replicator).capitalize()} registry {registry_id}"
     errors = await api.update_registry(request, session, place, registry_id, mutation_action)
-    if errors:
-        return api.back_to(place, fields.get("back"), error=f"{what}: " + " ".join(errors))
-    return api.back_to(place, fields.get("back"), notice=f"{what} was queued for {purpose}.")
+    return _answered(place, fields.get("back"), what, errors, f"was queued for {purpose}.")
 
 
 @router.post(PATH + "/records/{record_id:int}/checksum")
@@ -132,11 +127,16 @@ async def _checksum(
         return place
     what = f"{api.label_of(place.replicator).capitalize()} {record_id}"
     errors = await api.checksum_record(request, session, place, record_id)
+    return _answered(place, fields.get("back"), what, errors, "was queued to be checksummed again.")
+
+
+def _answered(
+    place: api.Place, back: str | None, what: str, errors: list[str], done: str
+) -> Response:
+    """Back to the page the action came from, with `what` and its errors, or that it was `done`."""
     if errors:
-        return api.back_to(place, fields.get("back"), error=f"{what}: " + " ".join(errors))
-    return api.back_to(
-        place, fields.get("back"), notice=f"{what} was queued to be checksummed again."
-    )
+        return api.back_to(place, back, error=f"{what}: " + " ".join(errors))
+    return api.back_to(place, back, notice=f"{what} {done}")
 
 
 def _bulk_of(place: api.Place, slug: str) -> api.BulkAction | None:
@@ -156,9 +156,7 @@ async def _bulk_confirmation(
         return place
     bulk = _bulk_of(place, slug)
     if bulk is None:
-        return page(
-            request, session, "error.html", 404, title="Not found", message="No such action."
-        )
+        return not_found(request, session, "No such action.")
     count = await api.count_of(request, session, place, bulk.counted)
     return page(
         request,
@@ -186,9 +184,7 @@ async def _bulk(
         return place
     bulk = _bulk_of(place, slug)
     if bulk is None:
-        return page(
-            request, session, "error.html", 404, title="Not found", message="No such action."
-        )
+        return not_found(request, session, "No such action.")
     job, errors = await api.start_bulk(request, session, place, bulk)
     if job is None:
         return api.back_to(place, None, error=f"{bulk.label}: " + " ".join(errors))

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from geosync.errors import NotFound
 from geosync.nodes import NodeStore
-from geosync.web.admin.pages import graphql, page
+from geosync.web.admin.pages import graphql, not_found, page
 from geosync.web.admin.session import AdminSession
 from geosync.web.deps import get_geo
 
@@ -85,16 +85,16 @@ async def place_of(
     try:
         replicator = geo.catalog.get(plural)
     except NotFound:
-        return _missing(request, session, f"There is no data type called {plural!r}.")
+        return not_found(request, session, f"There is no data type called {plural!r}.")
     node = (await graphql(request, session, NODE_QUERY)).get("geoNode")
     if node is None:
-        return _missing(request, session, "This site is not registered as a Geo node.")
+        return not_found(request, session, "This site is not registered as a Geo node.")
     if number_of(node["id"]) == node_id:
         return Place(replicator, node_id, bool(node["primary"]))
     try:
         other = await run_in_threadpool(_node, request, node_id)
     except NotFound:
-        return _missing(request, session, f"There is no Geo site with id {node_id}.")
+        return not_found(request, session, f"There is no Geo site with id {node_id}.")
     return page(
         request,
         session,
@@ -109,10 +109,6 @@ def _node(request: Request, node_id: int) -> Any:
     geo = get_geo(request)
     with geo.main_engine.connect() as conn:
         return NodeStore(geo, conn).get(node_id)
-
-
-def _missing(request: Request, session: AdminSession, message: str) -> HTMLResponse:
-    return page(request, session, "error.html", 404, title="Not found", message=message)
 
 
 @dataclass(frozen=True)

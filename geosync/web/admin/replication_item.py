@@ -15,7 +15,7 @@ from geosync.errors import GeoError
 from geosync.explain import Explanation, explain
 from geosync.explain_view import fact_rows
 from geosync.web.admin import replication_api as api
-from geosync.web.admin.pages import page
+from geosync.web.admin.pages import not_found, notices_of, page
 from geosync.web.admin.replication import PATH
 from geosync.web.admin.session import AdminSession, current_session
 from geosync.web.deps import get_geo
@@ -38,23 +38,43 @@ async def _registry(
     row = None if place.primary else await api.one_registry(request, session, place, registry_id)
     if row is None:
         message = f"There is no {label.lower()} registry {registry_id} on this site."
-        return page(request, session, "error.html", 404, title="Not found", message=message)
+        return not_found(request, session, message)
     explanation, trouble = await _explained(request, place, int(row["modelRecordId"]))
-    return page(
+    return _item_page(
         request,
         session,
+        place,
         "registry_item.html",
-        title=f"{label} registry {registry_id}",
-        place=place,
-        replicator=place.replicator,
-        row=row,
+        f"{label} registry {registry_id}",
+        row,
         fields=_fields(row),
         explanation=explanation,
         facts=fact_rows(explanation) if explanation else [],
         trouble=trouble,
+    )
+
+
+def _item_page(
+    request: Request,
+    session: AdminSession,
+    place: api.Place,
+    template: str,
+    title: str,
+    row: dict[str, Any],
+    **context: Any,
+) -> Response:
+    """Render an item page: its row, the way back to its list, and the notices it was sent."""
+    return page(
+        request,
+        session,
+        template,
+        title=title,
+        place=place,
+        replicator=place.replicator,
+        row=row,
         back=request.url.path,
-        notice=request.query_params.get("notice", "")[:500],
-        error=request.query_params.get("error", "")[:500],
+        **notices_of(request),
+        **context,
     )
 
 
@@ -97,19 +117,10 @@ async def _record(
     row = await api.one_record(request, session, place, record_id) if place.primary else None
     if row is None:
         message = f"There is no {label.lower()} {record_id} among this primary's records."
-        return page(request, session, "error.html", 404, title="Not found", message=message)
+        return not_found(request, session, message)
     info = row["checksumInformation"]
     fields = [(_words(k), v) for k, v in row.items() if k not in ("number", "checksumInformation")]
-    return page(
-        request,
-        session,
-        "record_item.html",
-        title=f"{label} {record_id}",
-        place=place,
-        replicator=place.replicator,
-        row=row,
-        fields=fields + [(_words(k), v) for k, v in info.items()],
-        back=request.url.path,
-        notice=request.query_params.get("notice", "")[:500],
-        error=request.query_params.get("error", "")[:500],
+    fields += [(_words(k), v) for k, v in info.items()]
+    return _item_page(
+        request, session, place, "record_item.html", f"{label} {record_id}", row, fields=fields
     )
