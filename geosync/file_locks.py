@@ -105,6 +105,11 @@ class MirrorLock:
             os.close(fd)
             self._threads.release()
 
+    def held(self) -> tuple[int, ...]:
+        """The descriptor holding the flock, for child processes to inherit: the lock then
+        lasts until they are gone as well (none when unheld)."""
+        return () if self._fd is None else (self._fd,)
+
     def __enter__(self) -> MirrorLock:
         self.acquire()
         return self

@@ -10,14 +10,22 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from geosync.errors import GeoError, NotFound, PrimaryMissing, TransferError, ValidationError
+from geosync import child_processes
+from geosync.errors import (
+    GeoError,
+    Interrupted,
+    NotFound,
+    PrimaryMissing,
+    TransferError,
+    ValidationError,
+)
 from geosync.file_locks import hold_new, temp_name
 from geosync.paths import resolve_inside
 
@@ -35,6 +43,9 @@ EMPTY_CHECKSUM = "0" * 40
 
 _LOCAL_TIMEOUT = 300.0
 """Seconds a local git command (for-each-ref, init, config) may take before it is killed."""
+
+_CANCEL_POLL = 0.2
+"""Seconds between two looks at a transfer's cancel event while git runs."""
 
 _STDERR_LIMIT = 500
 """Characters of git's stderr kept in an error message (the tail, where the fatal line is)."""
@@ -104,27 +115,31 @@ def _run(
     input: bytes | None = None,
     what: str = "git",
     limit: float | None = None,
+    cancel: threading.Event | None = None,
+    holds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``git`` with ``args`` in its own process group and kill the whole group on timeout.
+    """Run ``git`` with ``args`` in its own process group and kill the whole group on timeout,
+    on a set ``cancel`` (a shutdown) or when this process dies (`geosync.child_processes`).
 
     A plain ``subprocess.run`` kills only git itself; its helpers (``git-remote-http``,
-    ``index-pack``) would keep the pipes open and the wait would hang. ``what`` and ``limit`` only
-    word the timeout message.
+    ``index-pack``) would keep the pipes open and the wait would hang. ``holds`` are descriptors
+    git and its helpers inherit (flocks), so a hold lasts while any of them could still write.
+    ``what`` and ``limit`` only word the timeout message.
     """
     try:
-        process = subprocess.Popen(
+        process = child_processes.start(
             ["git", *args],
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else _git_env(),
             cwd=cwd,
-            start_new_session=True,
+            pass_fds=holds,
         )
     except OSError as exc:
         raise TransferError(f"Cannot run git: {exc}") from exc
     try:
-        stdout, stderr = process.communicate(input, timeout=max(timeout, 0.001))
+        stdout, stderr = _communicate(process, input, timeout, cancel)
     except subprocess.TimeoutExpired as exc:
         _kill_group(process)
         process.communicate()
@@ -134,15 +149,35 @@ def _run(
         _kill_group(process)
         process.communicate()
         raise
+    finally:
+        child_processes.ended(process)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _communicate(
+    process: subprocess.Popen[bytes],
+    input: bytes | None,
+    timeout: float,
+    cancel: threading.Event | None,
+) -> tuple[bytes, bytes]:
+    """Wait for ``process``, looking at ``cancel`` every `_CANCEL_POLL` s; `Interrupted` when
+    it is set."""
+    deadline = time.monotonic() + max(timeout, 0.001)
+    while True:
+        left = deadline - time.monotonic()
+        step = left if cancel is None else min(left, _CANCEL_POLL)
+        try:
+            return process.communicate(input, timeout=max(step, 0.001))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        if cancel is not None and cancel.is_set():
+            raise Interrupted("git interrupted: the worker is shutting down")
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     """Kill ``process`` and every helper it started (they share its process group)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    child_processes.kill_group(process)
 
 
 def _git_dir(repo_dir: Path) -> Path:
@@ -194,11 +229,21 @@ def init_bare(repo_dir: Path) -> None:
         raise GeoError(f"git init failed for {repo_dir}: {_tail(result.stderr)}")
 
 
-def mirror_repository(url: str, dest: Path, *, headers: dict[str, str], timeout: float) -> None:
+def mirror_repository(
+    url: str,
+    dest: Path,
+    *,
+    headers: dict[str, str],
+    timeout: float,
+    cancel: threading.Event | None = None,
+    holds: Sequence[int] = (),
+) -> None:
     """Make ``dest`` an exact mirror of the repository at ``url`` (all refs, forced, pruned).
 
     First time: ``git clone --mirror`` into a temp dir renamed into place on success; afterwards
     ``git fetch --prune``. ``headers`` go to git through the environment, never argv or the URL.
+    A set ``cancel`` kills git (`Interrupted`); git inherits ``holds`` (the mirror's lock) and
+    the temp dir's hold, so neither is free while any git process of this sync lives.
     """
     if not url or url.startswith("-") or any(ch in url for ch in "\r\n\0"):
         raise ValidationError("Invalid repository URL")
@@ -210,7 +255,16 @@ def mirror_repository(url: str, dest: Path, *, headers: dict[str, str], timeout:
         _probe(
             "fetch", url, ["--git-dir", str(dest)], None, env, deadline, secrets_to_scrub, timeout
         )
-        _fetch(url, dest, env=env, deadline=deadline, scrub=secrets_to_scrub, timeout=timeout)
+        _fetch(
+            url,
+            dest,
+            env=env,
+            deadline=deadline,
+            scrub=secrets_to_scrub,
+            timeout=timeout,
+            cancel=cancel,
+            holds=holds,
+        )
         return
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +277,8 @@ def mirror_repository(url: str, dest: Path, *, headers: dict[str, str], timeout:
             timeout=_remaining(deadline, timeout),
             what="git clone",
             limit=timeout,
+            cancel=cancel,
+            holds=(*holds, held),
         )
         if result.returncode != 0:
             raise _transfer_error("clone", result.stderr, secrets_to_scrub)
@@ -304,6 +360,8 @@ def _fetch(
     deadline: float,
     scrub: Sequence[str],
     timeout: float,
+    cancel: threading.Event | None,
+    holds: Sequence[int],
 ) -> None:
     """Point ``origin`` of the mirror at ``url`` and fetch all refs, forced and pruned."""
     git_dir = ["--git-dir", str(dest)]
@@ -328,6 +386,8 @@ def _fetch(
         timeout=_remaining(deadline, timeout),
         what="git fetch",
         limit=timeout,
+        cancel=cancel,
+        holds=holds,
     )
     if result.returncode != 0:
         raise _transfer_error("fetch", result.stderr, scrub)

@@ -105,7 +105,8 @@ class RepositoryReplicator(Replicator):
 
     def fetch(self, job: SyncService, expected: str | None) -> Success:
         """Clone or fetch the mirror over git smart HTTP, one sync of a mirror at a time across
-        processes; verified at once when its ref checksum is the primary's."""
+        processes (git inherits the lock, so an orphan of a dead worker keeps it until it is
+        gone too); verified at once when its ref checksum is the primary's."""
         from geosync.auth import REPOSITORY_TOKEN_TTL, node_header
         from geosync.file_locks import mirror_lock
         from geosync.git import mirror_repository, repository_checksum
@@ -125,7 +126,14 @@ class RepositoryReplicator(Replicator):
             header = node_header(job.geo, base, REPOSITORY_TOKEN_TTL, route.node)
             url = route.primary_url.rstrip("/") + base
             try:
-                mirror_repository(url, dest, headers={"Authorization": header}, timeout=GIT_TIMEOUT)
+                mirror_repository(
+                    url,
+                    dest,
+                    headers={"Authorization": header},
+                    timeout=GIT_TIMEOUT,
+                    cancel=job.cancel,
+                    holds=lock.held(),
+                )
             except PrimaryMissing:
                 return Success(relative, missing_on_primary=True)
         finally:

@@ -3,9 +3,7 @@ and nothing else: a live worker's temps, other names and other directories stay.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -133,7 +131,7 @@ def test_a_sweep_that_recovers_nothing_touches_nothing(sites: SitePair) -> None:
     assert abandoned.read_bytes() == b"no row points here"  # whole storages are never scanned
 
 
-def test_a_worker_killed_mid_clone_leaves_a_directory_the_next_worker_sweeps_away(
+def test_a_worker_killed_mid_clone_takes_its_git_along_and_the_next_worker_sweeps_away(
     live_sites: SitePair, tmp_path: Path
 ) -> None:
     from tests.integration.test_repository_replication import (
@@ -162,10 +160,13 @@ def test_a_worker_killed_mid_clone_leaves_a_directory_the_next_worker_sweeps_awa
             wait_for(pack.holding.is_set, timeout=60, what="the clone receiving its pack")
             left = list(root.glob("snippets/*/tmp_*"))
             assert len(left) == 1
+            sessions = _sessions_naming(left[0])
+            assert sessions and _processes_in(sessions)  # git and its helpers, mid-clone
         finally:
             process.kill()  # SIGKILL: nothing of the worker runs any more
             process.wait()
-        _kill_git_in(left[0])  # git runs in its own session: a real one ends by itself later
+        # The pack is still held: git's helpers would wait on the primary as long as it does.
+        wait_for(lambda: not _processes_in(sessions), timeout=5, what="the worker's git gone")
         assert left[0].is_dir()
         pack.release()
         with secondary_worker(sites):
@@ -175,14 +176,25 @@ def test_a_worker_killed_mid_clone_leaves_a_directory_the_next_worker_sweeps_awa
     assert not lock_file_of(repo.mirror(sites)).exists()
 
 
-def _kill_git_in(directory: Path) -> None:
-    """SIGKILL every process whose command line names `directory` (the killed worker's git)."""
+def _proc_stats() -> dict[int, tuple[bytes, int]]:
+    """Every process's command line and session id, from /proc."""
+    stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if str(directory).encode() in cmdline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+            stats[int(entry.name)] = (cmdline, int(stat.rsplit(")", 1)[1].split()[3]))
+    return stats
+
+
+def _sessions_naming(directory: Path) -> set[int]:
+    """The sessions of the processes whose command line names `directory` (a clone into it)."""
+    return {sid for cmdline, sid in _proc_stats().values() if str(directory).encode() in cmdline}
+
+
+def _processes_in(sessions: set[int]) -> list[int]:
+    """The live (not zombie) processes of `sessions`."""
+    return [pid for pid, (cmdline, sid) in _proc_stats().items() if sid in sessions and cmdline]
