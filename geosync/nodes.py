@@ -2,6 +2,8 @@
 
 Rules: at most one primary, unique names, URLs stored with a trailing slash, an access key and an
 encrypted secret generated on create. The current node is the one named like `node_name`.
+The primary is never removed, disabled or demoted in place: every secondary replicates from it,
+so its role moves only by promoting another node (`NodeStore.promote`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from sqlalchemy.exc import IntegrityError
 
 from geosync.crypto import decrypt_secret, encrypt_secret
 from geosync.db.tables import geo_nodes
-from geosync.errors import NotFound, ValidationError
+from geosync.errors import InvalidTransition, NotFound, ValidationError
 
 if TYPE_CHECKING:
     from geosync.app import Geo
 
 SELECTIVE_SYNC_TYPES = (None, "namespaces", "shards")
 _KEY_ALPHABET = string.ascii_letters + string.digits + "-_"
+
+#: How an operator moves the primary role (what the refusals below suggest instead).
+PROMOTE_HINT = "promote another site first (`geosync node promote NAME`)"
 
 SettingKind = Literal["url", "flag", "count", "choice", "ids", "names"]
 
@@ -251,10 +256,14 @@ class NodeStore:
         return node_id
 
     def update(self, node_id: int, **changes: Any) -> Node:
-        """Change a node's settings (`name`, `url`, `primary` and the editable ones)."""
+        """Change a node's settings (`name`, `url`, `primary` and the editable ones).
+
+        `primary` only makes a node primary where there is none; the primary itself is neither
+        demoted nor disabled here (`InvalidTransition`): `promote` moves the role.
+        """
         node = self.get(node_id)
         _require_known(set(changes) - set(_IDENTITY))
-        values = {key: self._checked_change(node.id, key, v) for key, v in changes.items()}
+        values = {key: self._checked_change(node, key, v) for key, v in changes.items()}
         if values:
             values["updated_at"] = self.geo.clock.now()
             with _unique_rules(values.get("name", node.name)):
@@ -268,44 +277,86 @@ class NodeStore:
 
         `update` stops at the first problem; a form shows each one next to its field.
         """
+        node = self.get(node_id)
         found: dict[str, str] = {}
         for key, value in changes.items():
             try:
-                self._checked_change(node_id, key, value)
-            except ValidationError as exc:
+                self._checked_change(node, key, value)
+            except (ValidationError, InvalidTransition) as exc:
                 found[key] = exc.message
         return found
 
-    def _checked_change(self, node_id: int, key: str, value: Any) -> Any:
+    def _checked_change(self, node: Node, key: str, value: Any) -> Any:
         if key == "name":
             name = str(value).strip()
             if not name:
                 raise ValidationError("name must not be empty")
             other = self.find(name)
-            if other is not None and other.id != node_id:
+            if other is not None and other.id != node.id:
                 raise ValidationError(f"a node named {name!r} already exists")
             return name
         if key == "url":
             return normalize_url(str(value))
         if key == "primary":
-            if value:
-                self._require_no_other_primary(node_id)
-            return bool(value)
+            return self._checked_role(node, value)
         _require_known({key})
-        return _checked_value(SETTINGS_BY_NAME[key], value)
+        checked = _checked_value(SETTINGS_BY_NAME[key], value)
+        if key == "enabled" and node.primary and not checked:
+            raise InvalidTransition(
+                f"node {node.name!r} is the primary and cannot be disabled: every secondary "
+                f"replicates from it; to retire it, {PROMOTE_HINT}"
+            )
+        return checked
+
+    def _checked_role(self, node: Node, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("primary must be true or false")
+        if node.primary and not value:
+            raise InvalidTransition(
+                f"node {node.name!r} is the primary and cannot be demoted by an update: "
+                f"{PROMOTE_HINT}, which demotes it"
+            )
+        if value:
+            self._require_no_other_primary(node.id)
+        return value
+
+    def promote(self, node_id: int) -> Node:
+        """Make a node the primary, and the current primary a secondary, in one transaction.
+
+        The node is enabled too, as a primary must be. The demotion is written first so the
+        one-primary index holds at every statement; two promotions at once leave one primary.
+        """
+        node = self.get(node_id)
+        now = self.geo.clock.now()
+        with _unique_rules(node.name):
+            self.connection.execute(
+                update(geo_nodes)
+                .where(geo_nodes.c.primary.is_(True), geo_nodes.c.id != node_id)
+                .values(primary=False, updated_at=now)
+            )
+            self.connection.execute(
+                update(geo_nodes)
+                .where(geo_nodes.c.id == node_id)
+                .values(primary=True, enabled=True, updated_at=now)
+            )
+        return self.get(node_id)
 
     def remove(self, node_id: int) -> None:
-        """Delete a node (its status goes with it)."""
-        self.get(node_id)
+        """Delete a secondary node (its status goes with it); the primary is refused."""
+        node = self.get(node_id)
+        if node.primary:
+            raise InvalidTransition(
+                f"node {node.name!r} is the primary and cannot be removed: every secondary "
+                f"replicates from it; {PROMOTE_HINT}, then remove this one"
+            )
         self.connection.execute(delete(geo_nodes).where(geo_nodes.c.id == node_id))
 
-    def secondary_count(self) -> int:
-        """How many secondary nodes exist."""
-        return int(
-            self.connection.execute(
-                select(func.count()).select_from(geo_nodes).where(geo_nodes.c.primary.is_(False))
-            ).scalar_one()
-        )
+    def secondary_count(self, *, enabled_only: bool = False) -> int:
+        """How many secondary nodes exist (with `enabled_only`, how many replicate)."""
+        query = select(func.count()).select_from(geo_nodes).where(geo_nodes.c.primary.is_(False))
+        if enabled_only:
+            query = query.where(geo_nodes.c.enabled.is_(True))
+        return int(self.connection.execute(query).scalar_one())
 
     def _require_no_other_primary(self, except_id: int | None) -> None:
         query = select(geo_nodes.c.name).where(geo_nodes.c.primary.is_(True))
@@ -313,7 +364,10 @@ class NodeStore:
             query = query.where(geo_nodes.c.id != except_id)
         existing = self.connection.execute(query).scalar_one_or_none()
         if existing is not None:
-            raise ValidationError(f"node {existing!r} is already the primary; there can be one")
+            raise InvalidTransition(
+                f"node {existing!r} is already the primary; there can be one "
+                "(`geosync node promote NAME` moves the role)"
+            )
 
     def _checked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         _require_known(set(settings))
@@ -374,7 +428,7 @@ def _unique_rules(name: str) -> Iterator[None]:
     except IntegrityError as exc:
         text = str(exc.orig)
         if "one_primary" in text or "geo_nodes.primary" in text:
-            raise ValidationError(
+            raise InvalidTransition(
                 "another node became the primary meanwhile; there can be one"
             ) from None
         if "name" in text:

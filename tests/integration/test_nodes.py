@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from geosync import ConfigurationError, NotFound, ValidationError
+from geosync import ConfigurationError, InvalidTransition, NotFound, ValidationError
 from geosync.db.tables import geo_nodes
 from geosync.nodes import Node, NodeStore
 from geosync.testing import SitePair
@@ -62,11 +62,12 @@ def test_a_url_that_is_not_http_is_refused(store: NodeStore, url: str) -> None:
 
 
 def test_there_can_be_only_one_primary(sites: SitePair, store: NodeStore) -> None:
-    with pytest.raises(ValidationError, match=r"node 'primary' is already the primary"):
+    with pytest.raises(InvalidTransition, match=r"node 'primary' is already the primary"):
         store.add("other", "http://127.0.0.1:3/", primary=True)
-    with pytest.raises(ValidationError, match=r"node 'primary' is already the primary"):
+    with pytest.raises(InvalidTransition, match=r"node 'primary' is already the primary.*promote"):
         store.update(sites.secondary_node.id, primary=True)
     assert [n.name for n in store.list() if n.primary] == ["primary"]
+    assert raw_row(store.connection, sites.secondary_node.id)["primary"] is False
 
 
 def test_the_database_refuses_a_second_primary(sites: SitePair) -> None:
@@ -81,8 +82,8 @@ def test_the_database_refuses_a_second_primary(sites: SitePair) -> None:
 
 def test_two_promotions_at_once_leave_one_primary(sites: SitePair) -> None:
     """Both pass the store's check; the database stops the later one, which gets a clear error."""
-    with sites.primary.main() as conn:
-        NodeStore(sites.primary, conn).update(sites.primary_node.id, primary=False)
+    with sites.primary.main() as conn:  # a deployment with no primary yet
+        conn.execute(update(geo_nodes).values(primary=False))
     later: list[BaseException] = []
 
     def promote_later() -> None:
@@ -99,7 +100,7 @@ def test_two_promotions_at_once_leave_one_primary(sites: SitePair) -> None:
         thread.join(0.5)  # the later one runs its check, then waits on the first's row
     thread.join(30)
     assert not thread.is_alive()
-    assert len(later) == 1 and isinstance(later[0], ValidationError)
+    assert len(later) == 1 and isinstance(later[0], InvalidTransition)
     # SQLite serialises the two writes, so the later one's own check sees the first primary;
     # PostgreSQL runs both checks before either commits, and the database stops the later one.
     expected = "meanwhile" if sites.primary.main_engine.dialect.name == "postgresql" else "already"
@@ -108,11 +109,51 @@ def test_two_promotions_at_once_leave_one_primary(sites: SitePair) -> None:
         assert [n.name for n in NodeStore(sites.primary, conn).list() if n.primary] == ["first"]
 
 
-def test_the_primary_can_be_moved_after_it_was_demoted(sites: SitePair, store: NodeStore) -> None:
-    store.update(sites.primary_node.id, primary=False)
-    promoted = store.update(sites.secondary_node.id, primary=True)
-    assert promoted.primary
-    assert [n.name for n in store.list()] == ["secondary", "primary"]
+def test_promoting_a_secondary_demotes_the_primary(sites: SitePair, store: NodeStore) -> None:
+    store.update(sites.secondary_node.id, enabled=False)
+    promoted = store.promote(sites.secondary_node.id)
+    assert promoted.primary and promoted.enabled
+    assert [(n.name, n.primary) for n in store.list()] == [("secondary", True), ("primary", False)]
+    store.remove(sites.primary_node.id)  # the former primary, now a secondary, can be retired
+    assert [n.name for n in store.list()] == ["secondary"]
+
+
+def test_a_plain_update_makes_a_node_primary_only_where_there_is_none(
+    sites: SitePair, store: NodeStore
+) -> None:
+    store.connection.execute(update(geo_nodes).values(primary=False))
+    assert store.update(sites.secondary_node.id, primary=True).primary
+
+
+def test_the_primary_cannot_be_removed_demoted_or_disabled(
+    sites: SitePair, store: NodeStore
+) -> None:
+    node_id = sites.primary_node.id
+    before = raw_row(store.connection, node_id)
+    with pytest.raises(InvalidTransition, match=r"primary and cannot be removed.*promote another"):
+        store.remove(node_id)
+    with pytest.raises(InvalidTransition, match=r"primary and cannot be demoted.*promote another"):
+        store.update(node_id, primary=False)
+    with pytest.raises(InvalidTransition, match=r"primary and cannot be disabled.*promote another"):
+        store.update(node_id, files_max_capacity=3, enabled=False)
+    assert raw_row(store.connection, node_id) == before
+    assert store.problems(node_id, {"enabled": False, "primary": False}) == {
+        "enabled": store.problems(node_id, {"enabled": False})["enabled"],
+        "primary": store.problems(node_id, {"primary": False})["primary"],
+    }
+    assert "cannot be disabled" in store.problems(node_id, {"enabled": False})["enabled"]
+    assert store.update(node_id, enabled=True, primary=True) == store.get(node_id)
+
+
+def test_the_last_enabled_secondary_can_be_disabled_and_removed(
+    sites: SitePair, store: NodeStore
+) -> None:
+    assert store.secondary_count(enabled_only=True) == 1
+    store.update(sites.secondary_node.id, enabled=False)
+    assert store.secondary_count(enabled_only=True) == 0
+    assert store.secondary_count() == 1
+    store.remove(sites.secondary_node.id)
+    assert store.secondary_count() == 0
 
 
 def test_names_are_unique(sites: SitePair, store: NodeStore) -> None:

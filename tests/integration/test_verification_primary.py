@@ -216,7 +216,7 @@ def test_a_site_that_is_not_the_primary_checksums_nothing(
 ) -> None:
     record_id = vu.add_upload(sites.primary, b"x")
     with sites.primary.main() as conn:
-        NodeStore(sites.primary, conn).update(sites.primary_node.id, primary=False)
+        NodeStore(sites.primary, conn).promote(sites.secondary_node.id)
     assert loop.run_once() > 0
     assert upload_state(sites, record_id)["verification_state"] == S.PENDING
 

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from geosync.errors import NotFound, ValidationError
+from geosync.errors import InvalidTransition, NotFound, ValidationError
 from geosync.log import get_logger
 from geosync.nodes import Node, NodeStore
 from geosync.status import node_statuses
@@ -134,7 +134,7 @@ def _save(geo: Geo, node_id: int, fields: list[Field]) -> dict[str, str]:
             problems = {**store.problems(node_id, changes), **bound_problems(fields)}
             if not problems:
                 store.update(node_id, **changes)
-    except ValidationError as exc:  # another change raced past the checks
+    except (ValidationError, InvalidTransition) as exc:  # a change raced past the checks
         return {"": exc.message}
     except (IntegrityError, DataError):
         return {"": "The node changed meanwhile, or a value is out of range: try again."}
