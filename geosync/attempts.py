@@ -18,7 +18,18 @@ from geosync.states import cut
 KEEP = 20
 Kind = Literal["sync", "verification"]
 #: Why an attempt failed, for operators and for `explain`.
-ERROR_CLASSES = ("transient", "primary_missing", "checksum_mismatch", "auth", "config", "unknown")
+#: `permanent`: retrying cannot fix it (an unsafe path, not a regular file, a record gone, a
+#: full disk); it backs off further and `explain` names what to fix.
+ERROR_CLASSES = (
+    "transient",
+    "permanent",
+    "primary_missing",
+    "checksum_mismatch",
+    "auth",
+    "config",
+    "unknown",
+)
+PERMANENT = "permanent"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ from datetime import datetime, timedelta
 DEFAULT_CAP = timedelta(hours=1)
 #: The cap for a record the primary does not have (it may never come back).
 MISSING_ON_PRIMARY_CAP = timedelta(hours=4)
+#: The cap for a permanent error (an unsafe path, a full disk): retrying will not fix it, an
+#: operator must, so it is retried only now and then to notice the fix.
+PERMANENT_CAP = timedelta(hours=4)
+#: A permanent error's first retry is retry number `1 + PERMANENT_STEPS` on the curve (about
+#: 5 minutes, not 15 seconds): the backoff starts where a transient one has grown to.
+PERMANENT_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -30,3 +36,8 @@ class Backoff:
         if n > 20:  # n**4 alone exceeds any cap; avoid huge timedeltas
             return capped
         return min(now + self.delay(n), capped)
+
+    def next_permanent_retry_time(self, now: datetime, n: int) -> datetime:
+        """When retry number `n` of a permanent error is due: later on the curve, capped at
+        `PERMANENT_CAP`."""
+        return self.next_retry_time(now, n + PERMANENT_STEPS, PERMANENT_CAP)

@@ -11,12 +11,15 @@ The tree::
     ├── RecordGone                  a record a secondary was syncing no longer exists on the primary
     ├── SkipEvent                   an event a secondary cannot apply: logged, counted, skipped
     ├── ValidationError             input that breaks a rule (two primaries, ...)
+    │   └── UnsafePath              a stored path that would leave its storage root
     ├── UnsupportedEvent            an event that the replicator's strategy does not declare
     ├── InvalidTransition           a state change its current state forbids
     ├── AuthenticationError         a node token missing, expired or not for this path
     ├── TransferError               a download or git fetch that did not complete
     │   ├── PrimaryMissing          the primary has the record but not its file or repository
     │   ├── ChecksumMismatch        the copy does not hash to the primary's checksum
+    │   ├── PrimaryRefused          the primary will not serve the file (unsafe path, not a file)
+    │   ├── StorageFull             this site's storage has no space left for the copy
     │   ├── TransportFailure        the connection to the primary failed or was cut short
     │   └── Interrupted             a download stopped because its worker is shutting down
     └── LeaseLost                   a worker lost the lease it needed to go on
@@ -64,6 +67,10 @@ class ValidationError(GeoError):
     """The input is not valid."""
 
 
+class UnsafePath(ValidationError):
+    """Unsafe path: it would leave its storage root."""
+
+
 class RecordGone(GeoError):
     """The model record no longer exists on the primary."""
 
@@ -98,6 +105,19 @@ class PrimaryMissing(TransferError):
 
 class ChecksumMismatch(TransferError):
     """The copy does not match the primary's checksum."""
+
+
+class PrimaryRefused(TransferError):
+    """The primary refused to serve the file."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"The primary refused to serve the file ({reason}): {detail}")
+        #: The wire's refusal reason (`geosync.wire`): `unsafe_path`, `not_a_file`, ...
+        self.reason = reason
+
+
+class StorageFull(TransferError):
+    """No space left on this secondary's storage."""
 
 
 class TransportFailure(TransferError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from geosync.attempts import Attempt, recent_attempts
+from geosync.attempts import PERMANENT, Attempt, recent_attempts
 from geosync.errors import ConfigurationError, ValidationError
 from geosync.flags import flag_enabled
 from geosync.registry import Registry, RegistryRow
@@ -282,6 +282,8 @@ def _failed(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, s
         )
     elif error_class == "config":
         step = "Fix the configuration the error names (`geosync check` lists problems)."
+    elif error_class == PERMANENT:
+        step = f"{_permanent_step(failure)} Then retry now with {resync}."
     else:
         step = (
             "Transient errors retry by themselves with a growing backoff; if it keeps failing,"
@@ -292,6 +294,42 @@ def _failed(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, s
         f"Sync of {what} failed{label} after {row.retry_count} attempt(s): {failure}; {retry}.",
         step,
     )
+
+
+#: What to fix for each permanent error, found by what its message says (`geosync.errors`).
+_PERMANENT_STEPS = (
+    (
+        ("(unsafe_path)", "Unsafe path"),
+        "Retrying will not help: the item's path leaves its storage (absolute, `..`, or a"
+        " symlink out of the storage). Fix the record's path, or replace the symlink on the"
+        " primary with the file itself.",
+    ),
+    (
+        ("(not_a_file)",),
+        "Retrying will not help: on the primary the item's path is not a regular file (a"
+        " directory, a device, a FIFO). Put the file itself there.",
+    ),
+    (
+        ("(unreadable)",),
+        "The primary cannot read the item's file: fix its permissions on the primary.",
+    ),
+    (
+        ("No space left",),
+        "This secondary's storage is full: free space on it (or grow it); syncs of other items"
+        " fail the same way until then.",
+    ),
+    (
+        ("does not know this record", "no longer exists"),
+        "The record is gone on the primary: nothing to do, its deletion removes this row.",
+    ),
+)
+
+
+def _permanent_step(failure: str) -> str:
+    for marks, step in _PERMANENT_STEPS:
+        if any(mark in failure for mark in marks):
+            return step
+    return "Retrying will not help by itself: fix the cause the error names."
 
 
 def _synced(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, str]:

@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from geosync.errors import ValidationError
+from geosync.errors import UnsafePath
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
@@ -17,16 +17,16 @@ def resolve_inside(root: Path, relative: str) -> Path:
     files outside their storage root.
     """
     if not relative or "\0" in relative or "\\" in relative:
-        raise ValidationError(f"Invalid relative path: {relative!r}")
+        raise UnsafePath(f"Unsafe path, not a valid relative path: {relative!r}")
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise ValidationError(f"Path must be relative and stay inside the root: {relative!r}")
+        raise UnsafePath(f"Unsafe path, not relative or not inside the root: {relative!r}")
     base = _resolved(root)
     if not _has_symlink(base, pure.parts):
         return base.joinpath(*pure.parts)
     target = (base / pure).resolve()
     if target == base or not target.is_relative_to(base):
-        raise ValidationError(f"Path is outside the root: {relative!r}")
+        raise UnsafePath(f"Unsafe path, outside the root: {relative!r}")
     return target
 
 

@@ -537,9 +537,11 @@ class Registry:
         error: str | None = None,
         *,
         missing_on_primary: bool = False,
+        permanent: bool = False,
     ) -> datetime | None:
         """started → failed, only if this is still the sync `claim` started; returns the next
-        retry time, or None (and changes nothing) when the row moved on or is gone.
+        retry time, or None (and changes nothing) when the row moved on or is gone. A
+        `permanent` failure backs off further (`Backoff.next_permanent_retry_time`).
 
         One conditional UPDATE counts the retry in SQL (`retry_count + 1`), so a newer pending
         committed meanwhile wins, as it does against `synced`; the retry time, which needs that
@@ -551,7 +553,9 @@ class Registry:
             c.state == SyncState.STARTED,
             c.claim_generation == claim.generation,
         )
-        return self._fail_where(conn, guard, message, error, c.retry_count + 1, missing_on_primary)
+        return self._fail_where(
+            conn, guard, message, error, c.retry_count + 1, missing_on_primary, permanent
+        )
 
     def fail_synced(
         self, conn: Connection, model_record_id: int, message: str, error: str, retry_count: int
@@ -570,6 +574,7 @@ class Registry:
         error: str | None,
         retry_count: Any,
         missing_on_primary: bool,
+        permanent: bool = False,
     ) -> datetime | None:
         c = self.table.c
         text = f"{message}: {error}" if error else message
@@ -586,8 +591,12 @@ class Registry:
         ).first()
         if changed is None:
             return None
-        cap = MISSING_ON_PRIMARY_CAP if missing_on_primary else DEFAULT_CAP
-        retry_at = self.backoff.next_retry_time(self.geo.clock.now(), int(changed[1]), cap)
+        now, count = self.geo.clock.now(), int(changed[1])
+        if permanent:
+            retry_at = self.backoff.next_permanent_retry_time(now, count)
+        else:
+            cap = MISSING_ON_PRIMARY_CAP if missing_on_primary else DEFAULT_CAP
+            retry_at = self.backoff.next_retry_time(now, count, cap)
         conn.execute(update(self.table).where(c.id == changed[0]).values(retry_at=retry_at))
         return retry_at
 

@@ -11,6 +11,9 @@ for a file sent inline, exactly `size` bytes of content. The header's `status` i
 - `file_not_found`: the record exists but its file does not (the single endpoint's
   `FILE_NOT_FOUND`);
 - `not_found`: no such record;
+- `refused`: the primary will not serve this file; `reason` says why (`unsafe_path`: its path
+  leaves the storage, or a symlink leads out of it; `not_a_file`: not a regular file;
+  `unreadable`: the primary cannot read it) and `message` says it to an operator;
 - `separate`: the file is too large to send inline; fetch it with the single endpoint, which
   streams it and supports HTTP Range resumes.
 """
@@ -29,6 +32,13 @@ MAX_BATCH_IDS = 100
 #: Files up to this size travel inline; larger ones are marked `separate`.
 INLINE_LIMIT = 1024 * 1024
 HEADER = struct.Struct(">I")
+#: Why the primary does not serve a blob: the single endpoint's `geo_code` is the reason in
+#: capitals; in a batch, `file_not_found` is a frame status, the others are `refused` reasons.
+FILE_NOT_FOUND = "file_not_found"
+UNSAFE_PATH = "unsafe_path"
+NOT_A_FILE = "not_a_file"
+UNREADABLE = "unreadable"
+REFUSALS = frozenset({UNSAFE_PATH, NOT_A_FILE, UNREADABLE})
 #: A frame header is small; a larger declared length means the stream is not a batch.
 MAX_HEADER = 64 * 1024
 

@@ -19,12 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geosync.auth import BLOB_TOKEN_TTL, node_header
-from geosync.errors import PrimaryMissing, TransferError, TransportFailure
+from geosync.errors import (
+    PrimaryMissing,
+    PrimaryRefused,
+    RecordGone,
+    TransferError,
+    TransportFailure,
+)
 from geosync.secondary.blob_client import BlobResponse
 from geosync.secondary.settlement import Failure, Settled, Success
 from geosync.secondary.sync import SyncService, prefetch_missing
 from geosync.secondary.transfer import CHUNK, check_response, sync_directory, write_blob
-from geosync.wire import HEADER, MAX_HEADER, batch_path
+from geosync.wire import FILE_NOT_FOUND, HEADER, MAX_HEADER, batch_path
 
 if TYPE_CHECKING:
     from geosync.secondary.blob_client import BlobClient
@@ -190,12 +196,13 @@ class BatchSync:
         status = header.get("status")
         if status == "separate":
             return model_id, None
-        if status == "file_not_found":
-            return model_id, PrimaryMissing(f"File is missing on the primary: {header['message']}")
+        message = str(header.get("message", ""))[:200]
+        if status == FILE_NOT_FOUND:
+            return model_id, PrimaryMissing(f"File is missing on the primary: {message}")
         if status == "not_found":
-            return model_id, TransferError(
-                f"The primary does not know this record: {header['message']}"
-            )
+            return model_id, RecordGone(f"The primary does not know this record: {message}")
+        if status == "refused":
+            return model_id, PrimaryRefused(str(header.get("reason")), message)
         size = header.get("size")
         if status != "ok" or not isinstance(size, int) or size < 0:
             raise TransferError(f"the primary's batch sent a malformed frame: {header!r}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
-from geosync.attempts import Attempt, record_attempts
+from geosync.attempts import PERMANENT, Attempt, record_attempts
 from geosync.errors import GeoError, PrimaryMissing
 from geosync.registry import Registry, SyncClaim, SyncedRow
 from geosync.states import VerificationState
@@ -168,6 +168,7 @@ def _settle_failure(
         failure.message,
         failure.detail,
         missing_on_primary=failure.missing_on_primary,
+        permanent=failure.error_class == PERMANENT,
     )
     if retry_at is not None:
         return Settled(False), "failed"

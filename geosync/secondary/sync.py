@@ -14,14 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from geosync.attempts import PERMANENT
 from geosync.errors import (
     AuthenticationError,
     ChecksumMismatch,
     ConfigurationError,
     GeoError,
     PrimaryMissing,
+    PrimaryRefused,
     RecordGone,
+    StorageFull,
     TransferError,
+    UnsafePath,
 )
 from geosync.file_locks import mirror_lock as mirror_lock  # its home; kept importable here
 from geosync.log import get_logger
@@ -106,7 +110,9 @@ def prefetch_missing(services: Sequence[SyncService]) -> None:
 
 def error_class(exc: BaseException) -> str:
     """The attempt-history class of a failure."""
-    if isinstance(exc, PrimaryMissing | RecordGone):
+    if isinstance(exc, PrimaryRefused | StorageFull | UnsafePath | RecordGone):
+        return PERMANENT
+    if isinstance(exc, PrimaryMissing):
         return "primary_missing"
     if isinstance(exc, ChecksumMismatch):
         return "checksum_mismatch"

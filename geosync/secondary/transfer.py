@@ -25,6 +25,9 @@ from geosync.errors import (
     ChecksumMismatch,
     Interrupted,
     PrimaryMissing,
+    PrimaryRefused,
+    RecordGone,
+    StorageFull,
     TransferError,
     TransportFailure,
 )
@@ -32,6 +35,7 @@ from geosync.file_locks import TEMP_PREFIX, hold_new
 from geosync.file_locks import temp_name as _temp_name
 from geosync.secondary.blob_client import BlobClient, BlobResponse
 from geosync.secondary.partial_file import PartialFile
+from geosync.wire import FILE_NOT_FOUND, REFUSALS
 
 CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
@@ -41,6 +45,8 @@ _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 _UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 #: What open(2) answers where a file system has no unnamed files.
 _NO_UNNAMED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+#: What a write answers on a full file system, or past a quota.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ def download_blob(
 
     `auth` makes fresh request headers for each (re)try, since tokens are short-lived.
     """
-    with _temp_file(dest) as temp:
+    with _storage_errors(dest), _temp_file(dest) as temp:
         for attempt in range(RESUME_ATTEMPTS):
             try:
                 _stream(client, url, auth(), temp.partial, cancel)
@@ -89,12 +95,23 @@ def write_blob(
     Without `sync_directory` the rename is not yet durable: the caller must `sync_directory`
     of `dest.parent` before it records the file as synced (once for many files).
     """
-    with _temp_file(dest) as temp:
+    with _storage_errors(dest), _temp_file(dest) as temp:
         for chunk in chunks:
             if cancel is not None and cancel.is_set():
                 raise Interrupted("Sync interrupted: the worker is shutting down")
             temp.partial.add(chunk)
         return _commit(temp, dest, expected_sha256, sync_directory)
+
+
+@contextmanager
+def _storage_errors(dest: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing `dest` is `StorageFull`: no retry soon fixes it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        raise StorageFull(f"No space left on this secondary's storage for {dest}") from exc
 
 
 @dataclass
@@ -218,17 +235,23 @@ def check_response(response: BlobResponse) -> None:
         return
     response.read()
     message = _json_message(response)
+    code = _geo_code(response).lower()
     if response.status_code == 404:
-        try:
-            code = response.json().get("geo_code")
-        except ValueError:
-            code = None
-        if code == "FILE_NOT_FOUND":
+        if code == FILE_NOT_FOUND:
             raise PrimaryMissing(f"File is missing on the primary: {message}")
-        raise TransferError(f"The primary does not know this record: {message}")
+        raise RecordGone(f"The primary does not know this record: {message}")
+    if code in REFUSALS:
+        raise PrimaryRefused(code, message)
     if response.status_code in (401, 403):
         raise AuthenticationError(f"The primary refused the request: {message}")
     raise TransferError(f"The primary answered {response.status_code}: {message}")
+
+
+def _geo_code(response: BlobResponse) -> str:
+    try:
+        return str(response.json().get("geo_code") or "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _json_message(response: BlobResponse) -> str:

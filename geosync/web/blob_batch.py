@@ -8,7 +8,6 @@ of items.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,8 @@ from geosync.app import Geo
 from geosync.errors import NotFound, ValidationError
 from geosync.records import load_records
 from geosync.replicator import Replicator
-from geosync.wire import INLINE_LIMIT, MAX_BATCH_IDS, frame
+from geosync.web.served_files import Refusal, open_served
+from geosync.wire import FILE_NOT_FOUND, INLINE_LIMIT, MAX_BATCH_IDS, frame
 
 #: Frames are sent in pieces of about this size (bounds the memory of a response).
 PIECE = 1024 * 1024
@@ -89,16 +89,23 @@ class BatchSource:
         record = self.records.get(model_id)
         if record is None:
             return frame({"id": model_id, "status": "not_found", "message": f"{name} not found"})
-        try:
-            handle = self.replicator(record, geo=self.geo).served_file().open("rb")
-        except OSError:
-            message = f"{name} file not found"
-            return frame({"id": model_id, "status": "file_not_found", "message": message})
+        opened = open_served(self.replicator(record, geo=self.geo))
+        if isinstance(opened, Refusal):
+            return _refusal_frame(model_id, opened)
+        handle, _, status = opened
         with handle:
-            size = os.fstat(handle.fileno()).st_size
+            size = status.st_size
             if size > INLINE_LIMIT:
                 return frame({"id": model_id, "status": "separate", "size": size})
             data = handle.read(INLINE_LIMIT + 1)
         if len(data) > INLINE_LIMIT:  # grew since fstat
             return frame({"id": model_id, "status": "separate", "size": len(data)})
         return frame({"id": model_id, "status": "ok", "size": len(data)}, data)
+
+
+def _refusal_frame(model_id: int, refusal: Refusal) -> bytes:
+    """The frame of an item not served: only this item fails, its neighbours are sent."""
+    if refusal.reason == FILE_NOT_FOUND:
+        return frame({"id": model_id, "status": FILE_NOT_FOUND, "message": refusal.message})
+    header = {"id": model_id, "status": "refused", "reason": refusal.reason}
+    return frame({**header, "message": refusal.message})

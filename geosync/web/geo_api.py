@@ -23,11 +23,11 @@ from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
 from geosync.web.blob_batch import BatchSource, parse_ids
 from geosync.web.git_http import git_http_backend
+from geosync.web.served_files import Refusal, open_served
 from geosync.web.zero_copy import ZERO_COPY_SEND
-from geosync.wire import BATCH_MEDIA_TYPE, GEO_API, repository_base_path
+from geosync.wire import BATCH_MEDIA_TYPE, FILE_NOT_FOUND, GEO_API, repository_base_path
 
 router = APIRouter(prefix=GEO_API, tags=["geo"])
-FILE_NOT_FOUND = "FILE_NOT_FOUND"
 BLOB_MEDIA_TYPE = "application/octet-stream"
 #: Blobs up to this size are read whole and sent in one body; larger ones are streamed.
 WHOLE_READ_LIMIT = 1024 * 1024
@@ -110,15 +110,14 @@ def _blob_response(
             authenticate_node(geo, conn, header, path, on_primary=True)
         except AuthenticationError as exc:
             return _unauthorized(exc)
-        file_path = _replicator(geo, name, record_id, conn).served_file()
+        replicator = _replicator(geo, name, record_id, conn)
+    opened = open_served(replicator)
+    if isinstance(opened, Refusal):
+        status = 404 if opened.reason == FILE_NOT_FOUND else 422
+        body = {"message": opened.message, "geo_code": opened.geo_code}
+        return JSONResponse(body, status_code=status)
+    handle, file_path, stat = opened
     try:
-        handle = file_path.open("rb")
-    except OSError:
-        return JSONResponse(
-            {"message": f"{name} file not found", "geo_code": FILE_NOT_FOUND}, status_code=404
-        )
-    try:
-        stat = os.fstat(handle.fileno())
         if not ranged and stat.st_size <= WHOLE_READ_LIMIT:
             with handle:
                 return Response(handle.read(), media_type=BLOB_MEDIA_TYPE)
