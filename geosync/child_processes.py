@@ -21,6 +21,7 @@ process of the group lives, so the reaper never kills a stranger's group in prac
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -125,7 +126,17 @@ class _Reaper:
             )
         except OSError:
             return None
+        atexit.register(self._close)
         return self._process
+
+    def _close(self) -> None:
+        """At a clean exit: the reaper ends the groups still running, and is waited for."""
+        process, self._process = self._process, None
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5.0)
 
 
 _reaper = _Reaper()
