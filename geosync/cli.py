@@ -324,8 +324,12 @@ def node_update(
         changes = {**settings, **{k: v for k, v in (("name", name), ("url", url)) if v is not None}}
         with geo.main() as conn:
             store = NodeStore(geo, conn)
-            updated = store.update(store.by_name_or_id(node).id, **changes)
+            found = store.by_name_or_id(node)
+            updated = store.update(found.id, **changes)
+            left = store.secondary_count(enabled_only=True)
         console.print(f"updated node {updated.name} (id {updated.id})")
+        if found.secondary and found.enabled and not updated.enabled and left == 0:
+            _warn_no_secondary()
 
     run(action)
 
@@ -341,9 +345,36 @@ def node_remove(node: Annotated[str, typer.Argument(help="Node name or id.")]) -
             store = NodeStore(geo, conn)
             found = store.by_name_or_id(node)
             store.remove(found.id)
+            left = store.secondary_count(enabled_only=True)
         console.print(f"removed node {found.name}")
+        if found.enabled and left == 0:
+            _warn_no_secondary()
 
     run(action)
+
+
+@node_app.command("promote")
+def node_promote(node: Annotated[str, typer.Argument(help="Node name or id.")]) -> None:
+    """Make a node the primary and demote the current one (run on the primary's database)."""
+    from geosync.nodes import NodeStore
+
+    def action() -> None:
+        geo = load_geo()
+        with geo.main() as conn:
+            store = NodeStore(geo, conn)
+            promoted = store.promote(store.by_name_or_id(node).id)
+        console.print(f"promoted node {promoted.name} (id {promoted.id}) to primary")
+
+    run(action)
+
+
+def _warn_no_secondary() -> None:
+    # GitLab allows it; the operator may be retiring the last secondary on purpose.
+    err_console.print(
+        "[yellow]warning:[/yellow] no enabled secondary is left: nothing replicates the primary",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # -- flags ------------------------------------------------------------------------------------

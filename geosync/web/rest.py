@@ -21,7 +21,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from geosync.app import Geo
-from geosync.errors import NotFound
+from geosync.errors import InvalidTransition, NotFound
 from geosync.nodes import NODE_SETTINGS, Node, NodeSetting, NodeStore
 from geosync.status import NodeStatus, compute_status, load_status, node_statuses
 from geosync.web.admin_auth import require_admin
@@ -267,6 +267,8 @@ def _write(geo: Geo, action: Callable[[NodeStore], Node | None]) -> Node | None:
     try:
         with geo.main() as conn:
             return action(NodeStore(geo, conn))
+    except InvalidTransition as exc:  # the primary removed, disabled or demoted; two primaries
+        raise HTTPException(409, f"409 Conflict - {exc.message}") from None
     except IntegrityError:
         raise HTTPException(409, "409 Conflict - the node changed concurrently") from None
     except DataError:
@@ -274,14 +276,11 @@ def _write(geo: Geo, action: Callable[[NodeStore], Node | None]) -> Node | None:
 
 
 def _conflicts(store: NodeStore, params: NodeParams, node_id: int | None) -> None:
+    # GitLab answers a taken name with 409, where `NodeStore` says ValidationError (422).
     if params.name is not None:
         other = store.find(params.name.strip())
         if other is not None and other.id != node_id:
             raise HTTPException(409, f"409 Conflict - a node named {params.name!r} exists")
-    if params.primary:
-        primary = next((n for n in store.list() if n.primary), None)
-        if primary is not None and primary.id != node_id:
-            raise HTTPException(409, f"409 Conflict - {primary.name!r} is already the primary")
 
 
 def _paged(items: list[Any], total: int, page: Page, request: Request) -> JSONResponse:
@@ -402,7 +401,8 @@ def _add_write_routes(router: APIRouter, collection: str) -> None:
 
     @router.put("/{node_id:int}", response_model=NodeOut)
     async def update_node(node_id: int, request: Request) -> Response:
-        """Change a node's settings (on the primary)."""
+        """Change a node's settings (on the primary). Disabling or demoting the primary, or
+        making a node primary while another is, is refused (409)."""
         params = await read_params(request)
         return await run_in_threadpool(
             _update, get_geo(request), node_id, params, request, collection
@@ -410,7 +410,8 @@ def _add_write_routes(router: APIRouter, collection: str) -> None:
 
     @router.delete("/{node_id:int}", status_code=204, response_class=Response)
     def delete_node(node_id: int, request: Request) -> Response:
-        """Remove a node (on the primary); its status goes with it."""
+        """Remove a secondary node (on the primary); its status goes with it. The primary
+        itself is refused (409): promote another site first."""
         geo = get_geo(request)
         _require_writable(geo)
 
@@ -456,11 +457,12 @@ def _update(
 ) -> Response:
     _require_writable(geo)
     changes = params.changes()
-    changes.pop("primary", None)  # GitLab's PUT does not change the role
 
     def change(store: NodeStore) -> Node:
         node = _get_node(store, node_id)
-        _conflicts(store, params.model_copy(update={"primary": None}), node.id)
+        _conflicts(store, params, node.id)
+        # GitLab's PUT has no role; `NodeStore` refuses the role changes that would leave the
+        # sites without their primary, rather than ignore them silently.
         return store.update(node.id, **changes)
 
     node = _write(geo, change)

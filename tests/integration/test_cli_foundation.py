@@ -147,7 +147,11 @@ def test_nodes_are_added_listed_updated_and_removed(cli: Cli) -> None:
         "--selective-sync-type", "namespaces", "--selective-sync-namespace-ids", "3,1",
     )  # fmt: skip
     assert "updated node tokyo" in cli.ok("node", "update", "tokyo", "--files-max-capacity", "3")
-    cli.ok("node", "update", "2", "--disabled", "--name", "osaka")
+    disabled = cli("node", "update", "2", "--disabled", "--name", "osaka")
+    assert disabled.code == 0 and disabled.stdout.strip() == "updated node osaka (id 2)"
+    assert disabled.stderr.strip() == (
+        "warning: no enabled secondary is left: nothing replicates the primary"
+    )
     nodes = json.loads(cli.ok("node", "list", "--json"))
     assert [(n["name"], n["primary"], n["url"]) for n in nodes] == [
         ("primary", True, "http://127.0.0.1:5000/"),
@@ -186,6 +190,28 @@ def test_node_mistakes_are_one_line_errors(cli: Cli) -> None:
     )
     assert cli.fails("node", "remove", "nope") == "error: node 'nope' not found"
     assert len(json.loads(cli.ok("node", "list", "--json"))) == 1
+
+
+def test_the_primary_is_not_removed_or_disabled_but_can_be_moved(cli: Cli) -> None:
+    cli.ok("node", "add", "primary", "http://127.0.0.1:5000", "--primary")
+    cli.ok("node", "add", "tokyo", "http://127.0.0.1:5001")
+    before = cli.ok("node", "list", "--json")
+    removed = cli.fails("node", "remove", "primary")
+    assert removed.startswith("error: node 'primary' is the primary and cannot be removed")
+    assert "promote another site first (`geosync node promote NAME`)" in removed
+    assert "cannot be disabled" in cli.fails("node", "update", "primary", "--disabled")
+    assert cli.ok("node", "list", "--json") == before
+
+    promoted = cli.ok("node", "promote", "tokyo")
+    assert promoted.strip() == "promoted node tokyo (id 2) to primary"
+    gone = cli("node", "remove", "primary")
+    assert (gone.code, gone.stdout.strip()) == (0, "removed node primary")
+    assert gone.stderr.strip() == (
+        "warning: no enabled secondary is left: nothing replicates the primary"
+    )
+    assert [(n["name"], n["primary"]) for n in json.loads(cli.ok("node", "list", "--json"))] == [
+        ("tokyo", True)
+    ]
 
 
 def test_flags_are_listed_enabled_and_disabled(cli: Cli) -> None:

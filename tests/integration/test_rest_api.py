@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from geosync.auth import create_admin_token
+from geosync.auth import create_admin_token, node_header
 from geosync.demo.replicators import SnippetReplicator, UploadReplicator
 from geosync.registry import Registry
 from geosync.testing import SitePair
@@ -267,6 +267,50 @@ def test_openapi_describes_the_geo_nodes_api(api: Api) -> None:
 
     assert {"/api/v4/geo_nodes", "/api/v4/geo_sites/{node_id}/status"} <= set(spec["paths"])
     assert "head" in spec["paths"]["/api/v4/geo_nodes"]
+    one = spec["paths"]["/api/v4/geo_nodes/{node_id}"]
+    assert "409" in one["put"]["responses"] and "409" in one["delete"]["responses"]
+
+
+PRIMARY_REFUSALS = [
+    ("DELETE", {}, "cannot be removed"),
+    ("PUT", {"json": {"primary": False}}, "cannot be demoted"),
+    ("PUT", {"data": {"enabled": "false", "files_max_capacity": "3"}}, "cannot be disabled"),
+]
+
+
+@pytest.mark.parametrize("collection", ["geo_nodes", "geo_sites"])
+def test_the_primary_is_not_removed_demoted_or_disabled(
+    api: Api, sites: SitePair, collection: str
+) -> None:
+    url = _path("{c}/" + str(sites.primary_node.id), collection)
+    before = api.client.get(url, headers=api.admin).json()
+    for method, kwargs, why in PRIMARY_REFUSALS:
+        response = api.client.request(method, url, headers=api.admin, **kwargs)
+        assert response.status_code == 409, (method, kwargs, response.text)
+        message = response.json()["message"]
+        assert message.startswith("409 Conflict - node 'primary' is the primary and " + why)
+        assert "promote another site first" in message
+    assert api.client.get(url, headers=api.admin).json() == before
+    path = "/api/v4/geo/retrieve/upload/404"
+    header = node_header(sites.secondary, path)
+    answer = api.client.get(path.lstrip("/"), headers={"Authorization": header})
+    assert answer.status_code == 404, answer.text  # the primary still answers its secondaries
+
+
+def test_a_secondary_is_not_made_primary_while_there_is_one(api: Api, sites: SitePair) -> None:
+    url = _path("{c}/" + str(sites.secondary_node.id))
+    before = api.client.get(url, headers=api.admin).json()
+    response = api.client.put(url, headers=api.admin, json={"primary": True})
+    assert response.status_code == 409
+    assert "node 'primary' is already the primary" in response.json()["message"]
+    assert api.client.get(url, headers=api.admin).json() == before
+
+
+def test_the_last_enabled_secondary_can_be_disabled_and_deleted(api: Api, sites: SitePair) -> None:
+    url = _path("{c}/" + str(sites.secondary_node.id))
+    disabled = api.client.put(url, headers=api.admin, json={"enabled": False})
+    assert disabled.status_code == 200 and disabled.json()["enabled"] is False
+    assert api.client.delete(url, headers=api.admin).status_code == 204
 
 
 def test_the_secondary_lists_its_failures_and_refuses_writes(sites: SitePair, api: Api) -> None:
