@@ -271,7 +271,7 @@ def test_openapi_describes_the_geo_nodes_api(api: Api) -> None:
     assert "409" in one["put"]["responses"] and "409" in one["delete"]["responses"]
 
 
-PRIMARY_REFUSALS = [
+PRIMARY_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("DELETE", {}, "cannot be removed"),
     ("PUT", {"json": {"primary": False}}, "cannot be demoted"),
     ("PUT", {"data": {"enabled": "false", "files_max_capacity": "3"}}, "cannot be disabled"),
