@@ -355,7 +355,11 @@ def node_remove(node: Annotated[str, typer.Argument(help="Node name or id.")]) -
 
 @node_app.command("promote")
 def node_promote(node: Annotated[str, typer.Argument(help="Node name or id.")]) -> None:
-    """Make a node the primary and demote the current one (run on the primary's database)."""
+    """Move the primary role in the node registry to another node (run on the primary).
+
+    Only the registration changes: no database is promoted and no process is reconfigured, so
+    this is not a failover; use it to retire a primary's record once another site is primary.
+    """
     from geosync.nodes import NodeStore
 
     def action() -> None:
