@@ -158,6 +158,7 @@ def test_check_fails_for_a_main_database_behind_head_or_missing_a_state_table(
     sites: SitePair, tmp_path: Path
 ) -> None:
     with sites.primary.main() as conn:  # as if the migrations after the first had not run
+        conn.execute(text("DROP TABLE geo_node_status_history"))
         conn.execute(text("DROP TABLE geo_bulk_jobs"))
         conn.execute(text("DROP INDEX uq_geo_nodes_one_primary"))
         conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'main_0001'"))
