@@ -183,6 +183,11 @@ class Replicator:
         """Whether the copy already in place may be taken without a transfer (§6)."""
         return False
 
+    def scrub_bytes(self) -> int:
+        """Bytes a re-checksum of this site's copy reads, for the scrub's byte budget; 0 when
+        a strategy's checksum reads little (a repository's refs) or the size is unknown."""
+        return 0
+
     def fetch(self, job: SyncService, expected: str | None) -> Success:
         """Bring this site's copy up to date from the primary (the secondary side of a sync);
         `expected` is the primary's checksum, if it has one."""

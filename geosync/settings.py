@@ -93,6 +93,23 @@ class Settings(BaseSettings):
         description="The primary keeps each site's status counts for this many hours (the"
         " admin UI's activity charts).",
     )
+    scrub_period: timedelta = Field(
+        default=timedelta(days=7),
+        gt=timedelta(0),
+        description="Every copy is re-checksummed at least once per this period by the scrub;"
+        " status counts a copy as verified only when its verification is this recent.",
+    )
+    scrub_items_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="The scrub re-checksums at most this many copies per second (0 turns it"
+        " off).",
+    )
+    scrub_bytes_per_second: float = Field(
+        default=32 * 1024 * 1024,
+        gt=0,
+        description="The scrub reads at most this many bytes per second on average.",
+    )
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -111,7 +128,7 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("event_log_max_age", mode="before")
+    @field_validator("event_log_max_age", "scrub_period", mode="before")
     @classmethod
     def _seconds_as_text(cls, value: Any) -> Any:
         """Seconds read the same from the environment (text) as from TOML (a number)."""

@@ -26,6 +26,7 @@ from geosync.errors import ConfigurationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.registry import Registry
+from geosync.scrub import scrub_counts
 from geosync.secondary.cursor_state import last_moved_at, reported_position
 from geosync.states import SyncState, VerificationState
 
@@ -59,6 +60,11 @@ REPLICATOR_FIELDS = (
     "synced_in_percentage",
     "verified_in_percentage",
     "oldest_unsynced_age_seconds",
+    # Beyond GitLab: the scrub (`geosync.scrub`).
+    "oldest_verification_age_seconds",
+    "verification_stale_count",
+    "scrub_due_count",
+    "scrub_found_bad_count",
 )
 
 #: This site's bulk jobs by state (`geosync.jobs`): beyond GitLab.
@@ -86,6 +92,7 @@ NODE_FIELDS = (
     "revision",
     "selective_sync_type",
     "updated_at",
+    "scrub_period_seconds",
     *JOB_FIELDS,
 )
 
@@ -214,6 +221,7 @@ class StatusComputation:
             version=_version(),
             revision=_revision(),
             selective_sync_type=self.node.selective_sync_type,
+            scrub_period_seconds=int(self.geo.settings.scrub_period.total_seconds()),
         )
         enabled = self._guard("feature flags", self._flags, dict[str, bool]())
         values.update(self._guard("event log", self._event_fields, dict[str, Any]()))
@@ -263,7 +271,7 @@ class StatusComputation:
                 counts = registry_counts(self.geo, tracking, replicator, self.now)
         else:
             with self.geo.main_engine.connect() as main:
-                counts = primary_counts(self.geo, main, replicator)
+                counts = primary_counts(self.geo, main, replicator, self.now)
         return {replicator.status_field_prefix + key: value for key, value in counts.items()}
 
     def _job_fields(self) -> dict[str, Any]:
@@ -291,8 +299,11 @@ class StatusComputation:
         return {"cursor_last_event_id": cursor, "cursor_last_event_timestamp": epoch(moment)}
 
 
-def primary_counts(geo: Geo, main: Connection, replicator: type[Replicator]) -> dict[str, Any]:
-    """A primary's counts of one replicator: its replicables and their checksums."""
+def primary_counts(
+    geo: Geo, main: Connection, replicator: type[Replicator], now: datetime
+) -> dict[str, Any]:
+    """A primary's counts of one replicator: its replicables and their checksums; verified
+    means checksummed within the scrub period."""
     query = replicator.available_replicables()
     count = int(main.execute(select(func.count()).select_from(query.subquery())).scalar_one())
     counts: dict[str, Any] = dict.fromkeys(REPLICATOR_FIELDS)
@@ -300,13 +311,17 @@ def primary_counts(geo: Geo, main: Connection, replicator: type[Replicator]) -> 
     if replicator.verification_enabled:
         from geosync.verification import primary_verifiable
 
-        states = primary_verifiable(geo, replicator).count_by_state(main)
+        target = primary_verifiable(geo, replicator)
+        states = target.count_by_state(main)
         total = sum(n for state, n in states.items() if state != VerificationState.DISABLED)
+        scrub = scrub_counts(main, target, geo.settings.scrub_period, now)
+        recent = states[VerificationState.SUCCEEDED] - scrub["verification_stale_count"]
         counts.update(
             checksum_total_count=total,
             checksummed_count=states[VerificationState.SUCCEEDED],
             checksum_failed_count=states[VerificationState.FAILED],
-            verified_in_percentage=percentage(states[VerificationState.SUCCEEDED], total),
+            verified_in_percentage=percentage(recent, total),
+            **scrub,
         )
     return counts
 
@@ -331,18 +346,20 @@ def registry_counts(
     if replicator.verification_enabled:
         from geosync.verification import registry_verifiable
 
-        verification = registry_verifiable(geo, replicator).count_by_state(
-            tracking, eligible_only=True
-        )
+        target = registry_verifiable(geo, replicator)
+        verification = target.count_by_state(tracking, eligible_only=True)
         verifiable = sum(
             n for state, n in verification.items() if state != VerificationState.DISABLED
         )
-        verified = verification[VerificationState.SUCCEEDED]
+        # "Verified" means verified within the scrub period: older checks prove little.
+        scrub = scrub_counts(tracking, target, geo.settings.scrub_period, now)
+        verified = verification[VerificationState.SUCCEEDED] - scrub["verification_stale_count"]
         counts.update(
             verification_total_count=verifiable,
             verified_count=verified,
             verification_failed_count=verification[VerificationState.FAILED],
             verified_in_percentage=percentage(verified, verifiable),
+            **scrub,
         )
     return counts
 

@@ -48,6 +48,7 @@ def tune_thread_switching() -> None:
 
 def _secondary_loops() -> list[LoopFactory]:
     from geosync.jobs import BulkJobLoop
+    from geosync.scrub import ScrubLoop
     from geosync.secondary.consistency import ConsistencySweepLoop
     from geosync.secondary.log_cursor import LogCursorLoop
     from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
@@ -59,6 +60,7 @@ def _secondary_loops() -> list[LoopFactory]:
         SchedulerLoop,
         StuckSweepLoop,
         SecondaryVerificationLoop,
+        ScrubLoop,
         StatusLoop,
         ConsistencySweepLoop,
         BulkJobLoop,
@@ -69,12 +71,14 @@ def _primary_loops() -> list[LoopFactory]:
     from geosync.jobs import BulkJobLoop
     from geosync.primary.pruning import EventLogPruningLoop
     from geosync.primary.verification import PrimaryVerificationLoop, PrimaryVerificationSweepLoop
+    from geosync.scrub import ScrubLoop
     from geosync.status_history import StatusHistoryPruningLoop
     from geosync.status_reporting import StatusLoop
 
     return [
         PrimaryVerificationLoop,
         PrimaryVerificationSweepLoop,
+        ScrubLoop,
         StatusLoop,
         EventLogPruningLoop,
         StatusHistoryPruningLoop,

@@ -66,6 +66,8 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         # that made the row pending happened on the primary (end-to-end lag).
         Column("local_path", Text),
         Column("pending_since", UTCDateTime),
+        # When the scrub last found this copy bad (status counts those within the period).
+        Column("scrub_found_bad_at", UTCDateTime),
         # The worker process that claimed the row; a dead worker's rows are recovered early.
         Column("claimed_by", String(255)),
         # Bumped by every claim: a finished sync settles only the claim that started it.
@@ -100,6 +102,21 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         c.verified_at,
         postgresql_where=pending_where,
         sqlite_where=pending_where,
+    )
+    # The scrub claims verified copies oldest verification first.
+    verified_where = and_(synced, c.verification_state == 2)
+    Index(
+        f"ix_{name}_verified",
+        c.verified_at,
+        postgresql_where=verified_where,
+        sqlite_where=verified_where,
+    )
+    found_bad = c.scrub_found_bad_at.is_not(None)
+    Index(
+        f"ix_{name}_scrub_found_bad",
+        c.scrub_found_bad_at,
+        postgresql_where=found_bad,
+        sqlite_where=found_bad,
     )
     return table
 

@@ -9,6 +9,7 @@ so the scheduler downloads it again and mismatches that keep coming back keep ba
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from geosync.worker import Worker
 
 log = get_logger("secondary_verification")
+#: Called with the ids whose verification failed, in the transaction that stored it.
+FailedHook = Callable[[Connection, list[int]], None]
 
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
 NO_PRIMARY_CHECKSUM = "The primary has no checksum for this item yet"
@@ -113,15 +116,18 @@ def verify_registry_batch(
     *,
     main: HeldConnection | None = None,
     tracking: HeldConnection | None = None,
+    on_failed: FailedHook | None = None,
 ) -> dict[str, int]:
     """Checksum claimed copies, compare, settle each row; returns counts per outcome.
 
     A loop passes the connections it holds; otherwise the batch opens and closes its own.
+    `on_failed` is called in the transaction that stored the verdicts, with the ids whose
+    verification failed (the scrub notes them before anything can resync them).
     """
     main_held = main or HeldConnection(geo.main_engine)
     tracking_held = tracking or HeldConnection(geo.tracking_engine)
     try:
-        return _verify(geo, target, claims, pool, main_held, tracking_held)
+        return _verify(geo, target, claims, pool, main_held, tracking_held, on_failed)
     finally:
         if main is None:
             main_held.close()
@@ -136,6 +142,7 @@ def _verify(
     pool: ThreadPoolExecutor | None,
     main: HeldConnection,
     tracking: HeldConnection,
+    on_failed: FailedHook | None = None,
 ) -> dict[str, int]:
     replicator = target.replicator
     ids = [claim.model_record_id for claim in claims]
@@ -150,10 +157,15 @@ def _verify(
         for claim in claims
     ]
     counts = {"succeeded": 0, "failed": 0, "disabled": 0}
+    failed: list[int] = []
     with tracking.transaction() as conn:
         for verdict in verdicts:
             if settle(geo, conn, target, verdict):
                 counts[verdict.outcome] += 1
+                if verdict.outcome == "failed":
+                    failed.append(verdict.claim.model_record_id)
+        if failed and on_failed is not None:
+            on_failed(conn, failed)
     return counts
 
 

@@ -7,7 +7,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from geosync.errors import ValidationError
+from geosync.errors import GeoError, ValidationError
 from geosync.paths import resolve_inside
 from geosync.replicator import UPDATED, Replicator
 
@@ -109,6 +109,13 @@ class BlobReplicator(Replicator):
     def served_file(self) -> Path:
         """The blob's file on the primary."""
         return self.file_path()
+
+    def scrub_bytes(self) -> int:
+        """The size of this site's copy of the file (0 when it is missing)."""
+        try:
+            return self.file_path().stat().st_size
+        except (OSError, GeoError):
+            return 0
 
     def can_skip_download(self, row: RegistryRow, expected: str | None) -> bool:
         """§6 skip-download: an immutable blob, a brand-new registry row, and a file already at
