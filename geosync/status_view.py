@@ -40,12 +40,16 @@ def node_table(geo: Geo, node: Node, status: NodeStatus | None) -> Table:
     """The table of one node."""
     role = "primary" if node.primary else "secondary"
     health = "never reported" if status is None else _health(status)
+    period = None if status is None else status.get("scrub_period_seconds")
+    within = "" if period is None else f" (within {_duration(period)})"
     table = Table(
         "replicable",
         "synced",
         "failed",
-        "verified",
+        f"verified{within}",
         "lag (oldest unsynced)",
+        "oldest verification",
+        "scrub found bad",
         title=f"{node.name} ({role}) — {health}",
         caption=None if status is None else _caption(status),
         title_justify="left",
@@ -66,11 +70,14 @@ def _health(status: NodeStatus) -> str:
 def _row(replicator: type[Replicator], status: NodeStatus, primary: bool) -> list[str]:
     p = replicator.status_field_prefix
     if status.get(p + "count") is None:
-        return ["disabled", NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE]
+        return ["disabled", *[NOT_APPLICABLE] * 5]
+    scrub = [_age(status.get(p + "oldest_verification_age_seconds")), _found_bad(status, p)]
     if primary:
         total, done = status.get(p + "checksum_total_count"), status.get(p + "checksummed_count")
+        if done is not None:
+            done -= status.get(p + "verification_stale_count") or 0
         verified = _ratio(done, total, status.get(p + "verified_in_percentage"))
-        return [f"{status[p + 'count']} items", NOT_APPLICABLE, verified, NOT_APPLICABLE]
+        return [f"{status[p + 'count']} items", NOT_APPLICABLE, verified, NOT_APPLICABLE, *scrub]
     synced = _ratio(
         status.get(p + "synced_count"),
         status.get(p + "registry_count"),
@@ -82,7 +89,22 @@ def _row(replicator: type[Replicator], status: NodeStatus, primary: bool) -> lis
         status.get(p + "verified_in_percentage"),
     )
     failed = str(status.get(p + "failed_count"))
-    return [synced, failed, verified, _duration(status.get(p + "oldest_unsynced_age_seconds"))]
+    lag = _duration(status.get(p + "oldest_unsynced_age_seconds"))
+    return [synced, failed, verified, lag, *scrub]
+
+
+def _age(seconds: Any) -> str:
+    return NOT_APPLICABLE if seconds is None else _duration(seconds)
+
+
+def _found_bad(status: NodeStatus, prefix: str) -> str:
+    """Copies the scrub found bad within the period, and how many wait for it."""
+    bad = status.get(prefix + "scrub_found_bad_count")
+    due = status.get(prefix + "scrub_due_count")
+    if bad is None and due is None:
+        return NOT_APPLICABLE
+    text = str(bad) if bad is not None else NOT_APPLICABLE
+    return f"{text} ({due} due)" if due else text
 
 
 def _ratio(done: Any, total: Any, percent: Any) -> str:
@@ -96,6 +118,9 @@ def _duration(seconds: Any) -> str:
         return "none"
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
     if hours:
         return f"{hours}h {minutes}m"
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"

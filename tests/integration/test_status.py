@@ -76,6 +76,10 @@ def test_secondary_counts_its_registries_by_state(sites: SitePair, clock: Frozen
         "synced_in_percentage": 60.0,
         "verified_in_percentage": 50.0,
         "oldest_unsynced_age_seconds": 90,
+        "oldest_verification_age_seconds": 90,
+        "verification_stale_count": 0,
+        "scrub_due_count": 0,
+        "scrub_found_bad_count": 0,
     }
     assert status["package_files_registry_count"] == 0
     assert status["package_files_synced_in_percentage"] == 0.0
