@@ -134,7 +134,9 @@ def explain(geo: Geo, name: str, model_record_id: int) -> Explanation:
         next_retry_at=_next_retry(row),
         attempts=attempts,
     )
-    summary, next_step = diagnose(facts, node, row, geo.clock.now())
+    summary, next_step = diagnose(
+        facts, node, row, geo.clock.now(), scrub_period=geo.settings.scrub_period
+    )
     return replace(facts, summary=summary, next_step=next_step)
 
 
@@ -178,9 +180,15 @@ def _next_retry(row: RegistryRow | None) -> datetime | None:
 
 
 def diagnose(
-    facts: Explanation, node: Node, row: RegistryRow | None, now: datetime
+    facts: Explanation,
+    node: Node,
+    row: RegistryRow | None,
+    now: datetime,
+    *,
+    scrub_period: timedelta | None = None,
 ) -> tuple[str, str]:
-    """The summary and next step for `facts`, checked from the most fundamental cause down."""
+    """The summary and next step for `facts`, checked from the most fundamental cause down;
+    a verification older than `scrub_period` no longer counts as verified."""
     what = f"{facts.replicable_name} {facts.model_record_id}"
     if not facts.exists_on_primary:
         return _gone(what, row)
@@ -207,7 +215,7 @@ def diagnose(
         )
     if row.sync_state == SyncState.FAILED:
         return _failed(facts, row, now)
-    return _synced(facts, row, now)
+    return _synced(facts, row, now, scrub_period)
 
 
 def _gone(what: str, row: RegistryRow | None) -> tuple[str, str]:
@@ -332,7 +340,9 @@ def _permanent_step(failure: str) -> str:
     return "Retrying will not help by itself: fix the cause the error names."
 
 
-def _synced(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, str]:
+def _synced(
+    facts: Explanation, row: RegistryRow, now: datetime, scrub_period: timedelta | None
+) -> tuple[str, str]:
     what = f"{facts.replicable_name} {facts.model_record_id}"
     if row.missing_on_primary:
         return (
@@ -340,6 +350,20 @@ def _synced(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, s
             "Restore it on the primary and publish an update; the secondary follows.",
         )
     verification = row.verification
+    verified_at = row.verified_at
+    if (
+        verification == VerificationState.SUCCEEDED
+        and scrub_period is not None
+        and verified_at is not None
+        and now - verified_at > scrub_period
+    ):
+        return (
+            f"{what} is synced; its last verification ({_at(verified_at)}) is older than the"
+            f" scrub period ({_duration(scrub_period)}), so it no longer counts as verified.",
+            "Make sure `geosync worker` runs on this secondary and the scrub's rates"
+            " (`scrub_items_per_second`, `scrub_bytes_per_second`) suit the data; or verify it"
+            f" now: `geosync reverify {facts.replicable_name} --id {facts.model_record_id}`.",
+        )
     if verification == VerificationState.SUCCEEDED:
         return (
             f"{what} is synced and verified: its checksum matches the primary's"

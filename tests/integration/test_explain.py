@@ -212,6 +212,32 @@ def test_synced_and_verified_needs_nothing(sites: SitePair) -> None:
     assert result.next_step == "Nothing to do."
 
 
+def test_a_verification_older_than_the_scrub_period_is_not_called_verified(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    record_id = add_upload(sites)
+    checksum_on_primary(sites)
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [record_id])
+        started = registry.start(conn, record_id)
+        registry.synced(
+            conn,
+            record_id,
+            started,
+            verification=VerificationState.SUCCEEDED,
+            checksum=vu.sha256(b"data"),
+            local_path=f"u/{record_id}.bin",
+        )
+    clock.advance(sites.secondary.settings.scrub_period + timedelta(minutes=1))
+
+    result = explain(sites.secondary, "upload", record_id)
+
+    assert "no longer counts as verified" in result.summary
+    assert "synced and verified" not in result.summary
+    assert f"geosync reverify upload --id {record_id}" in result.next_step
+
+
 def test_synced_without_a_primary_checksum_waits_for_the_primary(sites: SitePair) -> None:
     record_id = add_upload(sites)
     vu.make_synced(sites.secondary, UploadReplicator, record_id, verification=4)
