@@ -102,8 +102,7 @@ class Settings(BaseSettings):
     scrub_items_per_second: float = Field(
         default=50.0,
         ge=0,
-        description="The scrub re-checksums at most this many copies per second (0 turns it"
-        " off).",
+        description="The scrub re-checksums at most this many copies per second (0 turns it off).",
     )
     scrub_bytes_per_second: float = Field(
         default=32 * 1024 * 1024,
