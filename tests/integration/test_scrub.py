@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from geosync.app import Geo
 from geosync.attempts import recent_attempts
 from geosync.clock import FrozenClock
 from geosync.demo.models import Upload
@@ -228,3 +229,38 @@ def test_the_budget_keeps_both_rates() -> None:
     assert budget.pause(items=1, size=5000, spent=1.0) == pytest.approx(4.0)
     assert budget.pause(items=1, size=0, spent=2.0) == 0.0
     assert not Budget(0, 1000).enabled
+
+
+def run_scrub(geo: Geo) -> None:
+    scrub = ScrubLoop(geo)
+    try:
+        for _ in range(20):
+            if scrub.run_once() == IDLE:
+                return
+    finally:
+        scrub.close()
+    raise AssertionError("the scrub never ran out of due items")
+
+
+def test_on_the_primary_the_scrub_fails_a_file_changed_without_an_update(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    period = sites.primary.settings.scrub_period
+    kept, changed = (vu.add_upload(sites.primary, os.urandom(1024)) for _ in range(2))
+    checksum_on_primary(sites)
+    events_before = len(vu.event_names(sites.primary))
+    path = vu.upload_file(sites.primary, changed)
+    path.write_bytes(b"changed behind geosync's back")
+    clock.advance(period / 2 + timedelta(seconds=1))
+
+    run_scrub(sites.primary)
+
+    good = vu.state_of(sites.primary, UploadReplicator, kept)
+    bad = vu.state_of(sites.primary, UploadReplicator, changed)
+    assert good is not None and bad is not None
+    assert good["verification_state"] == VerificationState.SUCCEEDED
+    assert good["verified_at"] == clock.now()
+    assert bad["verification_state"] == VerificationState.FAILED
+    assert "changed without an update" in bad["verification_failure"]
+    # Re-verifying an unchanged file is no news for the secondaries.
+    assert len(vu.event_names(sites.primary)) == events_before
