@@ -127,6 +127,12 @@ class SiteMetrics:
             registry=self.registry,
         )
         self.status_failed.labels(self.node_name, self.node_name)  # exported from 0
+        self.scrubbed = Counter(
+            "geo_scrub_items",
+            "Items the scrub re-checksummed in this process, by replicable and outcome",
+            ["replicable_name", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(StatusCollector(geo))
 
 
@@ -162,6 +168,15 @@ def observe_replication_lag(
 def count_skipped_event(reason: str, *, geo: Geo | None = None) -> None:
     """Count one event the log cursor skipped (unknown type, malformed payload, ...)."""
     _site(geo).events_skipped.labels(reason).inc()
+
+
+def count_scrubbed(geo: Geo, replicable_name: str, good: int, bad: int) -> None:
+    """Count items the scrub re-checksummed: found good and found bad."""
+    site = metrics_for(geo)
+    if good:
+        site.scrubbed.labels(replicable_name, "good").inc(good)
+    if bad:
+        site.scrubbed.labels(replicable_name, "bad").inc(bad)
 
 
 def count_status_failed(geo: Geo) -> None:

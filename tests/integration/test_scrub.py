@@ -229,6 +229,9 @@ def test_the_budget_keeps_both_rates() -> None:
     assert budget.pause(items=1, size=5000, spent=1.0) == pytest.approx(4.0)
     assert budget.pause(items=1, size=0, spent=2.0) == 0.0
     assert not Budget(0, 1000).enabled
+    assert Budget(50, 1000).batch == 10
+    assert Budget(1, 1000).batch == 1
+    assert Budget(1e9, 1000).batch == 100
 
 
 def run_scrub(geo: Geo) -> None:
