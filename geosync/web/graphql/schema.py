@@ -8,6 +8,7 @@ catalog, and a test keeps the two equal.
 # No `from __future__ import annotations`: the classes below are built inside a function and
 # their annotations name types that exist only there.
 
+import threading
 from typing import Annotated, Any, Union
 
 import strawberry
@@ -52,8 +53,23 @@ log = get_logger("graphql")
 MAX_JOBS = 100
 
 
+_built: dict[tuple[type, ...], strawberry.Schema] = {}
+_built_lock = threading.Lock()
+
+
 def build_schema(catalog: Catalog) -> strawberry.Schema:
-    """The schema of a site whose replicators are `catalog`."""
+    """The schema of a site whose replicators are `catalog`, built once per set of replicator
+    classes: resolvers find their site in the request's context, so sites with the same
+    replicators (every web process of a site, the sites of one test run) share it."""
+    key = tuple(catalog)
+    with _built_lock:
+        found = _built.get(key)
+        if found is None:
+            found = _built[key] = _build_schema(catalog)
+        return found
+
+
+def _build_schema(catalog: Catalog) -> strawberry.Schema:
     all_types = [registry_types(r) for r in catalog]
     by_name = {t.replicator.replicable_name: t for t in all_types}
     GeoNode = geo_node_type(all_types)
