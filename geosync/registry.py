@@ -561,10 +561,13 @@ class Registry:
         self, conn: Connection, model_record_id: int, message: str, error: str, retry_count: int
     ) -> datetime | None:
         """synced → failed after its copy failed verification, so it is downloaded again;
-        `retry_count` (the verification's) makes repeated failures back off further. Returns
-        the next retry time, or None when the row is not synced (any more)."""
+        `retry_count` (the verification's) makes repeated failures back off further. Its
+        lag counts from now: the copy was good until this check found it bad. Returns the
+        next retry time, or None when the row is not synced (any more)."""
         guard = and_(self.key == model_record_id, self.table.c.state == SyncState.SYNCED)
-        return self._fail_where(conn, guard, message, error, literal(retry_count), False)
+        return self._fail_where(
+            conn, guard, message, error, literal(retry_count), False, pending_since=True
+        )
 
     def _fail_where(
         self,
@@ -575,23 +578,26 @@ class Registry:
         retry_count: Any,
         missing_on_primary: bool,
         permanent: bool = False,
+        *,
+        pending_since: bool = False,
     ) -> datetime | None:
         c = self.table.c
         text = f"{message}: {error}" if error else message
+        now = self.geo.clock.now()
+        values: dict[str, Any] = {
+            "state": SyncState.FAILED,
+            "retry_count": retry_count,
+            "last_sync_failure": cut(text),
+            "missing_on_primary": missing_on_primary,
+        }
+        if pending_since:
+            values["pending_since"] = now
         changed = conn.execute(
-            update(self.table)
-            .where(guard)
-            .values(
-                state=SyncState.FAILED,
-                retry_count=retry_count,
-                last_sync_failure=cut(text),
-                missing_on_primary=missing_on_primary,
-            )
-            .returning(c.id, c.retry_count)
+            update(self.table).where(guard).values(**values).returning(c.id, c.retry_count)
         ).first()
         if changed is None:
             return None
-        now, count = self.geo.clock.now(), int(changed[1])
+        count = int(changed[1])
         if permanent:
             retry_at = self.backoff.next_permanent_retry_time(now, count)
         else:

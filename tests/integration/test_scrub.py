@@ -267,3 +267,25 @@ def test_on_the_primary_the_scrub_fails_a_file_changed_without_an_update(
     assert "changed without an update" in bad["verification_failure"]
     # Re-verifying an unchanged file is no news for the secondaries.
     assert len(vu.event_names(sites.primary)) == events_before
+
+
+def test_a_copy_found_bad_is_resynced_at_once_and_its_lag_counts_from_then(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    period = sites.secondary.settings.scrub_period
+    good, bad = frozen_verified_copies(sites, 2)
+    clock.advance(period / 2 + timedelta(hours=1))
+    copy = vu.upload_file(sites.secondary, bad)
+    copy.write_bytes(copy.read_bytes()[:10])
+
+    run_scrub(sites.secondary)
+
+    row = vu.registry_row(sites.secondary, UploadReplicator, bad)
+    assert row["state"] == SyncState.FAILED
+    assert row["retry_at"] == clock.now(), "a copy found bad is downloaded again at once"
+    assert row["scrub_found_bad_at"] == clock.now()
+    assert vu.registry_row(sites.secondary, UploadReplicator, good)["scrub_found_bad_at"] is None
+    status = upload_status(sites)
+    assert status["scrub_found_bad_count"] == 1
+    assert status["oldest_unsynced_age_seconds"] == 0
+    assert status["failed_count"] == 1
