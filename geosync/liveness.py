@@ -100,13 +100,22 @@ def this_process() -> ProcessIdentity | None:
 
 def _identity_of_self(pid: int) -> ProcessIdentity | None:
     try:
-        boot = (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-        namespace = os.readlink(PROC / "self" / "ns" / "pid")
         mine = os.readlink(PROC / "self") == str(pid)
     except OSError:
         return None
+    return process_identity(pid) if mine else None
+
+
+def process_identity(pid: int) -> ProcessIdentity | None:
+    """The identity of process `pid` of this machine and pid namespace, or None when it cannot
+    be read (no such process, no Linux `/proc`)."""
+    try:
+        boot = (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        namespace = os.readlink(PROC / "self" / "ns" / "pid")
+    except OSError:
+        return None
     stat = _stat(pid)
-    if not mine or not boot or stat is None:
+    if not boot or stat is None:
         return None
     return ProcessIdentity(f"{boot}:{namespace}", pid, stat[1])
 
