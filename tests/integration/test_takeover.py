@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -61,7 +61,7 @@ def failed_before(sites: SitePair, clock: FrozenClock, ids: list[int], times: in
                 assert registry.failed(conn, model_id, started, "Connection reset") is not None
 
 
-def rows(sites: SitePair) -> dict[int, tuple[SyncState, int, object]]:
+def rows(sites: SitePair) -> dict[int, tuple[SyncState, int, datetime | None]]:
     """Every upload registry row: state, retry count, retry time."""
     registry = Registry(sites.secondary, UploadReplicator)
     c = registry.table.c
@@ -228,9 +228,10 @@ def test_a_sync_stopped_by_a_shutdown_is_interrupted_the_same_way(live_sites: Si
     with sites.secondary.tracking() as conn:
         registry.insert_pending(conn, ids[1:])
         ((_, first),) = registry.claim(conn, 10, "host:1:before")
-        assert registry.failed(conn, ids[1], first, "Connection reset") is not None
+        retry_at = registry.failed(conn, ids[1], first, "Connection reset")
         registry.insert_pending(conn, ids[:1])
-    wait_for(lambda: rows(sites)[ids[1]][2] <= sites.secondary.clock.now(), what="a retry due")
+    assert retry_at is not None
+    wait_for(lambda: retry_at <= sites.secondary.clock.now(), what="the retry due")
     with sites.secondary.tracking() as conn:
         claims = dict(registry.claim(conn, 10, "host:2:stopping"))
     assert sorted(claims) == ids
