@@ -267,7 +267,7 @@ def test_a_worker_started_after_a_sigkill_takes_the_dead_workers_rows_over_at_on
     proxy = SlowProxy(sites.primary.url, bytes_per_second=256 * 1024)
     with serve_in_thread(proxy.app()) as proxy_url, primary_behind(sites, proxy_url):
         worker = sites.secondary.start("worker")
-        wait_for(lambda: proxy.relayed > 0 and held_rows(sites), timeout=60, what="downloads")
+        wait_for(lambda: proxy.relayed > 0 and bool(held_rows(sites)), timeout=60, what="syncs")
         os.kill(worker.pid, signal.SIGKILL)
         sites.secondary.stop("worker")
         dead = held_rows(sites)
