@@ -27,6 +27,7 @@ from geosync.liveness import (
     take_role,
 )
 from geosync.registry import Registry, SyncClaim
+from geosync.scrub import claim_due
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.log_cursor import LEASE as CURSOR_LEASE
@@ -169,6 +170,38 @@ def test_a_dead_workers_verifications_go_back_to_pending_with_their_retry_count(
         second.started_at,
     )
     assert newest.message == interruption_message("host:10:verifier", PROCESS_GONE, "Verification")
+
+
+def test_a_dead_workers_scrub_claims_go_back_to_be_verified_again(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    registry = Registry(sites.secondary, UploadReplicator)
+    verifiable = registry_verifiable(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [1])
+    (started,) = claim(sites, "host:9:syncer", [1]).values()
+    with sites.secondary.tracking() as conn:
+        assert registry.synced(
+            conn, 1, started, verification=VerificationState.SUCCEEDED, checksum="ab" * 32
+        )
+    clock.advance(sites.secondary.settings.scrub_period)
+    now = clock.now()
+    with worker_process() as (process, identity):
+        hold(sites.secondary, "host:13:scrubber", identity)
+        with sites.secondary.tracking() as conn:
+            (scrubbed,) = claim_due(conn, verifiable, now, now, 10, "host:13:scrubber")
+        process.kill()
+        process.wait()
+        sweep(sites.secondary)
+    with sites.secondary.tracking_engine.connect() as conn:
+        row = verifiable.get(conn, 1)
+        newest = recent_attempts(conn, "upload", 1)[0]
+    assert row is not None and row["verification_state"] == VerificationState.PENDING
+    assert (newest.kind, newest.outcome, newest.started_at) == (
+        "verification",
+        INTERRUPTED,
+        scrubbed.started_at,
+    )
 
 
 def test_a_dead_workers_log_cursor_lease_is_taken_at_once_a_live_ones_is_not(
