@@ -187,6 +187,9 @@ def dead_holders(conn: Connection, holders: Iterable[str], now: datetime) -> dic
 
     Read the holders of the rows before calling this: a worker's lease is written before its
     first claim, so every holder seen on a row already had its lease when this reads them.
+    A holder whose lease names this very process is never dead here, even with its lease
+    lapsed (its database was away longer than a lease, or a test's clock jumped): its threads
+    run, and only other processes go by the lease.
     """
     wanted = set(holders)
     leases = liveness_leases(conn, wanted)
@@ -194,9 +197,12 @@ def dead_holders(conn: Connection, holders: Iterable[str], now: datetime) -> dic
     dead: dict[str, str] = {}
     for holder in sorted(wanted):
         lease = leases.get(holder)
+        identity = ProcessIdentity.parse(lease.process) if lease is not None else None
+        if identity is not None and identity == here:
+            continue  # this very process runs: a heartbeat that lagged proves nothing here
         if lease is None or lease.expires_at < now:
             dead[holder] = LEASE_LAPSED
-        elif proven_dead(ProcessIdentity.parse(lease.process), here):
+        elif proven_dead(identity, here):
             dead[holder] = PROCESS_GONE
     return dead
 

@@ -285,3 +285,15 @@ def test_a_sync_stopped_by_a_shutdown_is_interrupted_the_same_way(live_sites: Si
             newest = recent_attempts(conn, "upload", model_id)[0]
             assert (newest.outcome, newest.error_class) == (INTERRUPTED, None)
             assert newest.message == "Sync interrupted: the worker is shutting down"
+
+
+def test_a_worker_never_takes_over_its_own_process_rows_even_with_its_lease_lapsed(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    with sites.secondary.tracking() as conn:
+        Registry(sites.secondary, UploadReplicator).insert_pending(conn, [1])
+    hold(sites.secondary, "host:14:this-process", process_identity(os.getpid()))
+    claim(sites, "host:14:this-process", [1])
+    clock.advance(LEASE * 2)  # no heartbeat for two leases: the database was away
+    sweep(sites.secondary)
+    assert rows(sites)[1][0] == SyncState.STARTED
