@@ -30,6 +30,9 @@ ERROR_CLASSES = (
     "unknown",
 )
 PERMANENT = "permanent"
+#: The outcome of an attempt whose worker stopped it or died during it: the item is due again
+#: at once with its retry count kept, since an interruption is not the item's fault.
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from geosync.attempts import PERMANENT, Attempt, recent_attempts
+from geosync.attempts import INTERRUPTED, PERMANENT, Attempt, recent_attempts
 from geosync.errors import ConfigurationError, ValidationError
 from geosync.flags import flag_enabled
 from geosync.registry import Registry, RegistryRow
@@ -202,6 +202,9 @@ def diagnose(
             "The consistency sweep (or the record's `created` event) creates it; make sure"
             " `geosync worker` runs on this secondary.",
         )
+    interrupted = _interrupted(facts, "sync")
+    if interrupted is not None and row.sync_state in (SyncState.PENDING, SyncState.FAILED):
+        return _after_interruption(facts, row, interrupted, now)
     if row.sync_state == SyncState.PENDING:
         return (
             f"{what} is queued for sync (pending since {_at(row.pending_since)}).",
@@ -253,6 +256,38 @@ def _out_of_scope(facts: Explanation, node: Node, row: RegistryRow | None) -> tu
         f" `geosync node update {node.name} --selective-sync-namespace-ids ...` or"
         " `--selective-sync-type none`.",
     )
+
+
+#: What to do about an interruption: nothing for the item; the worker is what stopped.
+INTERRUPTED_STEP = (
+    "Nothing to fix for this item: an interrupted sync is retried at once and keeps its"
+    " retry count. If workers keep stopping, find out why in their logs, the service manager's"
+    " and the kernel's (the OOM killer), and make sure `geosync worker` runs on this secondary."
+)
+
+
+def _interrupted(facts: Explanation, kind: str) -> Attempt | None:
+    """The newest attempt of `kind`, when it was interrupted (its worker stopped or died)."""
+    newest = next((a for a in facts.attempts if a.kind == kind), None)
+    return newest if newest is not None and newest.outcome == INTERRUPTED else None
+
+
+def _after_interruption(
+    facts: Explanation, row: RegistryRow, attempt: Attempt, now: datetime
+) -> tuple[str, str]:
+    what = f"{facts.replicable_name} {facts.model_record_id}"
+    reason = attempt.message or "its worker stopped"
+    summary = f"The last sync of {what} (started {_at(attempt.started_at)}) was interrupted: "
+    summary += reason.removeprefix("Sync interrupted: ") + "."
+    if row.sync_state == SyncState.PENDING:
+        return f"{summary} It is queued for sync again.", INTERRUPTED_STEP
+    earlier = _last_failure(facts)
+    before = f" (the last: {earlier.message})" if earlier is not None and earlier.message else ""
+    summary += (
+        f" It had failed {row.retry_count} time(s) before{before}, a count it keeps;"
+        f" {_retry_phrase(row.retry_at, now)}."
+    )
+    return summary, INTERRUPTED_STEP
 
 
 def _last_failure(facts: Explanation) -> Attempt | None:
@@ -371,9 +406,15 @@ def _synced(
             "Nothing to do.",
         )
     if verification in (VerificationState.PENDING, VerificationState.STARTED):
+        interrupted = _interrupted(facts, "verification")
+        again = (
+            " again (the last one was interrupted: its worker stopped)"
+            if interrupted is not None and verification == VerificationState.PENDING
+            else ""
+        )
         return (
             f"{what} is synced; its verification against the primary's checksum is"
-            f" {verification.name.lower()}.",
+            f" {verification.name.lower()}{again}.",
             "Wait: the verification workers check it shortly.",
         )
     if verification == VerificationState.FAILED:

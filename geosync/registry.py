@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     select,
     union_all,
     update,
@@ -96,6 +97,15 @@ class SyncClaim:
 
     at: datetime
     generation: int
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A started sync or verification given back to the queue because it was interrupted:
+    which record, and when it started (None if unknown)."""
+
+    model_record_id: int
+    started_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -736,20 +746,52 @@ class Registry:
             .returning(self.key, c.claim_generation)
         )
 
-    def fail_abandoned(self, conn: Connection, live_holders: set[str]) -> list[int]:
-        """Fail started rows whose worker is gone (its lease expired); returns their ids (the
-        stuck sweep removes what those workers left beside the copies)."""
+    def holders(self, conn: Connection) -> set[str]:
+        """The workers holding started syncs of this registry (their `claimed_by`)."""
         c = self.table.c
-        query = select(self.key).where(c.state == SyncState.STARTED, c.claimed_by.is_not(None))
-        if live_holders:
-            query = query.where(c.claimed_by.not_in(sorted(live_holders)))
-        return [
-            int(model_record_id)
-            for model_record_id in list(conn.execute(query).scalars())
-            if self._fail_started(
-                conn, model_record_id, "Sync interrupted: the worker running it stopped"
+        query = select(c.claimed_by).where(c.state == SyncState.STARTED, c.claimed_by.is_not(None))
+        return set(conn.execute(query.distinct()).scalars())
+
+    def interrupted_by(self, conn: Connection, holder: str, message: str) -> list[Interruption]:
+        """The syncs `holder` (a dead worker) started go back to the queue (`_interrupt`)."""
+        c = self.table.c
+        return self._interrupt(
+            conn, and_(c.state == SyncState.STARTED, c.claimed_by == holder), message
+        )
+
+    def interrupted(
+        self, conn: Connection, model_record_id: int, claim: SyncClaim, message: str
+    ) -> bool:
+        """started → back to the queue (`_interrupt`), only if this is still the sync `claim`
+        started: its worker stopped it (a shutdown). False when the row moved on or is gone."""
+        c = self.table.c
+        guard = and_(
+            self.key == model_record_id,
+            c.state == SyncState.STARTED,
+            c.claim_generation == claim.generation,
+        )
+        return bool(self._interrupt(conn, guard, message))
+
+    def _interrupt(self, conn: Connection, guard: Any, message: str) -> list[Interruption]:
+        """Interrupted syncs go back to where their claim found them, due at once and with
+        their retry count kept (an interruption is not the item's fault): a row that was
+        pending (retry count 0) is pending again, a failed one is failed and due now.
+        `last_sync_failure` says why; `pending_since` is kept, so the lag counts from the
+        change, not from the interruption. Returns the rows and when their syncs started."""
+        c = self.table.c
+        was_pending = c.retry_count == 0
+        now = self.geo.clock.now()
+        rows = conn.execute(
+            update(self.table)
+            .where(guard)
+            .values(
+                state=case((was_pending, int(SyncState.PENDING)), else_=int(SyncState.FAILED)),
+                retry_at=case((was_pending, null()), else_=literal(now, c.retry_at.type)),
+                last_sync_failure=cut(message),
             )
-        ]
+            .returning(self.key, c.last_synced_at)
+        ).all()
+        return [Interruption(int(key), started_at) for key, started_at in rows]
 
     def _fail_started(self, conn: Connection, model_record_id: int, message: str) -> int:
         c = self.table.c

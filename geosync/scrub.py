@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Connection,
     Integer,
+    String,
     Table,
     and_,
     bindparam,
@@ -92,27 +93,39 @@ def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: b
     )
     if skip_locked:
         chosen = chosen.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {
+        "verification_state": VerificationState.STARTED,
+        "verification_started_at": bindparam("now", type_=UTCDateTime()),
+    }
+    if registry:  # a dead worker's claims are taken over by name (`geosync.liveness`)
+        values["verification_claimed_by"] = bindparam("holder", type_=String())
     return (
         update(table)
         .where(key.in_(chosen.scalar_subquery()))
-        .values(
-            verification_state=VerificationState.STARTED,
-            verification_started_at=bindparam("now", type_=UTCDateTime()),
-        )
+        .values(**values)
         .returning(key, c.verification_checksum)
     )
 
 
 def claim_due(
-    conn: Connection, target: Verifiable, due: datetime, now: datetime, limit: int
+    conn: Connection,
+    target: Verifiable,
+    due: datetime,
+    now: datetime,
+    limit: int,
+    holder: str | None = None,
 ) -> list[Claim]:
-    """Mark up to `limit` rows whose verification is older than `due` started (oldest first)."""
+    """Mark up to `limit` rows whose verification is older than `due` started (oldest first),
+    for `holder` (the worker)."""
     if limit <= 0:
         return []
     statement = _claim_statement(
         target.table, target.key.name, target.registry, not is_sqlite(conn.engine)
     )
-    rows = conn.execute(statement, {"due": due, "now": now, "limit": limit})
+    params: dict[str, Any] = {"due": due, "now": now, "limit": limit}
+    if target.registry:
+        params["holder"] = holder
+    rows = conn.execute(statement, params)
     claims = [Claim(int(key), now, checksum) for key, checksum in rows]
     return sorted(claims, key=lambda claim: claim.model_record_id)
 
@@ -213,7 +226,8 @@ class ScrubLoop:
         target = primary_verifiable(self.geo, replicator) if primary else None
         target = target or registry_verifiable(self.geo, replicator)
         with held.transaction() as conn:
-            claims = claim_due(conn, target, due, now, self.budget.batch)
+            holder = self.worker.holder if self.worker is not None else None
+            claims = claim_due(conn, target, due, now, self.budget.batch, holder)
         if not claims:
             return None
         ids = [claim.model_record_id for claim in claims]

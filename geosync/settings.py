@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="Lifetime of worker leases; a dead worker's work is"
-        " taken over after this long.",
+        description="Lifetime of worker leases; a dead worker's work is taken over after this"
+        " long by workers of other machines (those of its own machine take it at once).",
     )
     blob_batches: bool = Field(
         default=True,

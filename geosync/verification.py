@@ -121,9 +121,12 @@ class Verifiable:
 
     # -- claims ------------------------------------------------------------------------------
 
-    def claim(self, conn: Connection, limit: int) -> list[Claim]:
+    def claim(self, conn: Connection, limit: int, holder: str | None = None) -> list[Claim]:
         """Mark up to `limit` rows started, in one statement: pending ones first (never verified,
         then oldest verification first), topped up with failed ones whose retry is due.
+
+        On a registry the claim names `holder` (the worker), so a dead worker's verifications
+        are taken over at once (`interrupted_by`) instead of after the 8-hour timeout.
         """
         if limit <= 0:
             return []
@@ -131,7 +134,10 @@ class Verifiable:
         statement = _claim_statement(
             self.table, self.key.name, self.registry, not is_sqlite(conn.engine)
         )
-        claimed = conn.execute(statement, {"now": now, "limit": limit})
+        params: dict[str, Any] = {"now": now, "limit": limit}
+        if self.registry:
+            params["holder"] = holder
+        claimed = conn.execute(statement, params)
         claims = [Claim(int(key), now, checksum) for key, checksum in claimed]
         return sorted(claims, key=lambda claim: claim.model_record_id)
 
@@ -258,6 +264,31 @@ class Verifiable:
 
     # -- sweeps ------------------------------------------------------------------------------
 
+    def holders(self, conn: Connection) -> set[str]:
+        """The workers holding started verifications of this registry."""
+        c = self.table.c
+        query = select(c.verification_claimed_by).where(
+            c.verification_state == VerificationState.STARTED,
+            c.verification_claimed_by.is_not(None),
+        )
+        return set(conn.execute(query.distinct()).scalars())
+
+    def interrupted_by(self, conn: Connection, holder: str) -> list[tuple[int, datetime | None]]:
+        """The verifications `holder` (a dead worker) started go back to pending, their retry
+        count and time kept; returns the rows and when their verifications started. Registries
+        only: the primary's rows name no holder and wait for the timeout."""
+        c = self.table.c
+        rows = conn.execute(
+            update(self.table)
+            .where(
+                c.verification_state == VerificationState.STARTED,
+                c.verification_claimed_by == holder,
+            )
+            .values(verification_state=VerificationState.PENDING)
+            .returning(self.key, c.verification_started_at)
+        ).all()
+        return [(int(key), started_at) for key, started_at in rows]
+
     def fail_timed_out(self, conn: Connection) -> list[tuple[int, int]]:
         """Fail rows started more than 8 hours ago; returns (record id, new retry count) pairs."""
         c = self.table.c
@@ -380,10 +411,16 @@ def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: b
         .limit(limit)
         .scalar_subquery()
     )
+    values: dict[str, Any] = {
+        "verification_state": VerificationState.STARTED,
+        "verification_started_at": _NOW,
+    }
+    if registry:
+        values["verification_claimed_by"] = bindparam("holder", type_=String())
     return (
         update(table)
         .where(key.in_(chosen))
-        .values(verification_state=VerificationState.STARTED, verification_started_at=_NOW)
+        .values(**values)
         .returning(key, c.verification_checksum)
     )
 
@@ -512,14 +549,19 @@ Batch = list[tuple[Verifiable, list[Claim]]]
 
 
 def claim_within(
-    conn: Connection, capacity: int, every: Sequence[Verifiable], targets: Sequence[Verifiable]
+    conn: Connection,
+    capacity: int,
+    every: Sequence[Verifiable],
+    targets: Sequence[Verifiable],
+    holder: str | None = None,
 ) -> Batch:
-    """Claim one batch of up to 10 rows, visiting `targets` in order (callers rotate them).
+    """Claim one batch of up to 10 rows for `holder`, visiting `targets` in order (callers
+    rotate them).
 
     Rows started in any of `every` (all of the site's verifiable types) count against
     `capacity`, so the limit holds across worker processes.
     """
-    batches = claim_batches(conn, capacity, every, targets, 1)
+    batches = claim_batches(conn, capacity, every, targets, 1, holder)
     return batches[0] if batches else []
 
 
@@ -529,9 +571,11 @@ def claim_batches(
     every: Sequence[Verifiable],
     targets: Sequence[Verifiable],
     count: int,
+    holder: str | None = None,
 ) -> list[Batch]:
     """Claim up to `count` batches of up to 10 rows each (one claim statement per batch and
-    type), visiting `targets` in order; each further batch starts with the next type.
+    type) for `holder`, visiting `targets` in order; each further batch starts with the next
+    type.
 
     Rows started in any of `every` (all of the site's verifiable types) count against
     `capacity`, so the limit holds across worker processes. One query tells both how many rows
@@ -549,7 +593,7 @@ def claim_batches(
     waiting = [target for target, has_work in zip(targets, ready, strict=True) if has_work]
     batches: list[Batch] = []
     while len(batches) < count and room > 0 and waiting:
-        batch, claimed = _claim_batch(conn, waiting, min(BATCH_SIZE, room))
+        batch, claimed = _claim_batch(conn, waiting, min(BATCH_SIZE, room), holder)
         if not batch:
             break
         batches.append(batch)
@@ -558,7 +602,9 @@ def claim_batches(
     return batches
 
 
-def _claim_batch(conn: Connection, waiting: list[Verifiable], wanted: int) -> tuple[Batch, int]:
+def _claim_batch(
+    conn: Connection, waiting: list[Verifiable], wanted: int, holder: str | None
+) -> tuple[Batch, int]:
     """One batch of up to `wanted` rows from the types in `waiting`, in order; a type that
     gives fewer rows than asked has no more and leaves `waiting`. Returns the batch and its size.
     """
@@ -567,7 +613,7 @@ def _claim_batch(conn: Connection, waiting: list[Verifiable], wanted: int) -> tu
     for target in list(waiting):
         if claimed >= wanted:
             break
-        claims = target.claim(conn, wanted - claimed)
+        claims = target.claim(conn, wanted - claimed, holder)
         if len(claims) < wanted - claimed:
             waiting.remove(target)
         claimed += len(claims)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from geosync.db.engines import error_line
+from geosync.liveness import Heartbeat
 from geosync.log import get_logger
 from geosync.loops import OUTAGES, Loop, Wakeup
 
@@ -148,9 +149,14 @@ class Worker:
         self.wakeups = {loop.name: Wakeup() for loop in self.loops}
         self._by_name = {loop.name: loop for loop in self.loops}
         self._threads: list[threading.Thread] = []
+        #: A secondary worker's proof of life: its rows are taken over when it stops.
+        self.heartbeat = Heartbeat(geo, self.holder) if role == "secondary" else None
 
     def start(self) -> None:
-        """Start every loop's thread."""
+        """Take the liveness lease (before any loop may claim work), then start every loop's
+        thread."""
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         for loop in self.loops:
             thread = threading.Thread(target=self._run, args=(loop,), name=loop.name, daemon=True)
             thread.start()
@@ -214,6 +220,11 @@ class Worker:
         self.notify()
         for thread in self._threads:
             thread.join(timeout)
+        if self.heartbeat is not None:
+            # Give the lease up only once no loop runs: whatever they left is then taken
+            # over at once; a loop still running keeps its rows until the lease lapses.
+            ended = not any(thread.is_alive() for thread in self._threads)
+            self.heartbeat.stop(release_lease=ended)
         log.info("worker stopped", role=self.role)
 
     def run_forever(self) -> None:

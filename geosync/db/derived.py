@@ -68,8 +68,10 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         Column("pending_since", UTCDateTime),
         # When the scrub last found this copy bad (status counts those within the period).
         Column("scrub_found_bad_at", UTCDateTime),
-        # The worker process that claimed the row; a dead worker's rows are recovered early.
+        # The worker process that claimed the row's sync, and its verification: a dead
+        # worker's rows are taken over as soon as its death is known (`geosync.liveness`).
         Column("claimed_by", String(255)),
+        Column("verification_claimed_by", String(255)),
         # Bumped by every claim: a finished sync settles only the claim that started it.
         Column("claim_generation", Integer, nullable=False, default=0, server_default="0"),
         sqlite_autoincrement=True,
@@ -117,6 +119,14 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         c.scrub_found_bad_at,
         postgresql_where=found_bad,
         sqlite_where=found_bad,
+    )
+    # Who holds started verifications, read by every stuck sweep: only started rows.
+    verifying = c.verification_state == 1
+    Index(
+        f"ix_{name}_verification_started",
+        c.verification_claimed_by,
+        postgresql_where=verifying,
+        sqlite_where=verifying,
     )
     return table
 

@@ -142,6 +142,9 @@ geo_leases = Table(
     Column("name", String(255), primary_key=True),
     Column("holder", String(255), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+    # A worker liveness lease names its holder's process (`geosync.liveness`), so a worker on
+    # the same machine can prove the holder dead without waiting for the lease to expire.
+    Column("process", String(255)),
 )
 
 geo_event_gaps = Table(

@@ -24,7 +24,8 @@ from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
 from geosync.errors import ValidationError
 from geosync.flags import flag_enabled
-from geosync.leases import acquire
+from geosync.leases import DEFAULT_TTL
+from geosync.liveness import release_role, take_role
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.registry import Registry
@@ -270,9 +271,13 @@ class ConsistencySweepLoop:
         if node is None or node.primary:
             return self.pause
         with self.geo.tracking() as conn:
-            if not acquire(conn, LEASE, self.holder, self.geo.clock.now()):
+            if not take_role(conn, LEASE, self.holder, self.geo.clock.now(), DEFAULT_TTL):
                 return self.pause
         results = self.sweep.step(node)
         if any(r.created for r in results) and self.worker is not None:
             self.worker.notify("scheduler")
         return self.pause if self.sweep.pass_complete else 0.0
+
+    def close(self) -> None:
+        """Give the sweep's lease up when the worker stops: a standby takes it at once."""
+        release_role(self.geo, LEASE, self.holder)

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 
 from geosync.db.tables import geo_event_gaps, geo_events
 from geosync.errors import ConfigurationError, SkipEvent
-from geosync.leases import acquire
+from geosync.liveness import release_role, take_role
 from geosync.log import get_logger
 from geosync.secondary.cursor_state import (
     reported_position,
@@ -81,7 +81,7 @@ class LogCursor:
             )
         with self.geo.tracking() as tracking, self.geo.main_engine.connect() as main:
             ttl = timedelta(seconds=self.geo.settings.lease_seconds)
-            if not acquire(tracking, LEASE, self.holder, self.geo.clock.now(), ttl):
+            if not take_role(tracking, LEASE, self.holder, self.geo.clock.now(), ttl):
                 return 0
             cursor = self.position(tracking)
             if cursor is None:
@@ -224,7 +224,8 @@ class LogCursorLoop:
     name = "log_cursor"
 
     def __init__(self, geo: Geo, worker: Worker) -> None:
-        self.cursor = LogCursor(geo)
+        # The worker's own holder: a standby proves it dead by the worker's liveness lease.
+        self.cursor = LogCursor(geo, holder=worker.holder)
         self.cursor.notify = lambda: worker.notify("scheduler")  # type: ignore[method-assign]
         self.geo = geo
 
@@ -232,3 +233,7 @@ class LogCursorLoop:
         """Process a batch; go again at once if the batch was full."""
         handled = self.cursor.process_batch()
         return 0.0 if handled >= self.cursor.batch_size else self.geo.settings.poll_interval
+
+    def close(self) -> None:
+        """Give the cursor's lease up when the worker stops: a standby takes it at once."""
+        release_role(self.geo, LEASE, self.cursor.holder)

@@ -21,15 +21,16 @@ from sqlalchemy import Connection, text
 
 from geosync.db.engines import error_line, is_sqlite
 from geosync.flags import flag_enabled
-from geosync.leases import acquire, live_holders
+from geosync.leases import prune_liveness
 from geosync.log import get_logger
-from geosync.loops import HOUSEKEEPING_START, OUTAGES
+from geosync.loops import OUTAGES
 from geosync.registry import Registry, SyncClaim, started_total
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.leftovers import remove_leftovers
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Route, SyncService, prefetch_missing
+from geosync.secondary.takeover import take_over
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -359,39 +360,38 @@ class SchedulerLoop:
 
 
 class StuckSweepLoop:
-    """Keeps this worker's liveness lease, recovers rows of dead workers (and removes what they
-    left beside those rows' copies), fails stuck syncs."""
+    """Takes over the work of dead workers (`geosync.secondary.takeover`) and removes what
+    they left beside those rows' copies; fails stuck syncs.
+
+    Its first round runs as the worker starts, not after the housekeeping pause: a worker that
+    replaces a killed one finds the capacity taken by the dead one's rows until this round.
+    """
 
     name = "stuck_sweep"
-    start_after = HOUSEKEEPING_START
     STUCK_EVERY = timedelta(minutes=10)
 
     def __init__(self, geo: Geo, worker: Worker) -> None:
         self.geo = geo
         self.worker = worker
         self._last_stuck: datetime | None = None
-        # Take the liveness lease before any loop claims work, so no sweep mistakes us for dead.
         self.ttl = timedelta(seconds=geo.settings.lease_seconds)
-        with geo.tracking() as conn:
-            acquire(conn, f"worker:{worker.holder}", worker.holder, geo.clock.now(), self.ttl)
 
     def run_once(self) -> float:
-        """Heartbeat; recover abandoned rows; every 10 minutes fail rows started too long ago."""
+        """Take over dead workers' rows; every 10 minutes fail rows started too long ago and
+        forget the liveness leases of workers long gone."""
         now = self.geo.clock.now()
-        with self.geo.tracking() as conn:
-            acquire(conn, f"worker:{self.worker.holder}", self.worker.holder, now, self.ttl)
-            live = live_holders(conn, "worker:", now)
-            recovered = {
-                r: Registry(self.geo, r).fail_abandoned(conn, live) for r in self.geo.catalog
-            }
-            stuck = 0
-            if self._last_stuck is None or now - self._last_stuck >= self.STUCK_EVERY:
+        taken = take_over(self.geo)
+        stuck = 0
+        if self._last_stuck is None or now - self._last_stuck >= self.STUCK_EVERY:
+            with self.geo.tracking() as conn:
                 stuck = sum(Registry(self.geo, r).fail_stuck(conn) for r in self.geo.catalog)
-                self._last_stuck = now
-        abandoned = sum(len(ids) for ids in recovered.values())
-        if abandoned or stuck:
-            log.warning("recovered abandoned syncs", abandoned=abandoned, timed_out=stuck)
+                prune_liveness(conn, now - self.ttl)
+            self._last_stuck = now
+        if taken.sync_count or stuck:
+            log.warning("recovered abandoned syncs", abandoned=taken.sync_count, timed_out=stuck)
             self.worker.notify(SchedulerLoop.name)
-        if abandoned:
-            remove_leftovers(self.geo, recovered)
-        return self.ttl.total_seconds() / 3
+        if taken.verifications:
+            self.worker.notify("secondary_verification")
+        if taken.syncs:
+            remove_leftovers(self.geo, taken.syncs)
+        return min(self.geo.settings.poll_interval, self.ttl.total_seconds() / 3)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
-from geosync.attempts import PERMANENT, Attempt, record_attempts
+from geosync.attempts import INTERRUPTED, PERMANENT, Attempt, record_attempts
 from geosync.errors import GeoError, PrimaryMissing
 from geosync.registry import Registry, SyncClaim, SyncedRow
 from geosync.states import VerificationState
@@ -161,16 +161,21 @@ def _settle_failure(
     conn: Connection, item: Finished, failure: Failure
 ) -> tuple[Settled, str | None]:
     registry = item.registry
-    retry_at = registry.failed(
-        conn,
-        item.model_record_id,
-        item.claim,
-        failure.message,
-        failure.detail,
-        missing_on_primary=failure.missing_on_primary,
-        permanent=failure.error_class == PERMANENT,
-    )
-    if retry_at is not None:
+    if failure.error_class == INTERRUPTED:  # its worker stopped it: due again, count kept
+        if registry.interrupted(conn, item.model_record_id, item.claim, failure.message):
+            return Settled(False), INTERRUPTED
+    elif (
+        registry.failed(
+            conn,
+            item.model_record_id,
+            item.claim,
+            failure.message,
+            failure.detail,
+            missing_on_primary=failure.missing_on_primary,
+            permanent=failure.error_class == PERMANENT,
+        )
+        is not None
+    ):
         return Settled(False), "failed"
     # Deleted or superseded meanwhile (read after the UPDATE, as for successes).
     gone = registry.get(conn, item.model_record_id) is None
@@ -188,7 +193,7 @@ def _attempt(item: Finished, now: datetime, outcome: str) -> Attempt:
             item.started_at,
             now,
             outcome,
-            result.error_class,
+            None if outcome == INTERRUPTED else result.error_class,
             result.message,
         )
     return Attempt(

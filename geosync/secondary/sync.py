@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from geosync.attempts import PERMANENT
+from geosync.attempts import INTERRUPTED, PERMANENT
 from geosync.errors import (
     AuthenticationError,
     ChecksumMismatch,
     ConfigurationError,
     GeoError,
+    Interrupted,
     PrimaryMissing,
     PrimaryRefused,
     RecordGone,
@@ -109,7 +110,9 @@ def prefetch_missing(services: Sequence[SyncService]) -> None:
 
 
 def error_class(exc: BaseException) -> str:
-    """The attempt-history class of a failure."""
+    """The attempt-history class of a failure; `INTERRUPTED` for a sync its worker stopped."""
+    if isinstance(exc, Interrupted):
+        return INTERRUPTED
     if isinstance(exc, PrimaryRefused | StorageFull | UnsafePath | RecordGone):
         return PERMANENT
     if isinstance(exc, PrimaryMissing):

@@ -249,6 +249,8 @@ class SecondaryVerificationLoop:
     ) -> None:
         self.geo = geo
         self.worker = worker
+        #: Who claims: a dead worker's verifications are taken over by name (`claimed_by`).
+        self._holder = worker.holder if worker is not None else None
         self.pool = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="verify")
         self._offset = 0
         self._last_sweep: datetime | None = None
@@ -267,7 +269,9 @@ class SecondaryVerificationLoop:
         every = [registry_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
         with self._tracking.transaction() as conn:
             lock_claims(conn, "secondary")
-            batches = claim_within(conn, node.verification_max_capacity, every, targets)
+            batches = claim_within(
+                conn, node.verification_max_capacity, every, targets, self._holder
+            )
         failed = 0
         for target, claims in batches:
             counts = verify_registry_batch(

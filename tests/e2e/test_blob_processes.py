@@ -22,6 +22,7 @@ from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.nodes import NodeStore
 from geosync.registry import Registry
+from geosync.settings import Settings
 from geosync.states import SyncState
 from geosync.testing.servers import serve_in_thread
 from geosync.testing.workers import wait_for
@@ -225,3 +226,67 @@ def test_two_workers_on_one_tracking_database_sync_each_row_once(
         )
     assert set(per_item) == set(ids)
     assert set(per_item.values()) == {1}
+
+
+def held_rows(sites: ProcessSites) -> dict[int, str]:
+    """The started upload rows and the worker holding each."""
+    registry = Registry(sites.pair.secondary, UploadReplicator)
+    c = registry.table.c
+    with sites.pair.secondary.tracking_engine.connect() as conn:
+        found = conn.execute(
+            select(registry.key, c.claimed_by).where(c.state == SyncState.STARTED)
+        ).all()
+    return {int(key): str(holder) for key, holder in found}
+
+
+def attempts_of(sites: ProcessSites, ids: list[int]) -> dict[int, list[tuple[str, str | None]]]:
+    """The sync attempts of `ids`, newest first: outcome and message."""
+    t = geo_sync_attempts
+    found: dict[int, list[tuple[str, str | None]]] = {i: [] for i in ids}
+    with sites.pair.secondary.tracking_engine.connect() as conn:
+        for key, outcome, message in conn.execute(
+            select(t.c.model_record_id, t.c.outcome, t.c.message)
+            .where(t.c.replicable_name == "upload", t.c.kind == "sync")
+            .where(t.c.model_record_id.in_(ids))
+            .order_by(t.c.id.desc())
+        ):
+            found[int(key)].append((outcome, message))
+    return found
+
+
+def test_a_worker_started_after_a_sigkill_takes_the_dead_workers_rows_over_at_once(
+    process_sites: ProcessSites,
+) -> None:
+    sites = process_sites
+    config = sites.secondary.config
+    settings = Settings.load(config).model_copy(update={"lease_seconds": 60.0})
+    config.write_text(settings.to_toml(), encoding="utf-8")  # a lapse would take a minute
+    sites.primary.start("serve")
+    contents = {f"takeover/{n}.bin": os.urandom(1536 * 1024) for n in range(12)}
+    ids = [make_upload(sites, name, data) for name, data in contents.items()]
+    proxy = SlowProxy(sites.primary.url, bytes_per_second=256 * 1024)
+    with serve_in_thread(proxy.app()) as proxy_url, primary_behind(sites, proxy_url):
+        worker = sites.secondary.start("worker")
+        wait_for(lambda: proxy.relayed > 0 and bool(held_rows(sites)), timeout=60, what="syncs")
+        os.kill(worker.pid, signal.SIGKILL)
+        sites.secondary.stop("worker")
+        dead = held_rows(sites)
+    (holder,) = set(dead.values())
+    sites.secondary.start("worker")
+
+    def taken_over() -> bool:
+        attempts = attempts_of(sites, list(dead))
+        return all(any(o == "interrupted" for o, _ in a) for a in attempts.values())
+
+    # Well before the dead worker's 60 s lease lapses: its process is known to be gone.
+    wait_for(taken_over, timeout=30, what="the dead worker's rows taken over")
+    wait_for(lambda: synced(sites, ids), timeout=120, what="every upload synced")
+    for name, data in contents.items():
+        assert secondary_copy(sites, name).read_bytes() == data
+    message = f"Sync interrupted: the worker running it stopped ({holder}: its process is gone)"
+    for attempts in attempts_of(sites, list(dead)).values():
+        assert attempts == [("synced", None), ("interrupted", message)]
+    registry = Registry(sites.pair.secondary, UploadReplicator)
+    with sites.pair.secondary.tracking_engine.connect() as conn:
+        rows = [registry.require(conn, i) for i in dead]
+    assert all(r.claimed_by not in (None, holder) and r.retry_count == 0 for r in rows)

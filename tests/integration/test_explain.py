@@ -17,7 +17,7 @@ from geosync.clock import FrozenClock
 from geosync.demo.models import Upload
 from geosync.demo.replicators import UploadReplicator
 from geosync.errors import ConfigurationError, NotFound, ValidationError
-from geosync.explain import explain
+from geosync.explain import INTERRUPTED_STEP, explain
 from geosync.flags import set_flag
 from geosync.nodes import NodeStore
 from geosync.registry import Registry
@@ -26,6 +26,7 @@ from geosync.states import VerificationState
 from geosync.testing import SitePair
 from geosync.testing.workers import checksum_on_primary
 from tests import verifyutil as vu
+from tests.takeoverutil import claimed_by_killed_worker, sweep
 
 runner = CliRunner()
 
@@ -138,6 +139,53 @@ def test_failed_with_backoff_gives_the_next_retry_and_the_last_errors(
 
     clock.advance(timedelta(hours=2))
     assert "the retry is due now" in explain(sites.secondary, "upload", record_id).summary
+
+
+def test_a_sync_its_dead_worker_left_is_queued_again_and_needs_nothing(sites: SitePair) -> None:
+    record_id = add_upload(sites)
+    with sites.secondary.tracking() as conn:
+        Registry(sites.secondary, UploadReplicator).insert_pending(conn, [record_id])
+    claims = claimed_by_killed_worker(sites.secondary, UploadReplicator, [record_id], "h:7:gone")
+    sweep(sites.secondary)
+
+    result = explain(sites.secondary, "upload", record_id)
+
+    assert result.registry is not None and result.registry["state"] == "pending"
+    assert result.summary == (
+        f"The last sync of upload {record_id} (started {claims[record_id].at.isoformat()})"
+        " was interrupted: the worker running it stopped (h:7:gone: its process is gone)."
+        " It is queued for sync again."
+    )
+    assert result.next_step == INTERRUPTED_STEP
+    assert [(a.kind, a.outcome) for a in result.attempts] == [("sync", "interrupted")]
+
+
+def test_an_interrupted_retry_keeps_its_count_and_is_due_at_once(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    record_id = add_upload(sites)
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [record_id])
+        registry.failed(
+            conn, record_id, registry.start(conn, record_id), "Connection reset by the primary"
+        )
+    record_failure(sites, record_id, "transient", "Connection reset by the primary")
+    clock.advance(timedelta(hours=2))
+    claimed_by_killed_worker(sites.secondary, UploadReplicator, [record_id], "h:8:gone")
+    sweep(sites.secondary)
+
+    result = explain(sites.secondary, "upload", record_id)
+
+    assert result.registry is not None
+    assert (result.registry["state"], result.registry["retry_count"]) == ("failed", 1)
+    assert "was interrupted: the worker running it stopped (h:8:gone" in result.summary
+    assert (
+        "It had failed 1 time(s) before (the last: Connection reset by the primary), a count it"
+        " keeps; the retry is due now"
+    ) in result.summary
+    assert result.next_step == INTERRUPTED_STEP
+    assert "connection" not in result.next_step
 
 
 def test_missing_on_primary_asks_to_restore_the_data(sites: SitePair) -> None:

@@ -122,7 +122,8 @@ def test_only_the_registry_and_verification_write_registry_rows(live_sites: Site
             registry.insert_pending(conn, [99_999])  # a row for a record the primary lacks
             registry.resync(conn, present[0])
             assert [key for key, _ in registry.claim(conn, 1, "a-worker-now-gone")] == [present[0]]
-            assert registry.fail_abandoned(conn, set()) == [present[0]]
+            taken = registry.interrupted_by(conn, "a-worker-now-gone", "Sync interrupted")
+            assert [row.model_record_id for row in taken] == [present[0]]
             assert registry.fail_stuck(conn) == 0
         node = geo.current_node()
         assert node is not None

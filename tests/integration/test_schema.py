@@ -47,6 +47,8 @@ REGISTRY_COLUMNS = {
     "verification_checksum_mismatched",
     "checksum_mismatch",
     "verification_failure",
+    "claimed_by",
+    "verification_claimed_by",
     "claim_generation",
 }
 
@@ -65,6 +67,8 @@ PARTIAL_INDEXES = {
         {"state=2andverification_state=0"},
     ),
     "pending": ("id", {"state=0"}),
+    # Beyond §5: who holds started verifications, read by every stuck sweep.
+    "verification_started": ("verification_claimed_by", {"verification_state=1"}),
 }
 
 

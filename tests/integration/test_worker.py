@@ -1,4 +1,5 @@
-"""The worker: loops in threads, housekeeping a moment after the data-moving loops, clean stop."""
+"""The worker: loops in threads, housekeeping a moment after the data-moving loops and the
+takeover of dead workers' rows, clean stop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from geosync.app import Geo
 from geosync.loops import HOUSEKEEPING_START, Loop
 from geosync.secondary.log_cursor import LogCursorLoop
-from geosync.secondary.scheduler import SchedulerLoop
+from geosync.secondary.scheduler import SchedulerLoop, StuckSweepLoop
 from geosync.testing import SitePair
 from geosync.worker import LoopFactory, Worker, retry_delay
 
@@ -72,7 +73,8 @@ def test_stopping_during_the_wait_skips_the_round_and_returns_at_once(sites: Sit
 def test_only_housekeeping_waits_on_a_secondary(sites: SitePair) -> None:
     worker = Worker(sites.secondary)
     delays = {loop.name: getattr(loop, "start_after", 0.0) for loop in worker.loops}
-    moving = {LogCursorLoop.name, SchedulerLoop.name}
+    # The stuck sweep gives a killed worker's rows (and the capacity they hold) back at once.
+    moving = {LogCursorLoop.name, SchedulerLoop.name, StuckSweepLoop.name}
     assert {name: delays[name] for name in moving} == dict.fromkeys(moving, 0.0)
     assert all(delays[name] == HOUSEKEEPING_START for name in set(delays) - moving)
     for loop in worker.loops:
