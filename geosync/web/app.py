@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from geosync.db.engines import error_line
 from geosync.errors import (
@@ -62,6 +64,9 @@ def create_app(geo: Geo) -> FastAPI:
     _install_error_handlers(app)
     for include in ROUTERS:
         include(app, geo)
+    from geosync.web.openapi import document
+
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     return app
 
 
@@ -104,9 +109,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"message": f"400 Bad request - {problems}"}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"message": message}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names only the first route of the path
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
+        return JSONResponse({"message": message}, status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `app` answers at the path of `scope`, sorted."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
 
 
 def _geo_api(app: FastAPI, geo: Geo) -> None:
@@ -118,7 +137,7 @@ def _geo_api(app: FastAPI, geo: Geo) -> None:
 def _rest_api(app: FastAPI, geo: Geo) -> None:
     from geosync.web import rest, status_api
 
-    for router in rest.routers:
+    for router in rest.routers_for(geo.catalog):
         app.include_router(router)
     app.include_router(status_api.router)
 

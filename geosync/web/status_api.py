@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from geosync.app import Geo
@@ -20,6 +21,7 @@ from geosync.errors import AuthenticationError, ConfigurationError, ValidationEr
 from geosync.status import NodeStatus, iso, status_fields, store_status
 from geosync.status_reporting import STATUS_PATH
 from geosync.web.deps import get_geo
+from geosync.web.openapi import NODE_SECURITY, errors
 
 router = APIRouter(tags=["geo"])
 MAX_BODY = 1024 * 1024
@@ -31,7 +33,35 @@ class _BadStatus(ValueError):
     pass
 
 
-@router.post(STATUS_PATH, status_code=201, response_model=None)
+class StatusStored(BaseModel):
+    """The node whose status was stored, and when."""
+
+    geo_node_id: int
+    updated_at: str
+
+
+@router.post(
+    STATUS_PATH,
+    status_code=201,
+    response_model=StatusStored,
+    responses=errors(400, 401, 422, 503),
+    openapi_extra={
+        **NODE_SECURITY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "GitLab's status fields; others are ignored. Each is a "
+                        "number, a boolean, null or a string (at most 2,000 characters).",
+                        "properties": {"geo_node_id": {"type": "integer"}},
+                    }
+                }
+            },
+        },
+    },
+)
 async def receive_status(request: Request) -> JSONResponse:
     """Store an authenticated secondary's status as its latest."""
     geo = get_geo(request)
