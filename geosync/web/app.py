@@ -139,7 +139,7 @@ def _rest_api(app: FastAPI, geo: Geo) -> None:
 
     for router in rest.routers_for(geo.catalog):
         app.include_router(router)
-    app.include_router(status_api.router)
+    app.include_router(status_api.router_for(geo.catalog))
 
 
 def _metrics(app: FastAPI, geo: Geo) -> None:

@@ -21,7 +21,7 @@ from geosync.app import Geo
 from geosync.auth import authenticate_node
 from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
-from geosync.web.blob_batch import BatchSource, parse_ids
+from geosync.web.blob_batch import MAX_RECORD_ID, BatchSource, parse_ids
 from geosync.web.git_http import RECEIVE_PACK, UPLOAD_PACK, git_http_backend
 from geosync.web.openapi import NODE_SECURITY, GeoRefusal, Message, errors
 from geosync.web.served_files import Refusal, open_served
@@ -213,9 +213,16 @@ def _batch_response(
                 "name": "ids",
                 "in": "query",
                 "required": True,
-                "schema": {"type": "string"},
-                "description": f"Up to {MAX_BATCH_IDS} distinct positive record ids, "
-                "comma-separated (else 422).",
+                "style": "form",
+                "explode": False,
+                "schema": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1, "maximum": MAX_RECORD_ID},
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_IDS,
+                    "uniqueItems": True,
+                },
+                "description": "Record ids, comma-separated (else 422).",
             }
         ],
     },

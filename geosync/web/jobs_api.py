@@ -87,7 +87,10 @@ def add_job_routes(router: APIRouter) -> None:
     @router.post(
         f"{PATH}/{{job_id:int}}/cancel",
         response_model=BulkJobOut,
-        responses={**errors(404, 409), 409: {**errors(409)[409], "description": "The job already finished"}},
+        responses={
+            **errors(404, 409),
+            409: {**errors(409)[409], "description": "The job already finished"},
+        },
     )
     def cancel_bulk_job(job_id: int, request: Request) -> Response:
         """Cancel a queued or running job; it stops before its next batch (409 when it

@@ -118,7 +118,9 @@ class NodeParams(BaseModel):
 FORM = "form"
 _IDENTITY_FIELDS: dict[str, Any] = {
     "name": (
-        Annotated[str, Field(min_length=1, max_length=255, json_schema_extra={"pattern": NAME_PATTERN})],
+        Annotated[
+            str, Field(min_length=1, max_length=255, json_schema_extra={"pattern": NAME_PATTERN})
+        ],
         None,
     ),
     "url": (
@@ -186,7 +188,9 @@ async def read_params(request: Request) -> dict[str, Any]:
 
 def _validated(data: dict[str, Any], *, strict: bool) -> dict[str, Any]:
     try:
-        params = _NodeParamsModel.model_validate(data, strict=strict, context=None if strict else FORM)
+        params = _NodeParamsModel.model_validate(
+            data, strict=strict, context=None if strict else FORM
+        )
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
@@ -406,9 +410,7 @@ def _add_node_routes(router: APIRouter, collection: str) -> None:
 
 
 def _add_status_routes(router: APIRouter, collection: str, replicables: list[str]) -> None:
-    @_get_and_head(
-        router, "/status", response_model=list[dict[str, Any]], responses=errors(400)
-    )
+    @_get_and_head(router, "/status", response_model=list[dict[str, Any]], responses=errors(400))
     def list_statuses(request: Request, page: PageDep) -> Response:
         """The latest status of every node that has one (this site's own is computed if it
         has none stored yet)."""
@@ -455,7 +457,10 @@ def _add_status_routes(router: APIRouter, collection: str, replicables: list[str
             json_schema_extra={"enum": replicables},
         ),
         failure_type: Annotated[
-            str, Query(description="The kind of failure.", json_schema_extra={"enum": list(FAILURE_TYPES)})
+            str,
+            Query(
+                description="The kind of failure.", json_schema_extra={"enum": list(FAILURE_TYPES)}
+            ),
         ] = "sync",
     ) -> Response:
         """Sync or verification failures on this site (a secondary), paginated; the primary
@@ -570,5 +575,7 @@ def _update(
 
 def routers_for(catalog: Catalog) -> list[APIRouter]:
     """One router per collection, for a site of `catalog`; `geosync.web.app` includes both."""
-    names = [n for r in catalog for n in dict.fromkeys((r.replicable_name, r.replicable_name_plural))]
+    names = [
+        n for r in catalog for n in dict.fromkeys((r.replicable_name, r.replicable_name_plural))
+    ]
     return [build_router(collection, names) for collection in COLLECTIONS]

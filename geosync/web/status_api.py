@@ -17,16 +17,25 @@ from starlette.concurrency import run_in_threadpool
 
 from geosync.app import Geo
 from geosync.auth import authenticate_node
+from geosync.catalog import Catalog
 from geosync.errors import AuthenticationError, ConfigurationError, ValidationError
 from geosync.status import NodeStatus, iso, status_fields, store_status
 from geosync.status_reporting import STATUS_PATH
 from geosync.web.deps import get_geo
 from geosync.web.openapi import NODE_SECURITY, errors
 
-router = APIRouter(tags=["geo"])
 MAX_BODY = 1024 * 1024
 MAX_TEXT = 2000
 _INT_RANGE = 2**63
+#: A status field's value, as `_scalar` checks it.
+SCALAR_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "number", "exclusiveMinimum": -_INT_RANGE, "exclusiveMaximum": _INT_RANGE},
+        {"type": "string", "maxLength": MAX_TEXT, "pattern": "^[^\\x00]*$"},
+    ]
+}
 
 
 class _BadStatus(ValueError):
@@ -40,28 +49,29 @@ class StatusStored(BaseModel):
     updated_at: str
 
 
-@router.post(
-    STATUS_PATH,
-    status_code=201,
-    response_model=StatusStored,
-    responses=errors(400, 401, 422, 503),
-    openapi_extra={
-        **NODE_SECURITY,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "description": "GitLab's status fields; others are ignored. Each is a "
-                        "number, a boolean, null or a string (at most 2,000 characters).",
-                        "properties": {"geo_node_id": {"type": "integer"}},
-                    }
-                }
-            },
+def router_for(catalog: Catalog) -> APIRouter:
+    """The status receiver of a site with `catalog`, whose status fields its document names."""
+    router = APIRouter(tags=["geo"])
+    fields = {name: SCALAR_SCHEMA for name in status_fields(catalog)}
+    body = {
+        "type": "object",
+        "properties": fields,
+        "description": "GitLab's status fields (others are ignored). `geo_node_id`, if given, "
+        "must be the authenticated node's (else 422).",
+    }
+    router.post(
+        STATUS_PATH,
+        status_code=201,
+        response_model=StatusStored,
+        responses=errors(400, 401, 422, 503),
+        openapi_extra={
+            **NODE_SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         },
-    },
-)
+    )(receive_status)
+    return router
+
+
 async def receive_status(request: Request) -> JSONResponse:
     """Store an authenticated secondary's status as its latest."""
     geo = get_geo(request)
@@ -112,7 +122,7 @@ def _scalar(value: Any) -> bool:
     if isinstance(value, int):
         return -_INT_RANGE < value < _INT_RANGE
     if isinstance(value, float):
-        return math.isfinite(value)
+        return math.isfinite(value) and -_INT_RANGE < value < _INT_RANGE
     return isinstance(value, str) and len(value) <= MAX_TEXT and "\x00" not in value
 
 
