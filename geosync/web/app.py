@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import Scope
 
 from geosync.db.engines import error_line
@@ -117,15 +117,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"message": message}, status_code=exc.status_code, headers=headers)
 
 
+#: The methods a 405's `Allow` may name.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route of `app` answers at the path of `scope`, sorted."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                methods |= route.methods
-    return sorted(methods)
+    """Every method some route of `app` answers at the path of `scope`, in alphabetical order
+    (asked of the router, as a request with each method would be routed)."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in app.routes)
+    ]
 
 
 def _geo_api(app: FastAPI, geo: Geo) -> None:
