@@ -56,6 +56,8 @@ class Outcome:
     cases: int = 0
     checks: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
+    #: The statuses each operation answered ("GET /api/v4/geo_nodes": {200, 400, ...}).
+    statuses: dict[str, set[int]] = field(default_factory=dict)
 
 
 def _config(token: str, operations: list[dict[str, Any]] | None = None) -> Any:
@@ -96,6 +98,10 @@ def run_schemathesis(schema: Any) -> Outcome:
     for event in from_schema(schema).execute():
         if isinstance(event, ScenarioFinished):
             outcome.cases += len(event.recorder.cases)
+            seen = outcome.statuses.setdefault(event.recorder.label, set())
+            for interaction in event.recorder.interactions.values():
+                if interaction.response is not None:
+                    seen.add(interaction.response.status_code)
             for nodes in event.recorder.checks.values():
                 for node in nodes:
                     outcome.checks.add(node.name)
@@ -152,6 +158,12 @@ def test_the_primary_answers_as_its_document_says(
     outcome = run_schemathesis(schema)
 
     assert_conforms(outcome, least_cases=1500)
+    node_to_node = {
+        label: seen for label, seen in outcome.statuses.items() if " /api/v4/geo/" in label
+    }
+    assert len(node_to_node) == 5, sorted(node_to_node)
+    for label, seen in node_to_node.items():  # refused without a token, answered with one
+        assert 401 in seen and seen - {401, 405}, (label, seen)
 
 
 def test_the_secondary_lists_its_failures_as_its_document_says(sites: SitePair, token: str) -> None:
