@@ -30,7 +30,7 @@ from geosync.web.app import create_app
 
 SEED = 20_21
 #: Cases per operation and phase; some 40 operations make a few thousand cases in all.
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 10
 #: Checks every run must have made at least once (schemathesis runs more where they apply).
 CORE_CHECKS = {
     "not_a_server_error",
