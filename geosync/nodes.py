@@ -8,6 +8,7 @@ so its role moves only by promoting another node (`NodeStore.promote`).
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,30 @@ _KEY_ALPHABET = string.ascii_letters + string.digits + "-_"
 
 #: How an operator moves the primary role (what the refusals below suggest instead).
 PROMOTE_HINT = "promote another site first (`geosync node promote NAME`)"
+
+_HEX = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    (
+        f"(?:{_HEX}:){{7}}{_HEX}",
+        f"(?:{_HEX}:){{1,7}}:",
+        f"(?:{_HEX}:){{1,6}}:{_HEX}",
+        f"(?:{_HEX}:){{1,5}}(?::{_HEX}){{1,2}}",
+        f"(?:{_HEX}:){{1,4}}(?::{_HEX}){{1,3}}",
+        f"(?:{_HEX}:){{1,3}}(?::{_HEX}){{1,4}}",
+        f"(?:{_HEX}:){{1,2}}(?::{_HEX}){{1,5}}",
+        f"{_HEX}:(?::{_HEX}){{1,6}}",
+        f":(?:(?::{_HEX}){{1,7}}|:)",
+    )
+)
+_HOST_CHAR = "[A-Za-z0-9._~!$&'()*+,;=%-]"
+#: A node's URL: http(s), an optional user, a host name, IPv4 or [IPv6] address, an optional
+#: port, then printable ASCII. The REST API's document publishes this very pattern, so what it
+#: calls valid and what `normalize_url` accepts are one set.
+URL_PATTERN = (
+    f"^[Hh][Tt][Tt][Pp][Ss]?://(?:(?:{_HOST_CHAR}|:)*@)?"
+    f"(?:\\[(?:{_IPV6})\\]|{_HOST_CHAR}+)(?::[0-9]*)?(?:[/?#][!-~]*)?$"
+)
+_URL = re.compile(URL_PATTERN)
 
 SettingKind = Literal["url", "flag", "count", "choice", "ids", "names"]
 
@@ -150,9 +175,12 @@ class Node:
 
 
 def normalize_url(value: str, setting: str = "url") -> str:
-    """An http(s) URL with a trailing slash, or `ValidationError` naming the field."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """An http(s) URL (`URL_PATTERN`) with a trailing slash, or `ValidationError` naming the
+    field."""
+    if not isinstance(value, str) or not _URL.fullmatch(value):
+        raise ValidationError(f"{setting} must be an http:// or https:// URL, got {value!r}")
+    parts = urlsplit(value)  # the pattern admits only what this splits into a scheme and a host
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise ValidationError(f"{setting} must be an http:// or https:// URL, got {value!r}")
     return value if value.endswith("/") else value + "/"
 

@@ -5,10 +5,14 @@ No token or an unknown one is 401; a valid token without admin rights is 403.
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Request
+from typing import Annotated
+
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 
 from geosync.auth import AdminToken, find_admin_token
 from geosync.web.deps import get_geo
+from geosync.web.openapi import BEARER_TOKEN, PRIVATE_TOKEN, PRIVATE_TOKEN_QUERY
 
 UNAUTHORIZED = "401 Unauthorized"
 FORBIDDEN = "403 Forbidden"
@@ -25,8 +29,17 @@ def presented_token(request: Request) -> str | None:
     return request.query_params.get("private_token") or None
 
 
-def require_admin(request: Request) -> AdminToken:
-    """Dependency: the admin token of this request, or 401/403 as GitLab answers."""
+def require_admin(
+    request: Request,
+    _header: Annotated[str | None, Security(PRIVATE_TOKEN)] = None,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_TOKEN)] = None,
+    _query: Annotated[str | None, Security(PRIVATE_TOKEN_QUERY)] = None,
+) -> AdminToken:
+    """Dependency: the admin token of this request, or 401/403 as GitLab answers.
+
+    The three security parameters put the ways to present a token in the OpenAPI document;
+    `presented_token` reads them, in GitLab's order.
+    """
     geo = get_geo(request)
     with geo.main_engine.connect() as conn:
         found = find_admin_token(conn, presented_token(request))

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from geosync.db.engines import error_line
 from geosync.errors import (
@@ -62,6 +64,9 @@ def create_app(geo: Geo) -> FastAPI:
     _install_error_handlers(app)
     for include in ROUTERS:
         include(app, geo)
+    from geosync.web.openapi import document
+
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     return app
 
 
@@ -104,9 +109,26 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"message": f"400 Bad request - {problems}"}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"message": message}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names only the first route of the path
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
+        return JSONResponse({"message": message}, status_code=exc.status_code, headers=headers)
+
+
+#: The methods a 405's `Allow` may name.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `app` answers at the path of `scope`, in alphabetical order
+    (asked of the router, as a request with each method would be routed)."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in app.routes)
+    ]
 
 
 def _geo_api(app: FastAPI, geo: Geo) -> None:
@@ -118,9 +140,9 @@ def _geo_api(app: FastAPI, geo: Geo) -> None:
 def _rest_api(app: FastAPI, geo: Geo) -> None:
     from geosync.web import rest, status_api
 
-    for router in rest.routers:
+    for router in rest.routers_for(geo.catalog):
         app.include_router(router)
-    app.include_router(status_api.router)
+    app.include_router(status_api.router_for(geo.catalog))
 
 
 def _metrics(app: FastAPI, geo: Geo) -> None:

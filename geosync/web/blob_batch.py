@@ -23,18 +23,23 @@ from geosync.wire import FILE_NOT_FOUND, INLINE_LIMIT, MAX_BATCH_IDS, frame
 PIECE = 1024 * 1024
 
 
+#: The largest record id a batch names (the databases' bigint).
+MAX_RECORD_ID = 2**63 - 1
+
+
 def parse_ids(raw: str | None) -> list[int]:
-    """The ids of a batch request, or `ValidationError` saying what is wrong."""
+    """The ids of a batch request, or `ValidationError` saying what is wrong: decimal digits,
+    comma-separated, positive, distinct, at most `MAX_BATCH_IDS` (the document's `ids`)."""
     if not raw:
         raise ValidationError("ids: give one or more record ids, separated by commas")
-    try:
-        ids = [int(part) for part in raw.split(",")]
-    except ValueError:
-        raise ValidationError("ids: every id must be an integer") from None
+    parts = raw.split(",")
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValidationError("ids: every id must be an integer")
+    ids = [int(part) for part in parts]
     if len(ids) > MAX_BATCH_IDS:
         raise ValidationError(f"ids: at most {MAX_BATCH_IDS} ids per request")
-    if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
-        raise ValidationError("ids: ids must be positive and distinct")
+    if len(set(ids)) != len(ids) or any(i <= 0 or i > MAX_RECORD_ID for i in ids):
+        raise ValidationError("ids: ids must be positive, distinct and below 2**63")
     return ids
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -21,11 +21,18 @@ from geosync.app import Geo
 from geosync.auth import authenticate_node
 from geosync.errors import AuthenticationError, NotFound
 from geosync.replicator import Replicator
-from geosync.web.blob_batch import BatchSource, parse_ids
-from geosync.web.git_http import git_http_backend
+from geosync.web.blob_batch import MAX_RECORD_ID, BatchSource, parse_ids
+from geosync.web.git_http import RECEIVE_PACK, UPLOAD_PACK, git_http_backend
+from geosync.web.openapi import NODE_SECURITY, GeoRefusal, Message, errors
 from geosync.web.served_files import Refusal, open_served
 from geosync.web.zero_copy import ZERO_COPY_SEND
-from geosync.wire import BATCH_MEDIA_TYPE, FILE_NOT_FOUND, GEO_API, repository_base_path
+from geosync.wire import (
+    BATCH_MEDIA_TYPE,
+    FILE_NOT_FOUND,
+    GEO_API,
+    MAX_BATCH_IDS,
+    repository_base_path,
+)
 
 router = APIRouter(prefix=GEO_API, tags=["geo"])
 BLOB_MEDIA_TYPE = "application/octet-stream"
@@ -127,7 +134,41 @@ def _blob_response(
     return BlobResponse(handle, file_path, stat)
 
 
-@router.get("/retrieve/{replicable_name}/{model_record_id}", response_model=None)
+def _binary(media_type: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {media_type: {"schema": {"type": "string", "format": "binary"}}},
+    }
+
+
+_REFUSAL = {"model": GeoRefusal, "description": "The primary does not serve this file"}
+_RANGE = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Resume a transfer: `bytes=<start>-`.",
+}
+_PLAIN = {"text/plain": {"schema": {"type": "string"}}}
+
+
+@router.get(
+    "/retrieve/{replicable_name}/{model_record_id}",
+    response_class=Response,
+    responses={
+        200: _binary(BLOB_MEDIA_TYPE, "The blob"),
+        206: _binary(BLOB_MEDIA_TYPE, "The requested range of the blob"),
+        **errors(400, 401, 404, 503),
+        416: {"description": "The range is beyond the blob's end", "content": _PLAIN},
+        422: _REFUSAL,
+    },
+    openapi_extra={
+        **NODE_SECURITY,
+        "parameters": [_RANGE],
+        # A malformed Range header is Starlette's plain-text 400.
+        "responses": {"400": {"content": _PLAIN}},
+    },
+)
 async def retrieve(replicable_name: str, model_record_id: int, request: Request) -> Response:
     """Send one blob to an authenticated secondary (HTTP Range supported for resumes)."""
     response: Response = await run_in_threadpool(
@@ -158,7 +199,34 @@ def _batch_response(
     return StreamingResponse(chain([first], source.rest()), media_type=BATCH_MEDIA_TYPE)
 
 
-@router.get("/retrieve/{replicable_name}", response_model=None)
+@router.get(
+    "/retrieve/{replicable_name}",
+    response_class=Response,
+    responses={
+        200: _binary(BATCH_MEDIA_TYPE, "One frame per requested id (`geosync.web.blob_batch`)"),
+        **errors(401, 404, 422, 503),
+    },
+    openapi_extra={
+        **NODE_SECURITY,
+        "parameters": [
+            {
+                "name": "ids",
+                "in": "query",
+                "required": True,
+                "style": "form",
+                "explode": False,
+                "schema": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1, "maximum": MAX_RECORD_ID},
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_IDS,
+                    "uniqueItems": True,
+                },
+                "description": "Record ids, comma-separated (else 422).",
+            }
+        ],
+    },
+)
 async def retrieve_batch(replicable_name: str, request: Request) -> Response:
     """Send many small blobs in one framed response (format: `geosync.web.blob_batch`)."""
     response: Response = await run_in_threadpool(
@@ -172,16 +240,78 @@ async def retrieve_batch(replicable_name: str, request: Request) -> Response:
     return response
 
 
-_GIT_PATH = "/repositories/{replicable_name}/{model_record_id:int}.git/{rest:path}"
+_REPOSITORY = "/repositories/{replicable_name}/{model_record_id:int}.git"
+_GIT_ERRORS = {
+    **errors(401, 404, 503),
+    502: {"model": Message, "description": "git http-backend did not answer"},
+}
 
 
-# One route per method: a single GET+POST route gives OpenAPI a duplicate operation id.
-@router.get(_GIT_PATH, response_model=None, operation_id="geo_repository_get")
-@router.post(_GIT_PATH, response_model=None, operation_id="geo_repository_post")
-async def repository(
+@router.get(
+    _REPOSITORY + "/info/refs",
+    response_class=Response,
+    responses={
+        200: _binary("application/x-git-upload-pack-advertisement", "The refs"),
+        **_GIT_ERRORS,
+        403: {"model": Message, "description": "Pushes are not served (`git-receive-pack`)"},
+    },
+    openapi_extra={
+        **NODE_SECURITY,
+        "parameters": [
+            {
+                "name": "service",
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "enum": [UPLOAD_PACK]},
+                "description": f"`{UPLOAD_PACK}` (`{RECEIVE_PACK}` answers 403).",
+            }
+        ],
+    },
+)
+async def repository_refs(replicable_name: str, model_record_id: int, request: Request) -> Response:
+    """Smart HTTP ref advertisement of one repository (upload-pack only)."""
+    return await _repository(replicable_name, model_record_id, "info/refs", request)
+
+
+@router.post(
+    _REPOSITORY + "/" + UPLOAD_PACK,
+    response_class=Response,
+    responses={
+        200: _binary("application/x-git-upload-pack-result", "The pack"),
+        **_GIT_ERRORS,
+        415: {"model": Message, "description": "The body is not an upload-pack request"},
+    },
+    openapi_extra={
+        **NODE_SECURITY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-git-upload-pack-request": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        },
+    },
+)
+async def repository_upload_pack(
+    replicable_name: str, model_record_id: int, request: Request
+) -> Response:
+    """Smart HTTP fetch from one repository."""
+    return await _repository(replicable_name, model_record_id, UPLOAD_PACK, request)
+
+
+@router.post(_REPOSITORY + "/" + RECEIVE_PACK, include_in_schema=False)
+async def repository_receive_pack(
+    replicable_name: str, model_record_id: int, request: Request
+) -> Response:
+    """Pushes: refused (403) once the node is authenticated."""
+    return await _repository(replicable_name, model_record_id, RECEIVE_PACK, request)
+
+
+async def _repository(
     replicable_name: str, model_record_id: int, rest: str, request: Request
 ) -> Response:
-    """Read-only git smart HTTP for one repository (upload-pack only)."""
+    """Read-only git smart HTTP for one repository: authenticate, then hand over to git."""
     geo: Geo = request.app.state.geo
     scope = repository_base_path(replicable_name, model_record_id)
     try:

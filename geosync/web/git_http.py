@@ -24,8 +24,8 @@ __all__ = ["git_http_backend"]
 
 logger = logging.getLogger(__name__)
 
-_UPLOAD_PACK = "git-upload-pack"
-_RECEIVE_PACK = "git-receive-pack"
+UPLOAD_PACK = "git-upload-pack"
+RECEIVE_PACK = "git-receive-pack"
 _READ_SIZE = 64 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
 _STDERR_KEEP = 4096
@@ -51,9 +51,9 @@ async def git_http_backend(request: Request, repo_dir: Path, path_info: str) -> 
     """
     path = path_info if path_info.startswith("/") else "/" + path_info
     service = request.query_params.get("service")
-    if _RECEIVE_PACK in path or service == _RECEIVE_PACK:
+    if RECEIVE_PACK in path or service == RECEIVE_PACK:
         return _message(403, "Pushing to a Geo endpoint is not allowed")
-    if path == "/info/refs" and service == _UPLOAD_PACK:
+    if path == "/info/refs" and service == UPLOAD_PACK:
         method = "GET"
     elif path == "/git-upload-pack" and not service:
         method = "POST"

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from geosync.errors import InvalidTransition, NotFound
 from geosync.jobs import BulkJob, JobState, cancel_job, get_job, job_counts, list_jobs
 from geosync.web.deps import get_geo
+from geosync.web.openapi import errors
 from geosync.web.pagination import Page, page_params
 
 MAX_ID = 2**31 - 1
@@ -62,7 +63,7 @@ def _job_or_404(job_id: int, find: Any) -> BulkJob:
 def add_job_routes(router: APIRouter) -> None:
     """Add the bulk job endpoints to one collection's router (admin token required there)."""
 
-    @router.get(PATH, response_model=list[BulkJobOut])
+    @router.get(PATH, response_model=list[BulkJobOut], responses=errors(400))
     def list_bulk_jobs(
         request: Request,
         page: Annotated[Page, Depends(page_params)],
@@ -77,7 +78,7 @@ def add_job_routes(router: APIRouter) -> None:
         items = [job.as_json() for job in found]
         return JSONResponse(items, headers=page.headers(total, request.url))
 
-    @router.get(f"{PATH}/{{job_id:int}}", response_model=BulkJobOut)
+    @router.get(f"{PATH}/{{job_id:int}}", response_model=BulkJobOut, responses=errors(404))
     def get_bulk_job(job_id: int, request: Request) -> Response:
         """One bulk job of this site."""
         geo = get_geo(request)
@@ -86,7 +87,10 @@ def add_job_routes(router: APIRouter) -> None:
     @router.post(
         f"{PATH}/{{job_id:int}}/cancel",
         response_model=BulkJobOut,
-        responses={409: {"description": "The job already finished"}},
+        responses={
+            **errors(404, 409),
+            409: {**errors(409)[409], "description": "The job already finished"},
+        },
     )
     def cancel_bulk_job(job_id: int, request: Request) -> Response:
         """Cancel a queued or running job; it stops before its next batch (409 when it

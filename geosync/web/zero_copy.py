@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import select
 import threading
@@ -28,7 +29,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.protocols.utils import is_ssl
 
 from geosync.log import get_logger
@@ -193,11 +198,31 @@ def _warn_unfit(missing: tuple[str, ...]) -> None:
 
 
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, offering `http.response.zerocopysend` on plain TCP.
+    """uvicorn's httptools protocol, offering `http.response.zerocopysend` on plain TCP, and
+    answering a request it cannot parse in JSON, as the application answers every error.
 
     A uvicorn whose request cycle no longer has the state the extension needs gets no
     extension (and one warning): blobs are then streamed, slower but whole.
     """
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request httptools cannot parse as every geosync error is answered: JSON
+        `{"message": ...}` (uvicorn's own is plain text)."""
+        body = json.dumps({"message": f"400 Bad request - {msg}"}).encode()
+        content = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         """Make the new request's cycle able to send files, then advertise the extension; the

@@ -480,7 +480,7 @@ def test_delete_during_a_running_clone_leaves_no_mirror(
         assert recent_attempts(conn, "snippet", repo.id) == []  # its history went with its row
 
 
-def test_openapi_lists_the_git_endpoint_once_per_method(sites: SitePair) -> None:
+def test_openapi_lists_the_two_git_endpoints_a_secondary_calls(sites: SitePair) -> None:
     import warnings
 
     from geosync.web.app import create_app
@@ -488,8 +488,11 @@ def test_openapi_lists_the_git_endpoint_once_per_method(sites: SitePair) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # FastAPI warns about duplicate operation ids
         schema = create_app(sites.primary).openapi()
-    path = "/api/v4/geo/repositories/{replicable_name}/{model_record_id}.git/{rest}"
-    assert sorted(schema["paths"][path]) == ["get", "post"]
+    repository = "/api/v4/geo/repositories/{replicable_name}/{model_record_id}.git"
+    git_paths = sorted(p for p in schema["paths"] if p.startswith(repository))
+    assert git_paths == [repository + "/git-upload-pack", repository + "/info/refs"]
+    assert list(schema["paths"][repository + "/info/refs"]) == ["get"]
+    assert list(schema["paths"][repository + "/git-upload-pack"]) == ["post"]
 
 
 def test_a_shutdown_ends_a_sync_waiting_for_the_mirror_lock(

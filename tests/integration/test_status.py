@@ -232,6 +232,9 @@ BAD_REPORTS = [
     (b"{not json", 400),
     (b'{"uploads_count": NaN}', 400),
     (b'{"uploads_count": {"nested": 1}}', 400),
+    (b'{"uploads_synced_in_percentage": "all"}', 400),
+    (b'{"healthy": 1}', 400),
+    (b'{"version": 2}', 400),
     (b'{"geo_node_id": 1}', 422),
 ]
 

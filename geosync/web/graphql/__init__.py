@@ -74,6 +74,9 @@ def mount(app: FastAPI, geo: Geo) -> None:
         path=PATH,
         context_getter=_context,
         graphql_ide=None,
+        # GraphQL describes itself (introspection, docs/graphql/schema.graphql): the OpenAPI
+        # document would only hold one opaque operation per method.
+        include_in_schema=False,
     )
     app.include_router(router)
 
