@@ -322,6 +322,13 @@ class NodeStore:
             other = self.find(name)
             if other is not None and other.id != node.id:
                 raise ValidationError(f"a node named {name!r} already exists")
+            own = self.geo.settings.node_name
+            if node.name == own and name != own:
+                raise InvalidTransition(
+                    f"node {node.name!r} is this site's own node (its node_name setting): renamed,"
+                    " the site would no longer find itself; change node_name in its settings and"
+                    " restart it, then rename the node"
+                )
             return name
         if key == "url":
             return normalize_url(str(value))

@@ -297,6 +297,17 @@ def test_the_primary_is_not_removed_demoted_or_disabled(
     assert answer.status_code == 404, answer.text  # the primary still answers its secondaries
 
 
+def test_the_sites_own_node_is_not_renamed(api: Api, sites: SitePair) -> None:
+    url = _path("{c}/" + str(sites.primary_node.id))
+    response = api.client.put(url, headers=api.admin, json={"name": "renamed"})
+    assert response.status_code == 409, response.text
+    assert "this site's own node" in response.json()["message"]
+    assert api.client.get(url, headers=api.admin).json()["name"] == "primary"
+    other = _path("{c}/" + str(sites.secondary_node.id))
+    renamed = api.client.put(other, headers=api.admin, json={"name": "far-away"})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "far-away"
+
+
 def test_a_secondary_is_not_made_primary_while_there_is_one(api: Api, sites: SitePair) -> None:
     url = _path("{c}/" + str(sites.secondary_node.id))
     before = api.client.get(url, headers=api.admin).json()
