@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DataError
 
 from geosync.errors import SkipEvent, ValidationError
 from geosync.flags import flag_enabled
@@ -28,21 +29,28 @@ if TYPE_CHECKING:
 
 log = get_logger("handlers")
 
+#: Ids are positive 64-bit integers: no database key holds a larger one.
+MAX_ID = 2**63
+
 
 @dataclass(frozen=True)
 class Event:
-    """One row of the primary's event log."""
+    """One row of the primary's event log. `problem` is set for a row that could not be read
+    as an event at all (its payload not JSON, say): the reason and detail it is skipped with."""
 
     id: int
     replicable_name: str
     event_name: str
     payload: Any
     created_at: datetime
+    problem: tuple[str, str] | None = None
 
     def model_record_id(self) -> int:
         """The payload's record id, or `SkipEvent` for a malformed payload."""
+        if self.problem is not None:
+            raise SkipEvent(*self.problem)
         value = self.payload.get("model_record_id") if isinstance(self.payload, dict) else None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < MAX_ID:
             raise SkipEvent("malformed_payload", f"event {self.id}: no valid model_record_id")
         return value
 
@@ -93,6 +101,8 @@ Skipped = tuple[Event, SkipEvent]
 
 def handle_event(ctx: HandlerContext, event: Event) -> None:
     """Apply one event to this secondary's registries, or raise `SkipEvent`."""
+    if event.problem is not None:
+        raise SkipEvent(*event.problem)
     try:
         replicator = ctx.geo.catalog.get(event.replicable_name)
     except Exception:
@@ -116,11 +126,21 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
 
 def _in_scope(ctx: HandlerContext, replicator: type[Replicator], ids: list[int]) -> set[int]:
     """`ids_in_scope`; on PostgreSQL in a savepoint, as a failed query (an id beyond the model's
-    integer range) would otherwise abort the main transaction and every later event with it."""
-    if ctx.main.dialect.name == "sqlite":
-        return ids_in_scope(ctx.main, replicator, ctx.node, ids)
-    with ctx.main.begin_nested():
-        return ids_in_scope(ctx.main, replicator, ctx.node, ids)
+    integer range) would otherwise abort the main transaction and every later event with it.
+
+    An id the model's id column cannot hold names no record: alone, it is a malformed payload
+    (`SkipEvent`); in a group, the error goes up and the group is applied event by event.
+    """
+    try:
+        if ctx.main.dialect.name == "sqlite":
+            return ids_in_scope(ctx.main, replicator, ctx.node, ids)
+        with ctx.main.begin_nested():
+            return ids_in_scope(ctx.main, replicator, ctx.node, ids)
+    except DataError:
+        if len(ids) != 1:
+            raise
+        detail = f"model_record_id {ids[0]} is out of range for {replicator.model.__name__} ids"
+        raise SkipEvent("malformed_payload", detail) from None
 
 
 def _flag_disabled(replicator: type[Replicator]) -> SkipEvent:

@@ -4,16 +4,21 @@ One active cursor per secondary (a lease); the others stand by. Each batch of ev
 cursor position commit in one tracking transaction, so a crash replays at most one batch and
 handlers are idempotent. Missing ids (PostgreSQL sequences commit out of order) are remembered
 as gaps, re-read after a grace period, and dropped after an hour.
+
+A row that is not a well-formed event (an unknown name, a payload that is not JSON or lacks its
+fields, a timestamp that is not one) is skipped with one warning line naming its id and reason
+and a `geo_events_skipped_total{reason}` increment; the cursor moves past it like any other.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, Text, delete, func, insert, select, type_coerce
 
 from geosync.db.tables import geo_event_gaps, geo_events
 from geosync.errors import ConfigurationError, SkipEvent
@@ -47,6 +52,11 @@ BATCH_SIZE = 500
 GAP_GRACE = timedelta(minutes=10)
 GAP_OUTDATED = timedelta(hours=1)
 MAX_GAPS_PER_BATCH = 1000
+#: What decoding a row raises when a column holds what its type cannot read (SQLite keeps
+#: whatever text it is given: a payload that is not JSON, a timestamp that is not one).
+UNDECODABLE = (ValueError, TypeError)
+#: The time given to a row whose own time cannot be read (it is skipped, never applied).
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def count_skipped(geo: Geo, reason: str) -> None:
@@ -112,13 +122,7 @@ class LogCursor:
         return start
 
     def _read(self, main: Connection, cursor: int) -> list[Event]:
-        rows = main.execute(
-            select(geo_events)
-            .where(geo_events.c.id > cursor)
-            .order_by(geo_events.c.id)
-            .limit(self.batch_size)
-        )
-        return [Event(r.id, r.replicable_name, r.event_name, r.payload, r.created_at) for r in rows]
+        return read_events(main, geo_events.c.id > cursor, self.batch_size)
 
     def _record_gaps(self, tracking: Connection, cursor: int, events: list[Event]) -> None:
         expected = cursor + 1
@@ -146,12 +150,7 @@ class LogCursor:
         )
         if not due:
             return 0
-        rows = ctx.main.execute(
-            select(geo_events).where(geo_events.c.id.in_(due)).order_by(geo_events.c.id)
-        )
-        found = [
-            Event(r.id, r.replicable_name, r.event_name, r.payload, r.created_at) for r in rows
-        ]
+        found = read_events(ctx.main, geo_events.c.id.in_(due))
         self._apply_all(ctx, found)
         if found:
             ctx.tracking.execute(
@@ -216,6 +215,53 @@ class LogCursor:
 
     def _store(self, tracking: Connection, event_id: int) -> None:
         store_position(tracking, event_id, self.geo.clock.now())
+
+
+def read_events(
+    main: Connection, where: ColumnElement[bool], limit: int | None = None
+) -> list[Event]:
+    """The events matching `where`, in id order.
+
+    A row that cannot be decoded becomes an event carrying its `problem` instead of failing the
+    read (which would fail every later batch too: a stuck cursor). Only a batch holding such a
+    row is read a second time, column by column.
+    """
+    query = select(geo_events).where(where).order_by(geo_events.c.id).limit(limit)
+    try:
+        return [Event(r.id, r.replicable_name, r.event_name, r.payload, r.created_at)
+                for r in main.execute(query)]  # fmt: skip
+    except UNDECODABLE:
+        t = geo_events
+        raw = select(
+            t.c.id,
+            t.c.replicable_name,
+            t.c.event_name,
+            type_coerce(t.c.payload, Text).label("payload"),
+            type_coerce(t.c.created_at, Text).label("created_at"),
+        )
+        rows = main.execute(raw.where(where).order_by(t.c.id).limit(limit))
+        return [_decoded(r.id, r.replicable_name, r.event_name, r.payload, r.created_at)
+                for r in rows]  # fmt: skip
+
+
+def _decoded(event_id: int, name: str, event: str, payload: Any, created_at: Any) -> Event:
+    """One event from its raw columns; a column that cannot be read is the event's problem."""
+    try:
+        document = json.loads(payload) if isinstance(payload, str | bytes) else payload
+    except UNDECODABLE as exc:
+        problem = ("malformed_payload", f"event {event_id}: payload is not JSON ({exc})")
+        return Event(event_id, name, event, None, _NO_TIME, problem)
+    try:
+        moment = _timestamp(created_at)
+    except UNDECODABLE:
+        problem = ("malformed_row", f"event {event_id}: created_at {str(created_at)[:40]!r}")
+        return Event(event_id, name, event, document, _NO_TIME, problem)
+    return Event(event_id, name, event, document, moment)
+
+
+def _timestamp(value: Any) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class LogCursorLoop:

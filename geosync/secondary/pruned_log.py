@@ -8,7 +8,7 @@ that will never come: it skips to the oldest event still in the log and marks th
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, select
@@ -54,19 +54,29 @@ def skip_pruned_events(geo: Geo, tracking: Connection, main: Connection, cursor:
     remaining event (not to the newest: the events still in the log are read, so their updates
     and deletions are not lost) and sets `pruned_behind`.
     """
-    oldest = main.execute(
-        select(geo_events.c.id, geo_events.c.created_at).order_by(geo_events.c.id).limit(1)
-    ).first()
-    if oldest is None or cursor >= int(oldest.id) - 1:
+    oldest = oldest_event_id(main)
+    if oldest is None or cursor >= oldest - 1:
         return cursor
     now = geo.clock.now()
-    if oldest.created_at > now - IN_FLIGHT_HORIZON:
+    if _created_at(main, oldest) > now - IN_FLIGHT_HORIZON:
         return cursor  # the hole may still commit; the cursor's gap tracking covers it
-    position = int(oldest.id) - 1
+    position = oldest - 1
     store_position(tracking, position, now, pruned_behind=True)
     log.warning(
         "log cursor fell behind the pruned event log; the consistency sweep restores the rest",
         cursor=cursor,
-        oldest_event_id=int(oldest.id),
+        oldest_event_id=oldest,
     )
     return position
+
+
+def _created_at(main: Connection, event_id: int) -> datetime:
+    """When event `event_id` was written; a time that cannot be read counts as long ago (the
+    row is skipped as malformed when it is read, and must not hold the cursor back)."""
+    try:
+        value = main.execute(
+            select(geo_events.c.created_at).where(geo_events.c.id == event_id)
+        ).scalar()
+    except (ValueError, TypeError):
+        value = None
+    return value if isinstance(value, datetime) else datetime.min.replace(tzinfo=UTC)

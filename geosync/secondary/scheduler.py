@@ -8,6 +8,7 @@ the syncs running in every worker process of the site — never exceeds the capa
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import zlib
@@ -162,7 +163,9 @@ class SchedulerLoop:
         )
 
     def run_once(self) -> float:
-        """Claim and start as much work as the capacities allow."""
+        """Claim and start as much work as the capacities allow (after writing the outcomes
+        a tracking database outage kept back)."""
+        self.settler.settle_kept()
         if self._fresh:
             self._fresh = False
             self._drained_at.clear()
@@ -357,6 +360,11 @@ class SchedulerLoop:
         if self.writers is not None:
             self.writers.shutdown(wait=True)
         self.client.close()
+        if self.settler.kept:
+            # The rows stay `started` by this worker: once its lease expires, a worker's stuck
+            # sweep recovers them.
+            with contextlib.suppress(*OUTAGES):
+                self.settler.settle_kept()
 
 
 class StuckSweepLoop:

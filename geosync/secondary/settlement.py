@@ -6,6 +6,12 @@ the one write lock). Instead, a thread that finishes a sync hands its outcome to
 the first thread to arrive writes everything queued in one transaction while the others wait
 for their answer. A group that fails is retried one sync at a time, so one bad outcome cannot
 sink the others.
+
+An outcome that cannot be written because the tracking database is away (a restart, a cut
+connection) is kept, and written when the scheduler's next round finds the database back
+(`settle_kept`): its row is still `started` by this live worker, so nobody else would ever
+settle it. The write is as conditional as the first one was: a row a newer event re-queued
+meanwhile is not marked synced.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from geosync.attempts import INTERRUPTED, PERMANENT, Attempt, record_attempts
+from geosync.db.engines import error_line
 from geosync.errors import GeoError, PrimaryMissing
+from geosync.log import get_logger
 from geosync.registry import Registry, SyncClaim, SyncedRow
 from geosync.states import VerificationState
 
@@ -28,8 +37,13 @@ if TYPE_CHECKING:
     from geosync.app import Geo
     from geosync.secondary.transfer import Download
 
+log = get_logger("settlement")
+
 #: At most this many syncs share one transaction.
 MAX_GROUP = 100
+#: Errors that mean the tracking database is away, not that an outcome is wrong: such an
+#: outcome is kept and written later.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,10 @@ def failure_of(exc: BaseException, error_class: str) -> Failure:
     missing = isinstance(exc, PrimaryMissing | RecordGone)
     if isinstance(exc, GeoError):
         return Failure(str(exc), None, error_class, missing)
+    if isinstance(exc, DATABASE_AWAY):
+        return Failure(
+            "A database of this site is not reachable", error_line(exc), error_class, False
+        )
     return Failure("Sync failed unexpectedly", f"{type(exc).__name__}: {exc}", error_class, missing)
 
 
@@ -210,6 +228,33 @@ class Settler:
         self._lock = threading.Lock()
         self._queue: list[tuple[Finished, Future[Settled]]] = []
         self._leading = False
+        #: Outcomes not written because the tracking database was away (`settle_kept`).
+        self._kept: list[Finished] = []
+
+    @property
+    def kept(self) -> int:
+        """How many outcomes wait for the tracking database to come back."""
+        with self._lock:
+            return len(self._kept)
+
+    def settle_kept(self) -> int:
+        """Write the outcomes kept while the tracking database was away; returns how many.
+
+        Called by the scheduler before each round. While the database is still away this
+        raises (the outcomes stay kept) and the round fails as it would anyway.
+        """
+        with self._lock:
+            items, self._kept = self._kept, []
+        if not items:
+            return 0
+        try:
+            self._transaction(items)
+        except DATABASE_AWAY:
+            with self._lock:
+                self._kept[:0] = items
+            raise
+        log.info("syncs settled after a tracking database outage", syncs=len(items))
+        return len(items)
 
     def settle(self, item: Finished) -> Settled:
         """Write `item` (with whatever else is waiting) and return what was found."""
@@ -248,6 +293,8 @@ class Settler:
             answers = self._transaction([item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
+                if isinstance(exc, DATABASE_AWAY):
+                    self._keep(batch[0][0], exc)
                 batch[0][1].set_exception(exc)
                 return
             for one in batch:  # one at a time: only the bad one fails
@@ -259,6 +306,16 @@ class Settler:
             raise
         for (_, future), answer in zip(batch, answers, strict=True):
             future.set_result(answer)
+
+    def _keep(self, item: Finished, exc: Exception) -> None:
+        with self._lock:
+            self._kept.append(item)
+        log.warning(
+            "sync outcome kept until the tracking database is back",
+            replicable=item.registry.replicator.replicable_name,
+            id=item.model_record_id,
+            error=error_line(exc),
+        )
 
     def _transaction(self, items: list[Finished]) -> list[Settled]:
         with self.geo.tracking() as conn:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from geosync.attempts import INTERRUPTED, PERMANENT
+from geosync.db.engines import error_line
 from geosync.errors import (
     AuthenticationError,
     ChecksumMismatch,
@@ -33,6 +34,7 @@ from geosync.log import get_logger
 from geosync.registry import Registry, SyncClaim
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.settlement import (
+    DATABASE_AWAY,
     Failure,
     Finished,
     Settled,
@@ -102,6 +104,13 @@ def prefetch_missing(services: Sequence[SyncService]) -> None:
     for replicator, group in by_replicator.items():
         try:
             found = prefetch(group[0].geo, replicator, [s.model_record_id for s in group])
+        except DATABASE_AWAY as exc:  # each sync then fails with the reason, once
+            log.warning(
+                "cannot prefetch records",
+                replicable=replicator.replicable_name,
+                error=error_line(exc),
+            )
+            continue
         except Exception:
             log.exception("cannot prefetch records", replicable=replicator.replicable_name)
             continue
@@ -123,7 +132,7 @@ def error_class(exc: BaseException) -> str:
         return "auth"
     if isinstance(exc, ConfigurationError):
         return "config"
-    if isinstance(exc, TransferError):
+    if isinstance(exc, (TransferError, *DATABASE_AWAY)):
         return "transient"
     return "unknown"
 
@@ -254,7 +263,7 @@ class SyncService:
     def failure(self, exc: BaseException) -> Failure:
         """Log why this sync failed and return it as the row will record it."""
         failure = failure_of(exc, error_class(exc))
-        if not isinstance(exc, GeoError):
+        if not isinstance(exc, (GeoError, *DATABASE_AWAY)):
             log.error(
                 "sync crashed",
                 replicable=self.replicator.replicable_name,

@@ -112,46 +112,80 @@ class StandbyPair:
 
 
 @contextmanager
-def streaming_standby() -> Iterator[StandbyPair]:
-    """Make, start and finally remove a primary and a streaming standby."""
+def _scratch() -> Iterator[tuple[Path, list[Cluster]]]:
+    """A scratch directory owned by `postgres`; the clusters listed in it are stopped (newest
+    first) and the directory removed at the end."""
     reason = missing_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    bin_dir = postgres_bin_dir()
-    assert bin_dir is not None
     scratch = Path(tempfile.mkdtemp(prefix="geosync-pg-"))
     started: list[Cluster] = []
     try:
         if os.geteuid() == 0:
             shutil.chown(scratch, "postgres", "postgres")
-        primary = Cluster(scratch / "primary", free_port())
-        _run(bin_dir, "initdb", "-D", str(primary.data_dir), "-A", "trust", "-U", "postgres",
-             "--no-sync", "-E", "UTF8", "--locale=C")  # fmt: skip
-        _start(bin_dir, primary, scratch)
-        started.append(primary)
-        standby = Cluster(scratch / "standby", free_port())
-        _run(bin_dir, "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
-             "-U", "postgres", "-D", str(standby.data_dir), "-R", "-X", "stream", "-c", "fast",
-             "--no-sync")  # fmt: skip
-        _start(bin_dir, standby, scratch)
-        started.append(standby)
-        yield StandbyPair(primary, standby)
+        yield scratch, started
     finally:
         for cluster in reversed(started):
-            _stop(bin_dir, cluster)
+            stop_cluster(cluster)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _start(bin_dir: Path, cluster: Cluster, scratch: Path) -> None:
+def _bin_dir() -> Path:
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError(missing_reason() or "PostgreSQL server binaries not found")
+    return bin_dir
+
+
+def _new_cluster(scratch: Path, name: str) -> Cluster:
+    cluster = Cluster(scratch / name, free_port())
+    _run(_bin_dir(), "initdb", "-D", str(cluster.data_dir), "-A", "trust", "-U", "postgres",
+         "--no-sync", "-E", "UTF8", "--locale=C")  # fmt: skip
+    return cluster
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[Cluster]:
+    """Make, start and finally remove one PostgreSQL cluster of its own (a test may stop and
+    restart it with `stop_cluster` and `start_cluster`; nobody else uses it)."""
+    with _scratch() as (scratch, started):
+        cluster = _new_cluster(scratch, "cluster")
+        start_cluster(cluster)
+        started.append(cluster)
+        yield cluster
+
+
+@contextmanager
+def streaming_standby() -> Iterator[StandbyPair]:
+    """Make, start and finally remove a primary and a streaming standby."""
+    with _scratch() as (scratch, started):
+        primary = _new_cluster(scratch, "primary")
+        start_cluster(primary)
+        started.append(primary)
+        standby = Cluster(scratch / "standby", free_port())
+        _run(_bin_dir(), "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
+             "-U", "postgres", "-D", str(standby.data_dir), "-R", "-X", "stream", "-c", "fast",
+             "--no-sync")  # fmt: skip
+        start_cluster(standby)
+        started.append(standby)
+        yield StandbyPair(primary, standby)
+
+
+def start_cluster(cluster: Cluster) -> None:
+    """Start a cluster made here (again, after `stop_cluster`); returns once it accepts
+    connections."""
+    scratch = cluster.data_dir.parent
     options = f"-p {cluster.port} -k {scratch} {SERVER_OPTIONS}"
     log = scratch / f"{cluster.data_dir.name}.log"
-    _run(bin_dir, "pg_ctl", "-D", str(cluster.data_dir), "-l", str(log), "-w", "-t", "60",
+    _run(_bin_dir(), "pg_ctl", "-D", str(cluster.data_dir), "-l", str(log), "-w", "-t", "60",
          "-o", options, "start")  # fmt: skip
 
 
-def _stop(bin_dir: Path, cluster: Cluster) -> None:
+def stop_cluster(cluster: Cluster, mode: str = "immediate") -> None:
+    """Stop a cluster made here (`mode` as pg_ctl's `-m`: immediate is a crash, fast a clean
+    shutdown that cuts every connection); stopping a stopped cluster does nothing."""
     try:
-        _run(bin_dir, "pg_ctl", "-D", str(cluster.data_dir), "-m", "immediate", "-w", "stop")
+        _run(_bin_dir(), "pg_ctl", "-D", str(cluster.data_dir), "-m", mode, "-w", "stop")
     except RuntimeError:
         pass  # already gone: nothing to stop
 

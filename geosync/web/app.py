@@ -1,6 +1,8 @@
 """The site's web application: node-to-node API, admin REST API, GraphQL, metrics and admin UI.
 
 Every error leaves as JSON `{"message": ...}` with a 4xx status; bad input never becomes a 500.
+A database that is away (restarting, unreachable) is a 503 and one warning line, not a 500 and a
+traceback per request: a secondary then retries with its backoff.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
@@ -100,6 +102,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GeoError)
     async def _geo_error(_request: Request, exc: GeoError) -> JSONResponse:
         return JSONResponse({"message": str(exc)}, status_code=status_for(exc))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_away(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.warning("database not reachable", path=request.url.path, error=error_line(exc))
+        return JSONResponse(
+            {"message": "The site's database is not reachable; try again later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

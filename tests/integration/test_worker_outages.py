@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -26,6 +24,7 @@ from geosync.demo.replicators import UploadReplicator
 from geosync.registry import Registry
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
 from geosync.testing.servers import free_port
+from geosync.testing.tcp_proxy import TcpProxy
 from geosync.testing.workers import wait_for
 from tests.conftest import DEMO_REPLICATORS, POSTGRES_URL
 
@@ -157,56 +156,6 @@ def test_a_worker_waits_for_a_tracking_database_that_is_not_there_yet(tmp_path: 
     assert "Traceback" not in worker.text()
 
 
-class Proxy:
-    """A TCP forwarder from 127.0.0.1:`port` to a database server: closing it is the database
-    going away for everyone connected through it (connections cut, new ones refused)."""
-
-    def __init__(self, port: int, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        with suppress(OSError):
-            while data := source.recv(65536):
-                target.sendall(data)
-        for sock in (source, target):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        """Stop listening and cut every connection."""
-        with suppress(OSError):  # wakes the thread blocked in accept(), which close() would not
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
-
-
 @pytest.fixture
 def postgres(backend: str, tmp_path: Path) -> Iterator[DatabaseFactory]:
     """Fresh PostgreSQL databases (the test needs a server it can put a proxy in front of);
@@ -229,7 +178,7 @@ def test_a_running_worker_whose_database_goes_away_retries_and_recovers(
         pair.secondary, tmp_path / "secondary.toml", tracking_database_url=proxied
     )
     upstream = (direct.host or "127.0.0.1", direct.port or 5432)
-    proxy = Proxy(port, upstream)
+    proxy = TcpProxy(port, upstream)
     worker = Worker(config, tmp_path / "worker.log")
     try:
         first = add_upload(pair.primary, "first.bin")
@@ -252,7 +201,7 @@ def test_a_running_worker_whose_database_goes_away_retries_and_recovers(
         assert all(f["level"] == "warning" and f["error"] for f in failures)
         assert "Traceback" not in worker.text()
 
-        proxy = Proxy(port, upstream)  # the database is back
+        proxy = TcpProxy(port, upstream)  # the database is back
         second = add_upload(pair.primary, "second.bin")
         wait_for(lambda: registered(pair.secondary, second), timeout=60, what="the second event")
         assert worker.lines("loop recovered")
