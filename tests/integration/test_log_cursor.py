@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+import pytest
+from sqlalchemy import delete, func, insert, select, text
 
 from geosync.clock import FrozenClock
 from geosync.db.tables import geo_event_gaps, geo_event_log_state, geo_events
@@ -106,6 +107,35 @@ def test_bad_events_are_counted_and_skipped_without_stopping(sites: SitePair) ->
         if s.name.endswith("_total")
     }
     assert reasons == {"unknown_replicable": 1, "unknown_event": 1, "malformed_payload": 2}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_rows_the_columns_cannot_decode_are_skipped_not_a_stuck_cursor(sites: SitePair) -> None:
+    # SQLite keeps whatever text it is given; PostgreSQL's JSONB and timestamptz refuse it.
+    (good,) = add_uploads(sites, 1)
+    bad_json = raw_event(sites, None, "upload", "created", {"model_record_id": good})
+    bad_time = raw_event(sites, None, "upload", "created", {"model_record_id": good})
+    with sites.primary.main() as conn:
+        conn.execute(
+            text("UPDATE geo_events SET payload = '{not json' WHERE id = :i"), {"i": bad_json}
+        )
+        conn.execute(
+            text("UPDATE geo_events SET created_at = 'soon' WHERE id = :i"), {"i": bad_time}
+        )
+    (after,) = add_uploads(sites, 1)
+    cursor = LogCursor(sites.secondary)
+    assert cursor.process_batch() == 4
+    assert registry_ids(sites) == {good, after}
+    assert cursor_state(sites)[0] == max_event_id(sites)
+    skipped = metrics_for(sites.secondary).events_skipped
+    reasons = {
+        s.labels["reason"]: s.value
+        for m in skipped.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    assert reasons == {"malformed_payload": 1, "malformed_row": 1}
+    assert cursor.process_batch() == 0
 
 
 def test_gaps_are_remembered_reread_after_grace_and_dropped_after_an_hour(

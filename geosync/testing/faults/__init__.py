@@ -42,30 +42,26 @@ __all__ = [
     "scenario",
 ]
 
-_POSTGRES = ("postgres",)
+_PG = ("postgres",)
 
 #: Every scenario, in the order of the table, with its unit and sizes (small: tests; large: the
 #: benchmark's default).
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario("blob-kills", worker_kills_during_blob_backfill, "blobs", 100, 1000),
-        Scenario(
-            "repository-kills", worker_kills_during_repository_backfill, "repositories", 10, 60
-        ),
-        Scenario("web-outage", primary_web_server_outage, "blobs", 100, 1000),
-        Scenario("tracking-restart", tracking_database_restart, "blobs", 100, 1000, _POSTGRES),
-        Scenario("standby-unreachable", standby_unreachable, "blobs", 100, 1000, _POSTGRES),
-        Scenario(
-            "primary-db-unreachable", primary_database_unreachable, "blobs", 100, 1000, _POSTGRES
-        ),
-        Scenario("disk-full", disk_full_on_secondary, "blobs", 60, 600),
-        Scenario("corruption", corruption_found_and_repaired, "copies", 100, 2000),
-        Scenario("tokens", forged_tokens_and_traversal, "requests", 200, 2000),
-        Scenario("skew-within", clock_skew_within_leeway, "blobs", 20, 200),
-        Scenario("skew-beyond", clock_skew_beyond_leeway, "blobs", 20, 200),
-        Scenario("malformed-events", malformed_event_rows, "real events", 200, 5000),
-        Scenario("replay", event_log_replayed_twice, "uploads", 60, 1000),
+        Scenario("blob-kills", worker_kills_during_blob_backfill, "blobs", 100, 600),
+        Scenario("repository-kills", worker_kills_during_repository_backfill, "repos", 10, 30),
+        Scenario("web-outage", primary_web_server_outage, "blobs", 100, 600),
+        Scenario("tracking-restart", tracking_database_restart, "blobs", 100, 600, _PG),
+        Scenario("standby-unreachable", standby_unreachable, "blobs", 100, 600, _PG),
+        Scenario("primary-db-unreachable", primary_database_unreachable, "blobs", 100, 600, _PG),
+        Scenario("disk-full", disk_full_on_secondary, "blobs", 60, 400),
+        Scenario("corruption", corruption_found_and_repaired, "copies", 100, 1000),
+        Scenario("tokens", forged_tokens_and_traversal, "requests", 200, 1000),
+        Scenario("skew-within", clock_skew_within_leeway, "blobs", 20, 100),
+        Scenario("skew-beyond", clock_skew_beyond_leeway, "blobs", 20, 100),
+        Scenario("malformed-events", malformed_event_rows, "real events", 200, 2000),
+        Scenario("replay", event_log_replayed_twice, "uploads", 60, 500),
     )
 }
 

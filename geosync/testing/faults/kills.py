@@ -165,7 +165,7 @@ def worker_kills_during_blob_backfill(ctx: FaultContext, size: int) -> Row:
 def worker_kills_during_repository_backfill(ctx: FaultContext, size: int) -> Row:
     """SIGKILL storm of the secondary's worker while it mirrors `size` repositories."""
     rng = random.Random(ctx.seed)
-    kills = kill_count(size * 5)
+    kills = kill_count(size * 10)
     with process_pair(ctx, "repository-kills") as sites:
         disk_paths = add_snippets(sites.pair, size, commits=40, rng=rng)
         # Few clones at once, so that the backfill takes long enough for kills to land in it.

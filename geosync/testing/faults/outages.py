@@ -55,6 +55,11 @@ from geosync.testing.tcp_proxy import TcpProxy
 UNDER_WAY = 60.0
 
 
+def outage_seconds(size: int) -> float:
+    """How long an outage lasts during a backfill of `size` blobs: 2 s per 100, 2 to 10 s."""
+    return min(10.0, max(2.0, size / 50))
+
+
 @dataclass
 class Outage:
     """What an outage story measured."""
@@ -189,7 +194,7 @@ def primary_web_server_outage(ctx: FaultContext, size: int) -> Row:
             yield
             sites.primary.start("serve")
 
-        run, paths = outage_story(sites, size, rng, fault, down=max(3.0, size / 100))
+        run, paths = outage_story(sites, size, rng, fault, down=outage_seconds(size))
         return _row(
             "primary web server outage",
             "SIGKILL the primary's web server",
@@ -216,7 +221,7 @@ def tracking_database_restart(ctx: FaultContext, size: int) -> Row:
                 yield
                 start_cluster(cluster)
 
-            down = max(3.0, size / 100)
+            down = outage_seconds(size)
             run, paths = outage_story(sites, size, rng, fault, down, tracking_reachable=False)
             run.extra["synced_more_than_once"] = _synced_once(sites)
             kept = "sync outcome kept until the tracking database is back"
@@ -278,7 +283,7 @@ def standby_unreachable(ctx: FaultContext, size: int) -> Row:
                     yield
                     restore()
 
-                down = max(3.0, size / 100)
+                down = outage_seconds(size)
                 run, paths = outage_story(sites, size, rng, fault, down)
                 return _row(
                     "standby unreachable",
@@ -307,7 +312,7 @@ def primary_database_unreachable(ctx: FaultContext, size: int) -> Row:
                 yield
                 restore()
 
-            run, paths = outage_story(sites, size, rng, fault, down=max(3.0, size / 100))
+            run, paths = outage_story(sites, size, rng, fault, down=outage_seconds(size))
             run.extra["serve_tracebacks"] = tracebacks(sites.primary, "serve")
             return _row(
                 "primary database unreachable",

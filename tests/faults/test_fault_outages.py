@@ -1,0 +1,52 @@
+"""Outages during a backfill: the primary's web server, the tracking database, the standby, the
+primary's database. PostgreSQL's scenarios use clusters of their own or a proxy that is cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from geosync.testing.faults import FaultContext, scenario
+
+pytestmark = pytest.mark.slow
+
+
+def test_rows_back_off_while_the_primary_web_server_is_down_and_sync_after(
+    fault_context: FaultContext,
+) -> None:
+    outage = scenario("web-outage")
+    row = outage.run(fault_context, outage.small)
+    assert row.passed, row.measured
+    assert row.figures["failed_while_down"] > 0
+    assert row.figures["worker_alive"] == 1 and row.figures["worker_tracebacks"] == 0
+    assert row.figures["partial"] == row.figures["missing"] == row.figures["differing"] == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.usefixtures("own_clusters")
+def test_a_tracking_database_restart_loses_no_sync(fault_context: FaultContext) -> None:
+    restart = scenario("tracking-restart")
+    row = restart.run(fault_context, restart.small)
+    assert row.passed, row.measured
+    assert row.figures["recovered"] == 1 and row.figures["worker_tracebacks"] == 0
+    assert row.figures["missing"] == row.figures["partial"] == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.usefixtures("own_clusters")
+def test_an_unreachable_standby_delays_the_backfill_only(fault_context: FaultContext) -> None:
+    away = scenario("standby-unreachable")
+    row = away.run(fault_context, away.small)
+    assert row.passed, row.measured
+    assert row.figures["recovered"] == 1 and row.figures["worker_tracebacks"] == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_the_primary_answers_503_while_its_database_is_unreachable(
+    fault_context: FaultContext,
+) -> None:
+    away = scenario("primary-db-unreachable")
+    row = away.run(fault_context, away.small)
+    assert row.passed, row.measured
+    assert row.figures["failed_while_down"] > 0
+    assert row.figures["serve_tracebacks"] == 0
+    assert "503" in row.measured
