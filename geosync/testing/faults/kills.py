@@ -143,7 +143,7 @@ def _row(
             "first_transfer_max": max(run.first_transfer, default=0.0),
             "first_transfer_median": statistics.median(run.first_transfer or [0.0]),
         },
-        notes=f"restart-to-transfer time is reported, not judged (lease {lease:g} s)",
+        notes=f"restart to first transfer is printed, not judged; lease {lease:g} s",
         backend=backend,
     )
 

@@ -101,7 +101,7 @@ class TmpfsDisk:
 
     def describe(self) -> str:
         """What the fault is, for the table."""
-        return f"a {self.capacity / MiB:.1f} MiB tmpfs"
+        return f"a tmpfs of {self.capacity / MiB:.1f} MiB"
 
     def grow(self, capacity: int) -> None:
         """Space freed: remount with `capacity` bytes."""
@@ -266,8 +266,10 @@ def reverify_every_copy(pair: SitePair) -> Iterator[None]:
 
 #: What finds damaged copies; point it at the continuous scrub when there is one.
 DETECTOR: Detector = reverify_every_copy
-#: How the detector is named in the table.
-DETECTOR_NAME = "`geosync reverify upload --all` (run by hand; no scrub yet)"
+#: How each detector is named in the table.
+DETECTOR_NAMES: dict[Detector, str] = {
+    reverify_every_copy: "`geosync reverify upload --all` run by hand (no continuous scrub yet)",
+}
 
 
 @dataclass(frozen=True)
@@ -347,9 +349,8 @@ def corruption_found_and_repaired(
         scenario="corruption found and repaired",
         done=(
             f"of {size} verified copies flip a byte in {kinds['flipped']}, truncate"
-            f" {kinds['truncated']}, delete {kinds['deleted']}; detection: {DETECTOR_NAME}"
-            if detect is reverify_every_copy
-            else f"damage {count} of {size} verified copies; detection: {detect.__name__}"
+            f" {kinds['truncated']}, delete {kinds['deleted']}; detection:"
+            f" {DETECTOR_NAMES.get(detect, getattr(detect, '__name__', repr(detect)))}"
         ),
         expected="every damaged copy found and repaired; no intact copy downloaded again",
         measured=(
@@ -370,6 +371,5 @@ def corruption_found_and_repaired(
             "partial": check.partial,
             "stray": check.stray,
         },
-        notes="detected by a manual reverify until the continuous scrub exists",
         backend=ctx.backend,
     )
