@@ -115,7 +115,7 @@ def outage_story(
     result.down = down_for.seconds()
     next(steps, None)
     back = Stopwatch()
-    before = synced_count(geo, UploadReplicator)
+    before = min(synced_count(geo, UploadReplicator), size - 1)
     if wait_until(lambda: synced_count(geo, UploadReplicator) > before, 60 + size * 0.1):
         result.first_transfer = back.seconds()
     if wait_until(lambda: synced_count(geo, UploadReplicator) >= size, 60 + size * 0.1, 0.1):
