@@ -1,8 +1,8 @@
 """The site's web application: node-to-node API, admin REST API, GraphQL, metrics and admin UI.
 
 Every error leaves as JSON `{"message": ...}` with a 4xx status; bad input never becomes a 500.
-A database that is away (restarting, unreachable) is a 503 and one warning line, not a 500 and a
-traceback per request: a secondary then retries with its backoff.
+A database that is away (restarting, unreachable, locked) is a 503 and one warning line, not a
+500 and a traceback per request: a secondary then retries with its backoff.
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def _database_away(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        log.warning("database not reachable", path=request.url.path, error=error_line(exc))
+        log.warning("database not available", path=request.url.path, error=error_line(exc))
         return JSONResponse(
-            {"message": "The site's database is not reachable; try again later"},
+            {"message": "The site's database is not available; try again later"},
             status_code=503,
             headers={"Retry-After": "5"},
         )
