@@ -26,11 +26,22 @@ def test_the_injected_full_disk_behaves_like_a_real_one(fault_context: FaultCont
     assert row.figures["partial_when_full"] == 0
 
 
-def test_damaged_copies_are_found_and_repaired(fault_context: FaultContext) -> None:
+def test_the_scrub_finds_and_repairs_damaged_copies_by_itself(
+    fault_context: FaultContext,
+) -> None:
     corruption = scenario("corruption")
     row = corruption.run(fault_context, corruption.small)
     assert row.passed, row.measured
+    assert "scrub" in row.done
     assert row.figures["found"] == row.figures["repaired"] == row.figures["damaged"] > 0
     assert row.figures["needless_downloads"] == 0
     # What status claimed while the copies were damaged, before anything looked again.
     assert row.figures["verified_percent_before"] == 100.0
+
+
+def test_reverify_all_finds_and_repairs_damaged_copies(fault_context: FaultContext) -> None:
+    corruption = scenario("corruption-reverify")
+    row = corruption.run(fault_context, 40)
+    assert row.passed, row.measured
+    assert row.figures["found"] == row.figures["repaired"] == row.figures["damaged"] > 0
+    assert row.figures["needless_downloads"] == 0

@@ -28,7 +28,11 @@ from geosync.testing.faults.security import (
     clock_skew_within_leeway,
     forged_tokens_and_traversal,
 )
-from geosync.testing.faults.storage import corruption_found_and_repaired, disk_full_on_secondary
+from geosync.testing.faults.storage import (
+    corruption_found_and_repaired,
+    corruption_found_by_reverify,
+    disk_full_on_secondary,
+)
 
 __all__ = [
     "BACKENDS",
@@ -57,6 +61,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("primary-db-unreachable", primary_database_unreachable, "blobs", 100, 600, _PG),
         Scenario("disk-full", disk_full_on_secondary, "blobs", 60, 400),
         Scenario("corruption", corruption_found_and_repaired, "copies", 100, 1000),
+        Scenario("corruption-reverify", corruption_found_by_reverify, "copies", 100, 1000),
         Scenario("tokens", forged_tokens_and_traversal, "requests", 200, 1000),
         Scenario("skew-within", clock_skew_within_leeway, "blobs", 20, 100),
         Scenario("skew-beyond", clock_skew_beyond_leeway, "blobs", 20, 100),

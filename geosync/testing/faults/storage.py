@@ -5,9 +5,9 @@ The disk is a real tmpfs of a few MiB mounted over the secondary's upload storag
 process may mount one (root on Linux); elsewhere the fault is injected on purpose: every write of
 a copy raises ENOSPC once the copies written reach the same size.
 
-Damage is found by whatever `DETECTOR` names: for now an operator's `geosync reverify NAME --all`
-on the secondary (`reverify_every_copy`). A continuous scrub replaces it by pointing `DETECTOR`
-at a context manager that runs the scrub while the scenario waits.
+Damage is found by a detector, a context manager held while the scenario waits for the repairs:
+the continuous scrub running on the secondary (`scrub_copies`, the default, with a scrub period of
+a few seconds), or an operator's `geosync reverify NAME --all` (`reverify_every_copy`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from geosync.db.tables import geo_events
 from geosync.demo.replicators import UploadReplicator
 from geosync.registry import Registry
 from geosync.resync import resync_all
 from geosync.reverification import reverify_all
 from geosync.secondary import partial_file
+from geosync.secondary.cursor_state import reported_position
 from geosync.states import SyncState, VerificationState
+from geosync.status import compute_status
 from geosync.testing.faults.base import FaultContext, Row
 from geosync.testing.faults.harness import (
+    CopyCheck,
     KiB,
     MiB,
     Stopwatch,
@@ -45,7 +50,8 @@ from geosync.testing.faults.harness import (
     wait_until,
 )
 from geosync.testing.sites import SitePair
-from geosync.testing.workers import checksum_on_primary, secondary_worker
+from geosync.testing.workers import checksum_on_primary, run_worker, secondary_worker
+from geosync.worker import Worker
 
 #: Damage is found by this: a context manager entered once the copies are damaged and held while
 #: the scenario waits for every damaged copy to be repaired.
@@ -255,8 +261,8 @@ def damage_copies(
 
 @contextmanager
 def reverify_every_copy(pair: SitePair) -> Iterator[None]:
-    """Today's detector: what `geosync reverify NAME --all` does on the secondary, for every
-    replicator whose copies are verified, before the scenario waits for the repairs."""
+    """An operator's detection: what `geosync reverify NAME --all` does on the secondary, for
+    every replicator whose copies are verified, before the scenario waits for the repairs."""
     for replicator in pair.secondary.catalog:
         if replicator.verification_enabled:
             for _ in reverify_all(pair.secondary, replicator, failed_only=False):
@@ -264,35 +270,54 @@ def reverify_every_copy(pair: SitePair) -> Iterator[None]:
     yield
 
 
-#: What finds damaged copies; point it at the continuous scrub when there is one.
-DETECTOR: Detector = reverify_every_copy
+@contextmanager
+def scrub_copies(pair: SitePair) -> Iterator[None]:
+    """geosync's own detection: the continuous scrub (`geosync.scrub.ScrubLoop`) running on the
+    secondary for the block, at the site's scrub period and rates; nothing else looks at a
+    verified copy again meanwhile."""
+    from geosync.scrub import ScrubLoop
+
+    with run_worker(Worker(pair.secondary, [ScrubLoop])):
+        yield
+
+
+#: What finds damaged copies unless a scenario is given another detector.
+DETECTOR: Detector = scrub_copies
 #: How each detector is named in the table.
 DETECTOR_NAMES: dict[Detector, str] = {
-    reverify_every_copy: "`geosync reverify upload --all` run by hand (no continuous scrub yet)",
+    scrub_copies: "the continuous scrub alone",
+    reverify_every_copy: "`geosync reverify upload --all` run by hand",
 }
+#: The scrub period of the corruption scenario's sites: the scrub looks at a copy again once its
+#: verification is older than half of it.
+SCRUB_PERIOD = timedelta(seconds=4)
 
 
-@dataclass(frozen=True)
-class Verified:
-    """Counts of the secondary's upload rows: all, synced and verified."""
-
-    total: int
-    verified: int
-
-    @property
-    def percent(self) -> float:
-        """Verified share, as status reports it."""
-        return 100.0 * self.verified / self.total if self.total else 0.0
-
-
-def verified_counts(pair: SitePair) -> Verified:
-    """How many upload rows are synced and verified, as `geosync status` counts them."""
+def verified_uploads(pair: SitePair) -> int:
+    """How many upload rows are synced with a succeeded verification (of any age)."""
     registry = Registry(pair.secondary, UploadReplicator)
     t = registry.table
     with pair.secondary.tracking_engine.connect() as conn:
         rows = conn.execute(select(t.c.state, t.c.verification_state)).all()
-    verified = sum(1 for s, v in rows if s == SyncState.SYNCED and v == VerificationState.SUCCEEDED)
-    return Verified(len(rows), verified)
+    return sum(1 for s, v in rows if s == SyncState.SYNCED and v == VerificationState.SUCCEEDED)
+
+
+def status_verified_percent(pair: SitePair) -> float:
+    """The share of uploads `geosync status` calls verified on the secondary (within the scrub
+    period)."""
+    values = compute_status(pair.secondary).values
+    verified, total = values["uploads_verified_count"], values["uploads_registry_count"]
+    return 100.0 * float(verified or 0) / float(total) if total else 0.0
+
+
+def _caught_up(pair: SitePair) -> bool:
+    """Every event read: a `checksum_succeeded` still unread would verify a copy again, and the
+    detector must be the only one that looks."""
+    with pair.primary.main_engine.connect() as conn:
+        newest = conn.execute(select(func.max(geo_events.c.id))).scalar()
+    with pair.secondary.tracking_engine.connect() as conn:
+        position = reported_position(conn)
+    return newest is None or (position is not None and position >= newest)
 
 
 def _repaired(pair: SitePair, paths: dict[int, str], damaged: dict[int, str]) -> int:
@@ -313,63 +338,119 @@ def _repaired(pair: SitePair, paths: dict[int, str], damaged: dict[int, str]) ->
     )
 
 
+@dataclass(frozen=True)
+class Repair:
+    """What damaging verified copies and running a detector measured."""
+
+    ready: bool
+    damaged: dict[int, str]
+    verified_percent_before: float
+    repaired_in_time: bool
+    seconds: float
+    found: int
+    repaired: int
+    needless: int
+    check: CopyCheck
+
+
+def damage_and_detect(
+    pair: SitePair, size: int, detect: Detector, rng: random.Random, timeout: float
+) -> Repair:
+    """Back up `size` uploads, verified; damage one in ten; hold `detect` until every damaged
+    copy is repaired (or `timeout` seconds pass) and measure."""
+    paths = add_uploads(pair, [rng.randint(1, 32 * KiB) for _ in range(size)], rng, "c")
+    checksum_on_primary(pair)
+    with pair.primary_served(), secondary_worker(pair, verification=True):
+        ready = wait_until(
+            lambda: verified_uploads(pair) >= size and _caught_up(pair), 60 + size * 0.05
+        )
+        damaged = damage_copies(pair, paths, max(3, size // 10), rng)
+        before = status_verified_percent(pair)
+        clock = Stopwatch()
+        syncs_before = attempts(pair.secondary, UploadReplicator, "sync", "synced")
+        with detect(pair):
+            done = wait_until(lambda: _repaired(pair, paths, damaged) == len(damaged), timeout, 0.2)
+        elapsed = clock.seconds()
+        found = attempts(pair.secondary, UploadReplicator, "verification", "failed")
+        resynced = attempts(pair.secondary, UploadReplicator, "sync", "synced") - syncs_before
+        repaired = _repaired(pair, paths, damaged)
+    return Repair(
+        ready=ready,
+        damaged=damaged,
+        verified_percent_before=before,
+        repaired_in_time=done,
+        seconds=elapsed,
+        found=sum(1 for i in damaged if found[i]),
+        repaired=repaired,
+        needless=sum(1 for i in resynced if i not in damaged),
+        check=check_blobs(pair, paths),
+    )
+
+
 def corruption_found_and_repaired(
     ctx: FaultContext, size: int, detector: Detector | None = None
 ) -> Row:
-    """`size` verified copies, about one in ten damaged; the detector must find and repair
-    every damaged one, and re-download none of the others."""
-    rng = random.Random(ctx.seed)
+    """`size` verified copies, one in ten damaged; the detector (the scrub by default) must find
+    and repair every damaged one, and download none of the others again. The scrub must do it
+    within three scrub periods (a copy is looked at once per period, then downloaded again)."""
     detect = detector or DETECTOR
-    count = max(3, size // 10)
-    with site_pair(ctx, "corruption") as pair:
-        paths = add_uploads(pair, [rng.randint(1, 32 * KiB) for _ in range(size)], rng, "c")
-        checksum_on_primary(pair)
-        with pair.primary_served(), secondary_worker(pair, verification=True):
-            ready = wait_until(lambda: verified_counts(pair).verified >= size, 60 + size * 0.05)
-            damaged = damage_copies(pair, paths, count, rng)
-            before = verified_counts(pair)
-            clock = Stopwatch()
-            syncs_before = attempts(pair.secondary, UploadReplicator, "sync", "synced")
-            with detect(pair):
-                repaired = wait_until(
-                    lambda: _repaired(pair, paths, damaged) == count, 60 + size * 0.05, 0.2
-                )
-            elapsed = clock.seconds()
-            found = attempts(pair.secondary, UploadReplicator, "verification", "failed")
-            resynced = attempts(pair.secondary, UploadReplicator, "sync", "synced") - syncs_before
-            fixed = _repaired(pair, paths, damaged)
-        check = check_blobs(pair, paths)
-    found_damaged = sum(1 for i in damaged if found[i])
-    needless = sum(1 for i in resynced if i not in damaged)
+    by_scrub = detect is scrub_copies
+    period = SCRUB_PERIOD.total_seconds()
+    rate = max(500.0, float(size))  # every copy within a period: only the period is waited for
+    with site_pair(
+        ctx, "corruption", scrub_period=SCRUB_PERIOD, scrub_items_per_second=rate
+    ) as pair:
+        timeout = 3 * period if by_scrub else 60 + size * 0.05
+        run = damage_and_detect(pair, size, detect, random.Random(ctx.seed), timeout)
+    count = len(run.damaged)
     kinds = {
-        k: sum(1 for v in damaged.values() if v == k) for k in ("flipped", "truncated", "deleted")
+        k: sum(1 for v in run.damaged.values() if v == k)
+        for k in ("flipped", "truncated", "deleted")
     }
-    passed = ready and repaired and found_damaged == count and needless == 0 and check.clean
+    name = DETECTOR_NAMES.get(detect, getattr(detect, "__name__", repr(detect)))
+    passed = (
+        run.ready
+        and run.repaired_in_time
+        and run.found == run.repaired == count
+        and run.needless == 0
+        and run.check.clean
+    )
     return Row(
-        scenario="corruption found and repaired",
+        scenario="corruption found by the scrub" if by_scrub else f"corruption found by {name}",
         done=(
             f"of {size} verified copies flip a byte in {kinds['flipped']}, truncate"
-            f" {kinds['truncated']}, delete {kinds['deleted']}; detection:"
-            f" {DETECTOR_NAMES.get(detect, getattr(detect, '__name__', repr(detect)))}"
+            f" {kinds['truncated']}, delete {kinds['deleted']}; detection: {name}"
+            + (f" (scrub period {period:g} s)" if by_scrub else "")
         ),
-        expected="every damaged copy found and repaired; no intact copy downloaded again",
+        expected=(
+            "every damaged copy found and repaired"
+            + (f" within 3 scrub periods ({3 * period:g} s)" if by_scrub else "")
+            + "; no intact copy downloaded again"
+        ),
         measured=(
-            f"status said {before.percent:.0f} % verified over the damage;"
-            f" {found_damaged}/{count} found, {fixed}/{count} repaired in {seconds(elapsed)};"
-            f" {needless} intact copies downloaded again; {check.describe()}"
+            f"status said {run.verified_percent_before:.0f} % verified over the damage;"
+            f" {run.found}/{count} found, {run.repaired}/{count} repaired in"
+            f" {seconds(run.seconds)}; {run.needless} intact copies downloaded again;"
+            f" {run.check.describe()}"
         ),
         passed=passed,
         figures={
             "damaged": count,
-            "verified_percent_before": before.percent,
-            "found": found_damaged,
-            "repaired": fixed,
-            "needless_downloads": needless,
-            "seconds": elapsed,
-            "missing": check.missing,
-            "differing": check.differing,
-            "partial": check.partial,
-            "stray": check.stray,
+            "verified_percent_before": run.verified_percent_before,
+            "found": run.found,
+            "repaired": run.repaired,
+            "needless_downloads": run.needless,
+            "seconds": run.seconds,
+            "missing": run.check.missing,
+            "differing": run.check.differing,
+            "partial": run.check.partial,
+            "stray": run.check.stray,
         },
         backend=ctx.backend,
     )
+
+
+def corruption_found_by_reverify(ctx: FaultContext, size: int) -> Row:
+    """`corruption_found_and_repaired` with an operator's `geosync reverify upload --all` as the
+    detector instead of the scrub."""
+    return corruption_found_and_repaired(ctx, size, reverify_every_copy)
