@@ -11,7 +11,7 @@ the shared server is never restarted.
     .venv/bin/python bench/faults.py --size blob-kills=2000 --scale 0.5 --markdown table.md
     .venv/bin/python bench/faults.py --list
 
-At the default sizes the whole run takes 7 to 8 minutes on two cores. Exit status 1 if a row
+At the default sizes the whole run takes 6 to 8 minutes on two cores. Exit status 1 if a row
 fails. The restart-to-first-transfer times of the SIGKILL storms are printed, not judged.
 """
 

@@ -416,7 +416,7 @@ def corruption_found_and_repaired(
         and run.check.clean
     )
     return Row(
-        scenario="corruption found by the scrub" if by_scrub else f"corruption found by {name}",
+        scenario="corruption found by the scrub" if by_scrub else "corruption found by a reverify",
         done=(
             f"of {size} verified copies flip a byte in {kinds['flipped']}, truncate"
             f" {kinds['truncated']}, delete {kinds['deleted']}; detection: {name}"
