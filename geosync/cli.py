@@ -714,6 +714,91 @@ def registries(
     run(action)
 
 
+# -- failover -------------------------------------------------------------------------------
+
+
+@app.command("promote")
+def promote(
+    plan_only: Annotated[
+        bool, typer.Option("--plan", help="Only show what a promotion now would lose.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --plan: print it as JSON.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even though the plan shows data loss.")
+    ] = False,
+    planned: Annotated[
+        bool,
+        typer.Option(
+            "--planned",
+            help="Make the old primary read-only, wait until the plan is clean, then promote.",
+        ),
+    ] = False,
+    primary_database_url: Annotated[
+        str | None,
+        typer.Option(help="With --planned: the old primary's main database (superuser)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="With --planned: give up after this many seconds.")
+    ] = 300.0,
+) -> None:
+    """Make this secondary the primary (failover), or with --plan show what that would lose.
+
+    Refuses, naming the loss, when the plan shows data loss, unless --force. Safe to run again.
+    """
+    from geosync.promotion import promote as promote_site
+    from geosync.promotion_plan import promotion_plan
+    from geosync.promotion_view import render_plan
+
+    def action() -> None:
+        geo = load_geo()
+        if plan_only:
+            found = promotion_plan(geo)
+            if as_json:
+                print_json(found.as_json())
+            else:
+                render_plan(found, console)
+            return
+
+        def progress(found: Any) -> None:
+            left = "; ".join(found.losses()) or "nothing"
+            err_console.print(f"waiting for a clean plan: {escape(left)}", highlight=False)
+
+        done = promote_site(
+            geo,
+            force=force,
+            planned=planned,
+            primary_database_url=primary_database_url,
+            timeout=timeout,
+            progress=progress,
+        )
+        for step in done.steps:
+            console.print(f"- {escape(step)}", highlight=False, soft_wrap=True)
+        console.print("[bold]now:[/bold]")
+        for line in done.restart:
+            console.print(f"- {escape(line)}", highlight=False, soft_wrap=True)
+
+    run(action)
+
+
+@app.command("reattach")
+def reattach(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Seed this secondary's registries from the copies already here (a former primary brought
+    back): copies whose checksum matches the primary's are marked synced without a transfer."""
+    from geosync.reattach import reattach as reattach_site
+
+    def action() -> None:
+        report = reattach_site(load_geo())
+        if as_json:
+            print_json(report.as_json())
+            return
+        for line in report.lines():
+            console.print(escape(line), highlight=False, soft_wrap=True)
+
+    run(action)
+
+
 # -- services ---------------------------------------------------------------------------------
 
 
