@@ -204,27 +204,26 @@ def _promote_database(geo: Geo, result: Promotion) -> None:
 def _promote_node(
     geo: Geo, node: Node, result: Promotion, reachable: Callable[[Node], bool]
 ) -> None:
+    old = geo.primary_node()
+    answers = old is not None and old.id != node.id and reachable(old)  # asked before writing
     engine = make_engine(geo.settings.main_database_url, setting="main_database_url")
     try:
         with engine.begin() as conn:
             store = NodeStore(geo, conn)
-            old = next((n for n in store.list() if n.primary and n.id != node.id), None)
             if store.get(node.id).primary:
                 result.steps.append(f"geo_nodes: {node.name!r} is already the primary")
             else:
                 store.promote(node.id)
                 result.steps.append(f"geo_nodes: {node.name!r} is now the primary")
-            if old is not None:
-                _demote(store, old, result, reachable)
+            if old is not None and old.id != node.id:
+                _demote(store, old, result, answers)
     finally:
         engine.dispose()
 
 
-def _demote(
-    store: NodeStore, old: Node, result: Promotion, reachable: Callable[[Node], bool]
-) -> None:
+def _demote(store: NodeStore, old: Node, result: Promotion, answers: bool) -> None:
     """The old primary, just made a secondary by `promote`: disabled when it does not answer."""
-    if reachable(old):
+    if answers:
         result.steps.append(
             f"geo_nodes: old primary {old.name!r} is now a secondary (it answers at"
             f" {old.effective_internal_url}: stop its processes and re-attach it)"
@@ -240,7 +239,7 @@ def _demote(
 def old_primary_answers(node: Node) -> bool:
     """Whether anything answers HTTP at the node's internal URL within `REACH_TIMEOUT`."""
     try:
-        httpx.get(node.effective_internal_url + "metrics", timeout=REACH_TIMEOUT)
+        httpx.get(node.effective_internal_url, timeout=REACH_TIMEOUT)
     except httpx.HTTPError:
         return False
     return True

@@ -73,6 +73,6 @@ def describe_database(state: DatabaseState) -> str:
     if state.kind == "shared_sqlite":
         return "SQLite shared with the primary (demo topology): no replication, no lag"
     if state.kind == "writable":
-        return "PostgreSQL, writable (not a standby: already promoted)"
+        return "PostgreSQL, writable (not a standby: nothing to promote)"
     lag = state.replication_lag_seconds
     return f"PostgreSQL standby, replication lag {'unknown' if lag is None else f'{lag} s'}"

@@ -3,7 +3,8 @@
 Paths, parameters, JSON shapes, pagination headers and error codes follow GitLab's Geo nodes and
 Geo sites APIs, so GitLab's clients (python-gitlab, scripts, dashboards) work unchanged. Every
 endpoint needs an admin token; nodes are changed only on the primary. This site's bulk jobs
-are under `current/bulk_jobs` (`geosync.web.jobs_api`).
+are under `current/bulk_jobs` (`geosync.web.jobs_api`), its promotion plan at
+`current/promotion_plan` (`geosync.web.promotion_api`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from geosync.web.failures import FAILURE_TYPES, list_failures
 from geosync.web.jobs_api import add_job_routes
 from geosync.web.openapi import errors
 from geosync.web.pagination import Page, page_params
+from geosync.web.promotion_api import add_promotion_routes
 
 MAX_ID = 2**31 - 1
 COLLECTIONS = {"geo_nodes": "node", "geo_sites": "site"}
@@ -384,6 +386,7 @@ def build_router(collection: str, replicables: list[str]) -> APIRouter:
     _add_status_routes(router, collection, replicables)
     _add_write_routes(router, collection)
     add_job_routes(router)
+    add_promotion_routes(router)
     return router
 
 

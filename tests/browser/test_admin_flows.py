@@ -40,6 +40,23 @@ def test_the_overview_shows_one_card_per_site_and_updates_itself(
     view.shot("overview")
 
 
+def test_this_secondarys_card_says_what_a_promotion_now_would_lose(
+    live: LiveSites, view: Watched
+) -> None:
+    sign_in(view, live.secondary, live.token)
+    page = view.page
+    page.goto(f"{live.secondary.url}admin/geo/sites")
+    plans = page.locator("section.promotion-plan")
+
+    assert plans.count() == 1  # on this site's own card only; the primary has nothing to promote
+    own_card = page.locator("article.card", has=plans)
+    assert "this site" in own_card.inner_text()
+    text = plans.inner_text()
+    assert "If this site were promoted now" in text and "data would be lost" in text
+    assert re.search(r"uploads: 3 not synced \(3 failed", text), text
+    view.shot("promotion-plan")
+
+
 def test_filter_to_failed_open_an_item_and_resync_it(live: LiveSites, view: Watched) -> None:
     sign_in(view, live.secondary, live.token)
     page = view.page

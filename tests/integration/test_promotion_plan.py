@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
+from geosync.auth import create_admin_token
 from geosync.cli import app
 from geosync.clock import FrozenClock
 from geosync.demo.replicators import UploadReplicator
@@ -20,6 +22,8 @@ from geosync.registry import Registry
 from geosync.secondary.log_cursor import LogCursor
 from geosync.states import VerificationState
 from geosync.testing import SitePair
+from geosync.testing.servers import serve_in_thread
+from geosync.web.app import create_app
 from tests import verifyutil as vu
 
 runner = CliRunner()
@@ -154,3 +158,24 @@ def test_cli_plan_prints_the_verdict_and_the_losses_and_json(sites: SitePair) ->
     assert data["verdict"] == DATA_LOSS and data["safe"] is False
     row = next(t for t in data["types"] if t["replicable_name"] == "upload")
     assert row["not_synced_count"] == 1 and row["losses"][0].startswith("uploads: 1 not synced")
+
+
+def test_rest_api_serves_the_plan_on_a_secondary_to_admins_only(sites: SitePair) -> None:
+    vu.add_upload(sites.primary, b"rest")
+    now = sites.primary.clock.now()
+    with sites.primary.main() as conn:
+        admin = {"PRIVATE-TOKEN": create_admin_token(conn, "ops", now)}
+    path = "api/v4/geo_sites/current/promotion_plan"
+
+    with serve_in_thread(create_app(sites.secondary)) as url, httpx.Client(base_url=url) as web:
+        answered = web.get(path, headers=admin)
+        anonymous = web.get(path)
+    with serve_in_thread(create_app(sites.primary)) as url, httpx.Client(base_url=url) as web:
+        on_primary = web.get(path, headers=admin)
+
+    assert answered.status_code == 200
+    body = answered.json()
+    assert body["verdict"] == DATA_LOSS
+    assert body == {**promotion_plan(sites.secondary).as_json(), "computed_at": body["computed_at"]}
+    assert anonymous.status_code == 401
+    assert on_primary.status_code == 403 and "secondary" in on_primary.json()["message"]

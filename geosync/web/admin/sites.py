@@ -19,6 +19,7 @@ from geosync.log import get_logger
 from geosync.nodes import Node, NodeStore
 from geosync.status import node_statuses
 from geosync.web.admin.pages import page
+from geosync.web.admin.promotion_card import plan_on_card
 from geosync.web.admin.session import PREFIX, AdminSession, current_session, form_of
 from geosync.web.admin.site_cards import cards
 from geosync.web.admin.site_form import (
@@ -106,7 +107,11 @@ async def save(
 
 def _cards_context(geo: Geo) -> dict[str, Any]:
     now = geo.clock.now()
-    return {"cards": cards(geo, node_statuses(geo, own_stored=True), now), "at": now}
+    return {
+        "cards": cards(geo, node_statuses(geo, own_stored=True), now),
+        "at": now,
+        "promotion": plan_on_card(geo, now),
+    }
 
 
 def _editing(geo: Geo, node_id: int) -> tuple[Node, str | None] | None:
