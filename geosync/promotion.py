@@ -26,14 +26,12 @@ from sqlalchemy.engine import make_url
 
 from geosync.db.engines import make_engine, redact_url
 from geosync.errors import ConfigurationError, GeoError
-from geosync.log import get_logger
 from geosync.nodes import Node, NodeStore
 from geosync.promotion_plan import PromotionPlan, database_state, promotion_plan
 
 if TYPE_CHECKING:
     from geosync.app import Geo
 
-log = get_logger("promotion")
 
 #: Seconds `pg_promote` may take before the promotion gives up on it.
 PROMOTE_WAIT = 60
@@ -81,9 +79,6 @@ def promote(
         _promote_database(geo, result)
         _promote_node(geo, node, result, reachable or old_primary_answers)
     result.restart = restart_instructions(geo)
-    log.info(
-        "site promoted", node=node.name, steps=len(result.steps), forced=bool(result.forced_losses)
-    )
     return result
 
 

@@ -25,7 +25,6 @@ from sqlalchemy import Connection, func, select
 from geosync.db.tables import geo_events
 from geosync.errors import ConfigurationError, GeoError, InvalidTransition
 from geosync.flags import flag_enabled
-from geosync.log import get_logger
 from geosync.records import load_records
 from geosync.registry import Registry
 from geosync.scope import scoped_query
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     from geosync.nodes import Node
     from geosync.replicator import Replicator
 
-log = get_logger("reattach")
 
 #: In-scope items seeded per transaction.
 BATCH = 1000
@@ -86,7 +84,6 @@ def reattach(geo: Geo, batch: int = BATCH) -> ReattachReport:
             enabled = flag_enabled(main, replicator)
         if enabled:
             report.types.append(_seed_type(geo, replicator, node, batch))
-    log.info("registries seeded", types=report.as_json()["types"])
     return report
 
 
