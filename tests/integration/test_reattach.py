@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from geosync.app import Geo
 from geosync.cli import app
 from geosync.db.tables import geo_sync_attempts
 from geosync.demo.models import Snippet
@@ -25,11 +27,17 @@ from tests import verifyutil as vu
 runner = CliRunner()
 
 
+def repositories(geo: Geo) -> Path:
+    root = geo.settings.repository_storage_root
+    assert root is not None
+    return root
+
+
 def snippet_with_history(sites: SitePair) -> tuple[int, str]:
     """A snippet whose repository has two branches on the primary; its path in the storage."""
     record_id = vu.add_snippet(sites.primary)
     path = Snippet(id=record_id).disk_path
-    repo = gitutil.make_bare(sites.primary.settings.repository_storage_root / path)
+    repo = gitutil.make_bare(repositories(sites.primary) / path)
     gitutil.seed_branches(repo, ["main", "topic"])
     return record_id, str(path)
 
@@ -45,8 +53,7 @@ def test_copies_in_place_are_synced_without_a_transfer_and_the_rest_queued(
     vu.write(vu.upload_file(sites.secondary, same), b"kept")
     vu.write(vu.upload_file(sites.secondary, changed), b"old content")
     shutil.copytree(
-        sites.primary.settings.repository_storage_root / snippet_path,
-        sites.secondary.settings.repository_storage_root / snippet_path,
+        repositories(sites.primary) / snippet_path, repositories(sites.secondary) / snippet_path
     )
 
     report = reattach(sites.secondary)
