@@ -750,6 +750,12 @@ def promote(
     from geosync.promotion_view import render_plan
 
     def action() -> None:
+        from geosync.errors import ValidationError
+
+        if as_json and not plan_only:
+            raise ValidationError("--json only goes with --plan")
+        if primary_database_url is not None and not planned:
+            raise ValidationError("--primary-database-url only goes with --planned")
         geo = load_geo()
         if plan_only:
             found = promotion_plan(geo)

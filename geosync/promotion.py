@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, text
 
-from geosync.db.engines import make_engine, redact_url
-from geosync.errors import ConfigurationError, GeoError
+from geosync.db.engines import make_engine, parse_database_url, redact_url
+from geosync.errors import ConfigurationError, GeoError, ValidationError
 from geosync.nodes import Node, NodeStore
 from geosync.promotion_plan import PromotionPlan, database_state, promotion_plan
 
@@ -152,7 +151,7 @@ def _make_primary_read_only(geo: Geo, url: str | None, result: Promotion) -> Non
             "a planned failover makes the old primary read-only first: give its main database"
             " with --primary-database-url (a superuser's URL)"
         )
-    engine = create_engine(make_url(url), isolation_level="AUTOCOMMIT")
+    engine = _admin_engine(url, "--primary-database-url")
     try:
         with engine.connect() as conn:
             conn.execute(text("ALTER SYSTEM SET default_transaction_read_only = on"))
@@ -163,6 +162,15 @@ def _make_primary_read_only(geo: Geo, url: str | None, result: Promotion) -> Non
         f"old primary: database {redact_url(url)} set read-only"
         " (default_transaction_read_only = on, configuration reloaded)"
     )
+
+
+def _admin_engine(url: str, setting: str) -> Engine:
+    """An autocommit engine on a PostgreSQL database named by `setting` (never read-only: it
+    runs `pg_promote()` or `ALTER SYSTEM`)."""
+    parsed = parse_database_url(url, setting)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValidationError(f"{setting} must be a PostgreSQL database URL")
+    return create_engine(parsed.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
 
 
 # -- 2. the main database ------------------------------------------------------------------
@@ -179,7 +187,7 @@ def _promote_database(geo: Geo, result: Promotion) -> None:
     if state.kind == "writable":
         result.steps.append("main database: already writable, nothing to promote")
         return
-    engine = create_engine(make_url(geo.settings.main_database_url), isolation_level="AUTOCOMMIT")
+    engine = _admin_engine(geo.settings.main_database_url, "main_database_url")
     try:
         with engine.connect() as conn:
             done = conn.execute(

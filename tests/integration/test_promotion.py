@@ -136,3 +136,16 @@ def test_cli_refuses_with_the_losses_then_promotes_with_force(sites: SitePair) -
     assert "- geo_nodes: 'secondary' is now the primary" in forced.stdout
     assert "restart every `geosync worker`" in forced.stdout
     assert nodes(sites)["secondary"].primary
+
+
+def test_cli_refuses_options_that_do_not_go_together(sites: SitePair) -> None:
+    config = config_file(sites)
+
+    json_alone = runner.invoke(app, ["promote", "--json", "-c", config])
+    url_alone = runner.invoke(
+        app, ["promote", "--primary-database-url", "postgresql://x@h/db", "-c", config]
+    )
+
+    assert json_alone.exit_code == 1 and "--json only goes with --plan" in json_alone.stderr
+    assert url_alone.exit_code == 1 and "only goes with --planned" in url_alone.stderr
+    assert nodes(sites)["primary"].primary
