@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     f = row.figures
     print(
-        f"{row.done} ({args.backend}, real retry delays); run took {time.monotonic() - started:.0f} s"
+        f"{row.done} ({args.backend}, real retry delays);"
+        f" run took {time.monotonic() - started:.0f} s"
     )
     print(
         f"  all synced after the primary's return: {f['recovery_seconds']:.1f} s"
@@ -71,9 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (target 0); failed attempts {f['failed_attempts']:.0f}"
     )
     print(f"  syncs deferred while the primary was unreachable: {f['deferred']:.0f}")
-    print(
-        f"  status said the primary was unreachable: {'yes' if f['status_unreachable'] == 1 else 'NO'}"
-    )
+    said = "yes" if f["status_unreachable"] == 1 else "NO"
+    print(f"  status said the primary was unreachable: {said}")
     print(f"  {row.measured}")
     print("pass" if row.passed else "FAIL")
     return 0 if row.passed else 1

@@ -290,15 +290,15 @@ class Reachability:
         self._probed_at[target] = time.monotonic()
         if target == MAIN_DATABASE:
             return probe_main_database(self.geo)
-        route = self._route
-        if route is None:
-            from geosync.secondary.sync import Route
+        from geosync.secondary.sync import Route
 
-            try:
-                route = self._route = Route.lookup(self.geo)
-            except (GeoError, SQLAlchemyError) as exc:
+        try:  # read again each time: an operator may point the node elsewhere meanwhile
+            self._route = Route.lookup(self.geo)
+        except (GeoError, SQLAlchemyError) as exc:
+            if self._route is None:
                 return f"the primary's address is not known: {exc}"
-        return probe_primary(self.geo, route)
+        assert self._route is not None
+        return probe_primary(self.geo, self._route)
 
     def _record(self, target: str, error: str | None) -> None:
         """Keep what a probe found, here and in the tracking database; log a change."""

@@ -1,0 +1,52 @@
+"""Site reachability: a primary that does not answer is found away by one probe, seen so by
+every process of the site and by its status, probed with a bounded backoff, and back at once."""
+
+from __future__ import annotations
+
+import time
+
+from geosync.secondary.reachability import (
+    MAX_PROBE,
+    PRIMARY,
+    Reachability,
+    probe_interval,
+    reachability_of,
+)
+from geosync.status import compute_status
+from geosync.testing import SitePair
+
+
+def test_probes_back_off_to_at_most_five_seconds() -> None:
+    assert [probe_interval(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 5, 5, 5]
+    assert MAX_PROBE <= 5
+
+
+def test_a_primary_that_does_not_answer_is_unreachable_for_the_whole_site(
+    live_sites: SitePair,
+) -> None:
+    sites = live_sites
+    with sites.primary_served():
+        pass  # the node now points at a port nobody listens on
+    view = reachability_of(sites.secondary)
+    assert view.confirm_down(PRIMARY)
+    other = Reachability(sites.secondary)  # another worker process of the site
+    assert other.down() == [PRIMARY]
+    assert 0 < other.pause([PRIMARY]) <= MAX_PROBE
+    status = compute_status(sites.secondary)
+    assert status["primary_reachable"] == 0 and not status.healthy
+    assert "The primary is unreachable" in status["health"]
+    assert status["primary_unreachable_seconds"] is not None
+    with sites.primary_served():
+        deadline = time.monotonic() + 3 * MAX_PROBE
+        while other.pause([PRIMARY]) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert other.down() == []
+        status = compute_status(sites.secondary)
+        assert status["primary_reachable"] == 1 and status["primary_unreachable_seconds"] == 0
+
+
+def test_an_error_while_the_primary_answers_is_the_items_own(live_sites: SitePair) -> None:
+    sites = live_sites
+    with sites.primary_served():
+        assert not reachability_of(sites.secondary).confirm_down(PRIMARY)
+        assert compute_status(sites.secondary)["primary_reachable"] == 1
