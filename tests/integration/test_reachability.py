@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import time
 
+from geosync.attempts import SITE_UNREACHABLE, recent_attempts
+from geosync.demo.models import Upload
+from geosync.demo.replicators import UploadReplicator
+from geosync.explain import explain
+from geosync.registry import Registry
+from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.reachability import (
     MAX_PROBE,
     PRIMARY,
@@ -12,8 +18,22 @@ from geosync.secondary.reachability import (
     probe_interval,
     reachability_of,
 )
+from geosync.secondary.sync import SyncService
+from geosync.states import SyncState
 from geosync.status import compute_status
 from geosync.testing import SitePair
+
+
+def add_upload(sites: SitePair, name: str) -> int:
+    """An Upload row and its file on the primary."""
+    path = sites.primary.settings.blob_storage("uploads") / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"content")
+    with sites.primary.session() as session:
+        upload = Upload(path=name, namespace_id=1, size=7)
+        session.add(upload)
+        session.commit()
+        return int(upload.id)
 
 
 def test_probes_back_off_to_at_most_five_seconds() -> None:
@@ -50,3 +70,27 @@ def test_an_error_while_the_primary_answers_is_the_items_own(live_sites: SitePai
     with sites.primary_served():
         assert not reachability_of(sites.secondary).confirm_down(PRIMARY)
         assert compute_status(sites.secondary)["primary_reachable"] == 1
+
+
+def test_a_sync_cut_by_an_unreachable_primary_is_deferred_and_explained(
+    live_sites: SitePair,
+) -> None:
+    sites = live_sites
+    record_id = add_upload(sites, "a/deferred.bin")
+    with sites.primary_served():
+        pass
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [record_id])
+        claim = registry.start(conn, record_id)
+    service = SyncService(sites.secondary, UploadReplicator, record_id, claim, BlobClient())
+    assert not service.execute()
+    with sites.secondary.tracking() as conn:
+        row = registry.require(conn, record_id)
+        history = recent_attempts(conn, "upload", record_id)
+    assert (row.sync_state, row.retry_count, row.retry_at) == (SyncState.PENDING, 0, None)
+    assert [(a.outcome, a.error_class) for a in history] == [(SITE_UNREACHABLE, SITE_UNREACHABLE)]
+    result = explain(sites.secondary, "upload", record_id)
+    assert "was deferred: Deferred while the primary is unreachable" in result.summary
+    assert "queued for sync again" in result.summary
+    assert result.next_step.startswith("Nothing to fix for this item")
