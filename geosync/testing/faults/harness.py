@@ -259,14 +259,15 @@ def attempts(
 def attempts_since(
     geo: Any, replicator: type[Replicator], outcome: str, since: datetime
 ) -> Counter[int]:
-    """Per record, how many sync attempts started at or after `since` ended with `outcome`
-    (a `failed` one is one more retry counted on the row)."""
+    """Per record, how many sync attempts that ended at or after `since` ended with `outcome`
+    (a `failed` one is one more retry counted on the row); the syncs a fault cut began
+    before it."""
     t = geo_sync_attempts
     where = [
         t.c.replicable_name == replicator.replicable_name,
         t.c.kind == "sync",
         t.c.outcome == outcome,
-        t.c.started_at >= since,
+        t.c.finished_at >= since,
     ]
     with geo.tracking_engine.connect() as conn:
         rows = conn.execute(

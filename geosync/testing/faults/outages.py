@@ -75,7 +75,7 @@ class Outage:
     first_transfer: float | None = None
     recovered: float | None = None
     retry_lines: int = 0
-    #: Failed sync attempts that started once the fault began (each one retry counted), and
+    #: Failed sync attempts that ended once the fault began (each one retry counted), and
     #: the most of them on one row: what the outage cost the rows' retry counts.
     failed_attempts: int = 0
     retry_growth: int = 0
