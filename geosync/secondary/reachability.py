@@ -190,6 +190,8 @@ class Reachability:
         self._probing = {target: threading.Lock() for target in TARGETS}
         #: When this process last probed each target (monotonic seconds).
         self._probed_at: dict[str, float] = {}
+        #: Since when this process has waited for another's probe of each target (monotonic).
+        self._waiting_since: dict[str, float] = {}
         self._route: Route | None = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -252,7 +254,12 @@ class Reachability:
         if route is not None:
             self._route = route
         waits = []
-        for target in self.down(targets):
+        targets = tuple(targets)
+        down = self.down(targets)
+        for target in targets:
+            if target not in down:
+                self._waiting_since.pop(target, None)
+        for target in down:
             wait = self._probe_if_due(target)
             if wait > 0:
                 waits.append(wait)
@@ -266,7 +273,9 @@ class Reachability:
         now = self.geo.clock.now()
         due = state.next_probe_at
         # However the clock moved, a process probes by itself when no probe came for long.
-        overdue = time.monotonic() - self._probed_at.get(target, -2 * MAX_PROBE) >= 2 * MAX_PROBE
+        mono = time.monotonic()
+        waiting = self._waiting_since.setdefault(target, mono)
+        overdue = mono - max(self._probed_at.get(target, waiting), waiting) >= 2 * MAX_PROBE
         if due is not None and due > now and not overdue:
             return min(MAX_PROBE, (due - now).total_seconds())
         until = now + timedelta(seconds=PROBE_TIMEOUT + PROBE_CONNECT_TIMEOUT)
@@ -282,6 +291,7 @@ class Reachability:
         with self._lock:
             after = self._states[target]
         if after.reachable:
+            self._waiting_since.pop(target, None)
             return 0.0
         assert after.next_probe_at is not None
         return max(0.0, (after.next_probe_at - self.geo.clock.now()).total_seconds())
