@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     said = "yes" if f["status_unreachable"] == 1 else "NO"
     print(f"  status said the primary was unreachable: {said}")
     print(f"  {row.measured}")
-    print("pass" if row.passed else "FAIL")
-    return 0 if row.passed else 1
+    passed = row.passed and f["recovered"] == 1 and f["recovery_seconds"] <= SYNCED_AFTER
+    print("pass" if passed else "FAIL")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ production). A site that is away is not an item's fault, so it is handled for th
   count kept and no backoff (attempt outcome `site_unreachable`). If the probe answers, the
   error was the item's own and the row fails as before;
 - while a target is unreachable the loops that need it (`pause`) claim and read nothing; one
-  probe at a time, across every process of the site, asks it again after 0.5, 1, 2, 4, then
-  every 5 seconds, and the first probe that is answered resumes the work at once.
+  probe at a time, across every process of the site, asks it again after 0.5 and 1 second, then
+  every 2 seconds, and the first probe that is answered resumes the work at once.
 
 The state lives in the tracking database (`geo_site_reachability`, one row per target; this
 module owns it), so every worker process, `geosync status` and the web processes see one
@@ -51,8 +51,9 @@ TARGETS = (PRIMARY, MAIN_DATABASE)
 DESCRIPTIONS = {PRIMARY: "the primary", MAIN_DATABASE: "this site's copy of the primary's database"}
 #: Seconds from an unreachable target's first failed probe to the next; doubled after each...
 FIRST_PROBE = 0.5
-#: ...up to this many seconds, so a target that is back is used within this long.
-MAX_PROBE = 5.0
+#: ...up to this many seconds, so a target that is back is used within this long. A probe is
+#: one small request (or query) per site every 2 s: nothing beside the traffic it replaces.
+MAX_PROBE = 2.0
 #: Seconds a process trusts its reading of the shared state.
 REFRESH = 0.5
 #: A probe this recent (seconds) answers a failed sync's question without a new one: a hundred

@@ -36,8 +36,8 @@ def add_upload(sites: SitePair, name: str) -> int:
         return int(upload.id)
 
 
-def test_probes_back_off_to_at_most_five_seconds() -> None:
-    assert [probe_interval(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 5, 5, 5]
+def test_probes_back_off_to_at_most_two_seconds() -> None:
+    assert [probe_interval(n) for n in range(1, 6)] == [0.5, 1, 2, 2, 2]
     assert MAX_PROBE <= 5
 
 
