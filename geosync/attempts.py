@@ -28,11 +28,16 @@ ERROR_CLASSES = (
     "auth",
     "config",
     "unknown",
+    "site_unreachable",
 )
 PERMANENT = "permanent"
 #: The outcome of an attempt whose worker stopped it or died during it: the item is due again
 #: at once with its retry count kept, since an interruption is not the item's fault.
 INTERRUPTED = "interrupted"
+#: The outcome (and error class) of a sync that failed because its site was unreachable (the
+#: primary, or this site's copy of its database: `geosync.secondary.reachability`): the item is
+#: due again, with its retry count kept, as soon as the site answers.
+SITE_UNREACHABLE = "site_unreachable"
 
 
 @dataclass(frozen=True)

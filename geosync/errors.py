@@ -21,6 +21,7 @@ The tree::
     │   ├── PrimaryRefused          the primary will not serve the file (unsafe path, not a file)
     │   ├── StorageFull             this site's storage has no space left for the copy
     │   ├── TransportFailure        the connection to the primary failed or was cut short
+    │   ├── PrimaryUnreachable      the primary did not answer: refused, reset, timed out, 502-504
     │   └── Interrupted             a download stopped because its worker is shutting down
     └── LeaseLost                   a worker lost the lease it needed to go on
 
@@ -122,6 +123,14 @@ class StorageFull(TransferError):
 
 class TransportFailure(TransferError):
     """The connection to the primary failed: refused, reset, timed out or cut short."""
+
+
+class PrimaryUnreachable(TransferError):
+    """The primary did not answer: connection refused, reset or timed out, or 502, 503, 504.
+
+    A site-level error: the sync asks `geosync.secondary.reachability` whether the whole site
+    is away before its row counts a retry.
+    """
 
 
 class Interrupted(TransferError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from geosync.attempts import INTERRUPTED, PERMANENT, Attempt, recent_attempts
+from geosync.attempts import INTERRUPTED, PERMANENT, SITE_UNREACHABLE, Attempt, recent_attempts
 from geosync.errors import ConfigurationError, ValidationError
 from geosync.flags import flag_enabled
 from geosync.registry import Registry, RegistryRow
@@ -205,6 +205,9 @@ def diagnose(
     interrupted = _interrupted(facts, "sync")
     if interrupted is not None and row.sync_state in (SyncState.PENDING, SyncState.FAILED):
         return _after_interruption(facts, row, interrupted, now)
+    deferred = _newest(facts, "sync", SITE_UNREACHABLE)
+    if deferred is not None and row.sync_state in (SyncState.PENDING, SyncState.FAILED):
+        return _deferred(facts, row, deferred)
     if row.sync_state == SyncState.PENDING:
         return (
             f"{what} is queued for sync (pending since {_at(row.pending_since)}).",
@@ -270,6 +273,32 @@ def _interrupted(facts: Explanation, kind: str) -> Attempt | None:
     """The newest attempt of `kind`, when it was interrupted (its worker stopped or died)."""
     newest = next((a for a in facts.attempts if a.kind == kind), None)
     return newest if newest is not None and newest.outcome == INTERRUPTED else None
+
+
+#: What to do about a sync deferred while its site was away: nothing for the item.
+SITE_UNREACHABLE_STEP = (
+    "Nothing to fix for this item: it keeps its retry count and syncs as soon as the site"
+    " answers. Check the primary (its web server and its database) and the network;"
+    " `geosync status` shows since when it is unreachable."
+)
+
+
+def _newest(facts: Explanation, kind: str, outcome: str) -> Attempt | None:
+    """The newest attempt of `kind`, when its outcome was `outcome`."""
+    newest = next((a for a in facts.attempts if a.kind == kind), None)
+    return newest if newest is not None and newest.outcome == outcome else None
+
+
+def _deferred(facts: Explanation, row: RegistryRow, attempt: Attempt) -> tuple[str, str]:
+    what = f"{facts.replicable_name} {facts.model_record_id}"
+    reason = attempt.message or "its site was unreachable"
+    summary = f"The last sync of {what} (started {_at(attempt.started_at)}) was deferred: {reason}."
+    if row.sync_state == SyncState.PENDING:
+        return f"{summary} It is queued for sync again.", SITE_UNREACHABLE_STEP
+    return (
+        f"{summary} It had failed {row.retry_count} time(s) before, a count it keeps.",
+        SITE_UNREACHABLE_STEP,
+    )
 
 
 def _after_interruption(

@@ -23,6 +23,7 @@ from geosync.errors import (
     Interrupted,
     NotFound,
     PrimaryMissing,
+    PrimaryUnreachable,
     TransferError,
     ValidationError,
 )
@@ -79,6 +80,13 @@ _AUTH_FAILED = re.compile(
     re.IGNORECASE,
 )
 _NOT_FOUND = re.compile(r"returned error: 404\b|\bnot found\b", re.IGNORECASE)
+#: What git's HTTP client says when the primary does not answer at all (refused, reset, timed
+#: out, nothing sent back) or a proxy in front of it has no upstream (502, 503, 504).
+_UNREACHABLE = re.compile(
+    r"failed to connect|couldn't connect|connection refused|connection reset|timed out"
+    r"|empty reply from server|recv failure|returned error: 50[234]\b",
+    re.IGNORECASE,
+)
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -465,6 +473,8 @@ def _transfer_error(command: str, stderr: bytes, secret_values: Sequence[str]) -
         return TransferError(f"git {command} failed: authentication failed ({detail})")
     if _NOT_FOUND.search(text):
         return PrimaryMissing(f"The primary does not have this repository ({detail})")
+    if _UNREACHABLE.search(text):
+        return PrimaryUnreachable(f"git {command} failed: {detail}")
     return TransferError(f"git {command} failed: {detail}")
 
 

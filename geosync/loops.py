@@ -28,7 +28,9 @@ OUTAGES: tuple[type[BaseException], ...] = (SQLAlchemyError, GeoError, OSError, 
 class Loop(Protocol):
     """One background activity (log cursor, scheduler, verification, sweep, status, pruning).
 
-    A loop may also have `start_after`: seconds the worker waits before its first round.
+    A loop may also have `start_after`: seconds the worker waits before its first round; and
+    `needs`: the targets it cannot work without on a secondary (`geosync.secondary.
+    reachability`), while one of which is unreachable its rounds pause and probe.
     """
 
     name: str

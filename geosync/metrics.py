@@ -47,6 +47,11 @@ _NOT_GAUGES = frozenset(NODE_FIELDS) - {
     "cursor_last_event_timestamp",
     "last_successful_status_check_timestamp",
     *JOB_FIELDS,
+    "cursor_backlog_events",
+    "primary_reachable",
+    "primary_unreachable_seconds",
+    "main_database_reachable",
+    "main_database_unreachable_seconds",
 }
 
 _sites: weakref.WeakKeyDictionary[Geo, SiteMetrics] = weakref.WeakKeyDictionary()

@@ -40,6 +40,7 @@ from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.records import load_records
+from geosync.secondary.reachability import MAIN_DATABASE
 from geosync.states import SyncState, VerificationState
 from geosync.verification import (
     Claim,
@@ -183,6 +184,8 @@ class ScrubLoop:
 
     name = "scrub"
     start_after = HOUSEKEEPING_START
+    #: On a secondary it reads the primary's records: paused while the main database is away.
+    needs = (MAIN_DATABASE,)
 
     def __init__(self, geo: Geo, worker: Worker | None = None) -> None:
         self.geo = geo

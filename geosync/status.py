@@ -94,6 +94,15 @@ NODE_FIELDS = (
     "updated_at",
     "scrub_period_seconds",
     *JOB_FIELDS,
+    # Beyond GitLab, on a secondary: events of the primary's log not yet read (the id distance
+    # from the cursor to the newest event: gaps in the ids make it an upper bound) ...
+    "cursor_backlog_events",
+    # ... and whether its primary and its copy of the primary's database answer (1 or 0, null
+    # before the first probe) and for how long they have not (`geosync.secondary.reachability`).
+    "primary_reachable",
+    "primary_unreachable_seconds",
+    "main_database_reachable",
+    "main_database_unreachable_seconds",
 )
 
 _LAG_SQL = text(
@@ -223,10 +232,14 @@ class StatusComputation:
             selective_sync_type=self.node.selective_sync_type,
             scrub_period_seconds=int(self.geo.settings.scrub_period.total_seconds()),
         )
-        enabled = self._guard("feature flags", self._flags, dict[str, bool]())
+        enabled = self._guard("feature flags", self._flags, None)
         values.update(self._guard("event log", self._event_fields, dict[str, Any]()))
         for replicator in self.geo.catalog:
-            if enabled.get(replicator.replicable_name):
+            # Flags unknown (the main database away): a secondary still counts its registries,
+            # so that a stalled secondary stays visible (its oldest unsynced item's age).
+            if (enabled is None and self.secondary) or (enabled or {}).get(
+                replicator.replicable_name
+            ):
                 label = replicator.replicable_name_plural
                 counts = functools.partial(self._counts, replicator)
                 values.update(self._guard(label, counts, dict[str, Any]()))
@@ -234,6 +247,7 @@ class StatusComputation:
         if self.secondary:
             cursor = functools.partial(self._cursor_fields, values)
             values.update(self._guard("event cursor", cursor, dict[str, Any]()))
+            values.update(self._guard("site reachability", self._reachability, dict[str, Any]()))
         values["db_replication_lag_seconds"] = self._guard(
             "database replication lag", lambda: replication_lag_seconds(self.geo.main_engine), None
         )
@@ -285,18 +299,48 @@ class StatusComputation:
             moved_at = last_moved_at(tracking)
         if cursor is None:  # the log cursor has not run yet
             return {"cursor_last_event_id": None, "cursor_last_event_timestamp": None}
-        with self.geo.main_engine.connect() as main:
-            created_at = main.execute(
-                select(geo_events.c.created_at).where(geo_events.c.id == cursor)
-            ).scalar()
-            oldest = main.execute(select(func.min(geo_events.c.id))).scalar()
+        try:
+            with self.geo.main_engine.connect() as main:
+                created_at = main.execute(
+                    select(geo_events.c.created_at).where(geo_events.c.id == cursor)
+                ).scalar()
+                oldest = main.execute(select(func.min(geo_events.c.id))).scalar()
+        except SQLAlchemyError:  # the main database is away ("event log" says so): the cursor
+            created_at = oldest = None  # is still this site's to show
         if oldest is not None and cursor < int(oldest) - 1:
             self.problems.append(
                 f"Event log cursor ({cursor}) fell behind the pruned event log (oldest event"
                 f" {oldest}); the consistency sweep is restoring what it missed"
             )
         moment = created_at if created_at is not None else (moved_at if cursor else None)
-        return {"cursor_last_event_id": cursor, "cursor_last_event_timestamp": epoch(moment)}
+        newest = values.get("last_event_id")
+        backlog = max(0, int(newest) - cursor) if newest is not None else None
+        return {
+            "cursor_last_event_id": cursor,
+            "cursor_last_event_timestamp": epoch(moment),
+            "cursor_backlog_events": backlog,
+        }
+
+    def _reachability(self) -> dict[str, Any]:
+        """What the workers' last probes found (`geosync.secondary.reachability`); a target
+        that is away makes the node unhealthy, saying since when."""
+        from geosync.secondary.reachability import DESCRIPTIONS, TARGETS, stored_states
+
+        states = stored_states(self.geo)
+        fields: dict[str, Any] = {}
+        for target in TARGETS:
+            state = states.get(target)
+            fields[f"{target}_reachable"] = None if state is None else int(state.reachable)
+            away = None if state is None else state.unreachable_seconds(self.now)
+            fields[f"{target}_unreachable_seconds"] = away
+            if state is not None and not state.reachable:
+                since = state.last_reachable_at or state.changed_at
+                self.problems.append(
+                    f"{DESCRIPTIONS[target].capitalize()} is unreachable (last reachable"
+                    f" {iso(since)}, {away} s ago: {state.error}); syncs that need it are paused"
+                    " and resume as soon as it answers"
+                )
+        return fields
 
 
 def primary_counts(

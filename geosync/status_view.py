@@ -133,6 +133,25 @@ def _caption(status: NodeStatus) -> str:
         f"last event: {status.get('last_event_id') or 'none'}",
     ]
     if status.get("cursor_last_event_id") is not None:
-        parts.append(f"cursor: {status.get('cursor_last_event_id')}")
+        backlog = status.get("cursor_backlog_events")
+        behind = "" if backlog is None else f" ({backlog} events behind)"
+        parts.append(f"cursor: {status.get('cursor_last_event_id')}{behind}")
+    parts.extend(_reachability(status))
     parts.append(f"updated {status.get('updated_at')}")
     return " · ".join(parts)
+
+
+def _reachability(status: NodeStatus) -> list[str]:
+    """The primary and the main database, as the secondary's probes last found them."""
+    parts = []
+    for target, label in (("primary", "primary"), ("main_database", "main database")):
+        reachable = status.get(f"{target}_reachable")
+        if reachable is None:
+            continue
+        away = status.get(f"{target}_unreachable_seconds")
+        parts.append(
+            f"{label}: reachable"
+            if reachable
+            else f"{label}: [red]UNREACHABLE[/red] for {_duration(away)}, syncs paused"
+        )
+    return parts

@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from typing import Any
 
 GEO_API = "/api/v4/geo"
+#: The node-authenticated endpoint a secondary probes to learn whether the primary answers
+#: (its web server and the database behind it): `geosync.secondary.reachability`.
+PING_PATH = f"{GEO_API}/ping"
 BATCH_MEDIA_TYPE = "application/vnd.geosync.blob-batch"
 #: Most ids one batch request may name.
 MAX_BATCH_IDS = 100

@@ -172,7 +172,7 @@ class Worker:
         failures = 0
         while not self.stopping.is_set():
             try:
-                delay = loop.run_once()
+                delay = self._round(loop)
             except Exception as exc:  # a loop boundary: one line, a growing pause, go on
                 failures += 1
                 retry_in = retry_delay(failures)
@@ -187,6 +187,17 @@ class Worker:
         closer = getattr(loop, "close", None)
         if callable(closer):
             closer()
+
+    def _round(self, loop: Loop) -> float:
+        """One round of `loop`; a secondary's loop that names the sites it `needs` (the
+        primary, the main database) pauses instead while one is unreachable
+        (`geosync.secondary.reachability`)."""
+        needs: tuple[str, ...] = getattr(loop, "needs", ())
+        if not needs or self.role != "secondary":
+            return loop.run_once()
+        from geosync.secondary.reachability import paused_round
+
+        return paused_round(self.geo, needs, loop.run_once)
 
     def notify(self, *loop_names: str) -> None:
         """New work exists: tell the named loops (every loop when none is named) and wake them.

@@ -147,6 +147,21 @@ geo_leases = Table(
     Column("process", String(255)),
 )
 
+geo_site_reachability = Table(
+    "geo_site_reachability",
+    tracking_metadata,
+    # `primary` (the primary's web server) or `main_database` (this site's read-only copy of
+    # the primary's database); owned by `geosync.secondary.reachability`.
+    Column("target", String(32), primary_key=True),
+    Column("reachable", Boolean, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("last_reachable_at", UTCDateTime),
+    Column("checked_at", UTCDateTime, nullable=False),
+    Column("failed_probes", Integer, nullable=False, default=0),
+    Column("next_probe_at", UTCDateTime),
+    Column("error", String(255)),
+)
+
 geo_event_gaps = Table(
     "geo_event_gaps",
     tracking_metadata,

@@ -22,6 +22,7 @@ from geosync.auth import BLOB_TOKEN_TTL, node_header
 from geosync.errors import (
     PrimaryMissing,
     PrimaryRefused,
+    PrimaryUnreachable,
     RecordGone,
     TransferError,
     TransportFailure,
@@ -151,7 +152,7 @@ class BatchSync:
                         results[model_id] = outcome
                 _read_end(response)
         except TransportFailure as exc:
-            failure = TransferError(f"Connection to the primary failed: {exc}")
+            failure = PrimaryUnreachable(f"Connection to the primary failed: {exc}")
             for model_id in self._plan_all():
                 results.setdefault(model_id, failure)
         except TransferError as exc:

@@ -30,6 +30,7 @@ from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.registry import Registry
 from geosync.scope import ids_in_range
+from geosync.secondary.reachability import MAIN_DATABASE
 from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
@@ -256,6 +257,8 @@ class ConsistencySweepLoop:
     """
 
     name = "consistency_sweep"
+    #: It reads the primary's records: paused while the main database is away.
+    needs = (MAIN_DATABASE,)
     start_after = HOUSEKEEPING_START
 
     def __init__(self, geo: Geo, worker: Worker | None = None, pause: float = PASS_PAUSE):

@@ -40,6 +40,7 @@ from geosync.secondary.handlers import (
     parse_change,
 )
 from geosync.secondary.pruned_log import skip_pruned_events
+from geosync.secondary.reachability import MAIN_DATABASE
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -268,6 +269,8 @@ class LogCursorLoop:
     """The worker loop around `LogCursor`: a batch per round, sleeping when caught up."""
 
     name = "log_cursor"
+    #: It reads the primary's event log: paused while the main database is away.
+    needs = (MAIN_DATABASE,)
 
     def __init__(self, geo: Geo, worker: Worker) -> None:
         # The worker's own holder: a standby proves it dead by the worker's liveness lease.

@@ -29,6 +29,7 @@ from geosync.registry import Registry, SyncClaim, started_total
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.leftovers import remove_leftovers
+from geosync.secondary.reachability import MAIN_DATABASE, PRIMARY
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import Route, SyncService, prefetch_missing
 from geosync.secondary.takeover import take_over
@@ -130,6 +131,8 @@ class SchedulerLoop:
     """Claims work for blobs and repositories and runs it on thread pools."""
 
     name = "scheduler"
+    #: It claims nothing while the primary or the main database is away (`Worker._round`).
+    needs = (PRIMARY, MAIN_DATABASE)
 
     def __init__(self, geo: Geo, worker: Worker) -> None:
         self.geo = geo

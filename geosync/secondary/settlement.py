@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from geosync.attempts import INTERRUPTED, PERMANENT, Attempt, record_attempts
+from geosync.attempts import INTERRUPTED, PERMANENT, SITE_UNREACHABLE, Attempt, record_attempts
 from geosync.db.engines import error_line
 from geosync.errors import GeoError, PrimaryMissing
 from geosync.log import get_logger
@@ -44,6 +44,9 @@ MAX_GROUP = 100
 #: Errors that mean the tracking database is away, not that an outcome is wrong: such an
 #: outcome is kept and written later.
 DATABASE_AWAY = (OperationalError, InterfaceError)
+#: Failures that are not the item's: its worker stopped (`interrupted`), or its site was away
+#: (`site_unreachable`). The row goes back to where its claim found it, due, its count kept.
+_NOT_THE_ITEMS_FAULT = (INTERRUPTED, SITE_UNREACHABLE)
 
 
 @dataclass(frozen=True)
@@ -179,9 +182,9 @@ def _settle_failure(
     conn: Connection, item: Finished, failure: Failure
 ) -> tuple[Settled, str | None]:
     registry = item.registry
-    if failure.error_class == INTERRUPTED:  # its worker stopped it: due again, count kept
+    if failure.error_class in _NOT_THE_ITEMS_FAULT:  # due again (when the site is), count kept
         if registry.interrupted(conn, item.model_record_id, item.claim, failure.message):
-            return Settled(False), INTERRUPTED
+            return Settled(False), failure.error_class
     elif (
         registry.failed(
             conn,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from geosync.attempts import INTERRUPTED, PERMANENT
+from geosync.attempts import INTERRUPTED, PERMANENT, SITE_UNREACHABLE
 from geosync.db.engines import error_line
 from geosync.errors import (
     AuthenticationError,
@@ -33,6 +33,7 @@ from geosync.file_locks import mirror_lock as mirror_lock  # its home; kept impo
 from geosync.log import get_logger
 from geosync.registry import Registry, SyncClaim
 from geosync.secondary.blob_client import BlobClient
+from geosync.secondary.reachability import DESCRIPTIONS, is_site_level, reachability_of
 from geosync.secondary.settlement import (
     DATABASE_AWAY,
     Failure,
@@ -261,8 +262,20 @@ class SyncService:
             )
 
     def failure(self, exc: BaseException) -> Failure:
-        """Log why this sync failed and return it as the row will record it."""
+        """Log why this sync failed and return it as the row will record it: as
+        `site_unreachable` when the error was a site-level one and the site is found away."""
         failure = failure_of(exc, error_class(exc))
+        target = is_site_level(exc)
+        if target is not None and reachability_of(self.geo).confirm_down(target, self._route):
+            log.info(
+                "sync deferred: its site is unreachable",
+                replicable=self.replicator.replicable_name,
+                id=self.model_record_id,
+                target=target,
+                error=failure.message,
+            )
+            message = f"Deferred while {DESCRIPTIONS[target]} is unreachable: {failure.message}"
+            return replace(failure, message=message, error_class=SITE_UNREACHABLE)
         if not isinstance(exc, (GeoError, *DATABASE_AWAY)):
             log.error(
                 "sync crashed",

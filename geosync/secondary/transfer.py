@@ -26,6 +26,7 @@ from geosync.errors import (
     Interrupted,
     PrimaryMissing,
     PrimaryRefused,
+    PrimaryUnreachable,
     RecordGone,
     StorageFull,
     TransferError,
@@ -45,6 +46,9 @@ _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 _UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 #: What open(2) answers where a file system has no unnamed files.
 _NO_UNNAMED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+#: The primary's answers that speak for the whole site, not for the item: a proxy or load
+#: balancer in front of it without an upstream, or the primary itself unable to serve (503).
+SITE_LEVEL_STATUSES = frozenset({502, 503, 504})
 #: What a write answers on a full file system, or past a quota.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -78,7 +82,7 @@ def download_blob(
                 break
             except TransportFailure as exc:
                 if attempt == RESUME_ATTEMPTS - 1:
-                    raise TransferError(f"Connection to the primary failed: {exc}") from exc
+                    raise PrimaryUnreachable(f"Connection to the primary failed: {exc}") from exc
         return _commit(temp, dest, expected_sha256)
 
 
@@ -244,6 +248,8 @@ def check_response(response: BlobResponse) -> None:
         raise PrimaryRefused(code, message)
     if response.status_code in (401, 403):
         raise AuthenticationError(f"The primary refused the request: {message}")
+    if response.status_code in SITE_LEVEL_STATUSES:
+        raise PrimaryUnreachable(f"The primary answered {response.status_code}: {message}")
     raise TransferError(f"The primary answered {response.status_code}: {message}")
 
 

@@ -25,6 +25,7 @@ from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
 from geosync.records import load_records
 from geosync.registry import Registry, RegistryRow
+from geosync.secondary.reachability import MAIN_DATABASE
 from geosync.verification import (
     MISMATCH_FAILURE,
     Claim,
@@ -242,6 +243,8 @@ class SecondaryVerificationLoop:
     """Verifies synced copies of every verifiable type within `verification_max_capacity`."""
 
     name = "secondary_verification"
+    #: It reads the primary's checksums: paused while the main database is away.
+    needs = (MAIN_DATABASE,)
     start_after = HOUSEKEEPING_START
 
     def __init__(

@@ -31,6 +31,7 @@ from geosync.wire import (
     FILE_NOT_FOUND,
     GEO_API,
     MAX_BATCH_IDS,
+    PING_PATH,
     repository_base_path,
 )
 
@@ -150,6 +151,18 @@ _RANGE = {
     "description": "Resume a transfer: `bytes=<start>-`.",
 }
 _PLAIN = {"text/plain": {"schema": {"type": "string"}}}
+
+
+@router.get(
+    PING_PATH.removeprefix(GEO_API),
+    responses=errors(401, 503),
+    openapi_extra=NODE_SECURITY,
+)
+async def ping(request: Request) -> dict[str, bool]:
+    """Answer a secondary's reachability probe: the web server, its database and the node's
+    token all work (`geosync.secondary.reachability`); a database that is away is a 503."""
+    await run_in_threadpool(_authorize, request.app.state.geo, request, PING_PATH)
+    return {"ok": True}
 
 
 @router.get(

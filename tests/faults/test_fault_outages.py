@@ -10,13 +10,17 @@ from geosync.testing.faults import FaultContext, scenario
 pytestmark = pytest.mark.slow
 
 
-def test_rows_back_off_while_the_primary_web_server_is_down_and_sync_after(
+def test_a_primary_web_server_outage_defers_syncs_without_counting_retries(
     fault_context: FaultContext,
 ) -> None:
     outage = scenario("web-outage")
     row = outage.run(fault_context, outage.small)
     assert row.passed, row.measured
-    assert row.figures["failed_while_down"] > 0
+    # The syncs cut by the outage were deferred, not failed: no row counted a retry.
+    assert row.figures["deferred"] > 0
+    assert row.figures["failed_attempts"] == row.figures["retry_growth"] == 0
+    assert row.figures["failed_while_down"] == 0
+    assert row.figures["status_unreachable"] == 1
     assert row.figures["worker_alive"] == 1 and row.figures["worker_tracebacks"] == 0
     assert row.figures["partial"] == row.figures["missing"] == row.figures["differing"] == 0
 
@@ -38,15 +42,16 @@ def test_an_unreachable_standby_delays_the_backfill_only(fault_context: FaultCon
     row = away.run(fault_context, away.small)
     assert row.passed, row.measured
     assert row.figures["recovered"] == 1 and row.figures["worker_tracebacks"] == 0
+    assert row.figures["retry_growth"] == 0 and row.figures["status_unreachable"] == 1
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_the_primary_answers_503_while_its_database_is_unreachable(
+def test_a_primary_answering_503_for_its_database_is_unreachable_as_a_site(
     fault_context: FaultContext,
 ) -> None:
     away = scenario("primary-db-unreachable")
     row = away.run(fault_context, away.small)
     assert row.passed, row.measured
-    assert row.figures["failed_while_down"] > 0
+    assert row.figures["deferred"] > 0 and row.figures["retry_growth"] == 0
     assert row.figures["serve_tracebacks"] == 0
     assert "503" in row.measured

@@ -22,6 +22,7 @@ from geosync.registry import Registry
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
 from geosync.secondary.partial_file import DIRECT_MIN
+from geosync.secondary.reachability import PRIMARY, reachability_of
 from geosync.secondary.settlement import Settler
 from geosync.secondary.sync import SyncService, prefetch
 from geosync.secondary.transfer import write_blob
@@ -303,7 +304,9 @@ def test_a_batch_says_once_when_its_rows_are_written(live_sites: SitePair) -> No
     assert seen == [{SyncState.SYNCED}]
 
 
-def test_a_batch_to_a_stopped_primary_fails_every_item_for_a_retry(live_sites: SitePair) -> None:
+def test_a_batch_to_a_stopped_primary_defers_every_item_without_a_retry(
+    live_sites: SitePair,
+) -> None:
     sites = live_sites
     ids = [add_upload(sites, f"d/{n}.bin", b"data") for n in range(3)]
     with sites.primary_served():
@@ -312,8 +315,13 @@ def test_a_batch_to_a_stopped_primary_fails_every_item_for_a_retry(live_sites: S
     registry = Registry(sites.secondary, UploadReplicator)
     with sites.secondary.tracking() as conn:
         rows = [registry.require(conn, i) for i in ids]
-    assert all(r.sync_state is SyncState.FAILED and r.retry_at is not None for r in rows)
+    # The whole site is away (a probe says so): the items are queued again, no retry counted.
+    assert all(r.sync_state is SyncState.PENDING and r.retry_count == 0 for r in rows)
+    assert all(r.retry_at is None for r in rows)
     assert all("Connection to the primary failed" in r.last_sync_failure for r in rows)
+    assert all("the primary is unreachable" in r.last_sync_failure for r in rows)
+    states = reachability_of(sites.secondary).states()
+    assert not states[PRIMARY].reachable and states[PRIMARY].next_probe_at is not None
     assert not list(sites.secondary.settings.blob_storage("uploads").rglob("*.bin"))
 
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from geosync.errors import PrimaryMissing, TransferError, ValidationError
+from geosync.errors import PrimaryMissing, PrimaryUnreachable, TransferError, ValidationError
 from geosync.git import (
     _transfer_error,
     init_bare,
@@ -35,6 +35,7 @@ from geosync.git import (
     repository_checksum,
     resolve_inside,
 )
+from geosync.testing.servers import free_port
 from geosync.web.git_http import git_http_backend
 
 try:
@@ -516,6 +517,18 @@ def test_header_values_are_scrubbed_from_errors() -> None:
     error = _transfer_error("fetch", stderr.encode(), [token, token.split(":")[1], "abcdefghij"])
     assert "eyJ" not in str(error) and "abcdefghij" not in str(error)
     assert "[REDACTED]" in str(error)
+
+
+def test_a_primary_that_does_not_answer_is_unreachable_not_the_repositorys_fault(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(PrimaryUnreachable, match="git clone failed"):
+        url = f"http://127.0.0.1:{free_port()}/x.git"
+        mirror_repository(url, tmp_path / "d", headers={}, timeout=10)
+    gateway = b"fatal: unable to access 'http://h/x.git/': The requested URL returned error: 503"
+    assert isinstance(_transfer_error("fetch", gateway, []), PrimaryUnreachable)
+    broken = b"fatal: unable to access 'http://h/x.git/': The requested URL returned error: 500"
+    assert not isinstance(_transfer_error("fetch", broken, []), PrimaryUnreachable)
 
 
 def test_mirror_rejects_injection(tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def test_the_primary_answers_as_its_document_says(
     node_to_node = {
         label: seen for label, seen in outcome.statuses.items() if " /api/v4/geo/" in label
     }
-    assert len(node_to_node) == 5, sorted(node_to_node)
+    assert len(node_to_node) == 6, sorted(node_to_node)
     for label, seen in node_to_node.items():  # refused without a token, answered with one
         assert 401 in seen and seen - {401, 405}, (label, seen)
 

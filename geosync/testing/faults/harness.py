@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,26 @@ def attempts(
     where.append(t.c.outcome == outcome)
     if error_class is not None:
         where.append(t.c.error_class == error_class)
+    with geo.tracking_engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.model_record_id, func.count()).where(*where).group_by(t.c.model_record_id)
+        )
+        return Counter({int(k): int(n) for k, n in rows})
+
+
+def attempts_since(
+    geo: Any, replicator: type[Replicator], outcome: str, since: datetime
+) -> Counter[int]:
+    """Per record, how many sync attempts that ended at or after `since` ended with `outcome`
+    (a `failed` one is one more retry counted on the row); the syncs a fault cut began
+    before it."""
+    t = geo_sync_attempts
+    where = [
+        t.c.replicable_name == replicator.replicable_name,
+        t.c.kind == "sync",
+        t.c.outcome == outcome,
+        t.c.finished_at >= since,
+    ]
     with geo.tracking_engine.connect() as conn:
         rows = conn.execute(
             select(t.c.model_record_id, func.count()).where(*where).group_by(t.c.model_record_id)
