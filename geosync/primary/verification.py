@@ -104,6 +104,7 @@ def record_results(
                 for i in succeeded
             ],
             published=published,
+            ids=False,
         )
     return len(succeeded)
 
