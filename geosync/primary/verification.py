@@ -38,7 +38,6 @@ from geosync.verification import (
     Claim,
     Failure,
     Verifiable,
-    batch_size,
     claim_next,
     lock_claims,
     primary_verifiable,
@@ -56,6 +55,8 @@ log = get_logger("primary_verification")
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
 REVERIFY_EVERY = timedelta(minutes=1)
 SITE_TTL = 1.0
+#: Batches one round claims at most; rows in flight stay within the capacity throughout.
+ROUND_BATCHES = 8
 
 
 def primary_node(geo: Geo, conn: Connection) -> Node | None:
@@ -268,6 +269,7 @@ class _Round:
         self.loop = loop
         self.geo = loop.geo
         self.claimed = 0
+        self.batches = 0
         self.view: SiteView | None = None
         self._settled_here = False
 
@@ -277,16 +279,16 @@ class _Round:
         if view.node is None:
             return None
         capacity = view.node.verification_max_capacity
-        if self.claimed >= capacity:
-            return None  # the round has had its share
+        if self.batches >= ROUND_BATCHES:
+            return None  # the round has had its share: flags and capacity are read again
         lock_claims(conn, "primary", claims_only=not self._settled_here)
         self._settled_here = False
         every = [primary_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
         targets = self.loop._rotated(view.enabled)
-        size = min(batch_size(capacity), capacity - self.claimed)
-        batch = claim_next(conn, capacity, every, targets, size=size)
+        batch = claim_next(conn, capacity, every, targets)
         if not batch:
             return None if batch is None else []
+        self.batches += 1
         self.claimed += sum(len(claims) for _target, claims in batch)
         return [
             (target, claims, load_claimed(conn, target.replicator, _ids(claims)))

@@ -30,7 +30,6 @@ from geosync.verification import (
     Claim,
     Failure,
     Verifiable,
-    batch_size,
     claim_next,
     lock_claims,
     primary_checksum,
@@ -49,6 +48,8 @@ log = get_logger("secondary_verification")
 FailedHook = Callable[[Connection, list[int]], None]
 
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
+#: Batches one round claims at most (the node and the flags are read once per round).
+ROUND_BATCHES = 8
 NO_PRIMARY_CHECKSUM = "The primary has no checksum for this item yet"
 
 
@@ -261,8 +262,8 @@ class SecondaryVerificationLoop:
     capacity (up to 100 rows): each tracking transaction stores one batch's verdicts, attempt
     rows and failed syncs and claims the next batch; the next batch's records and the primary's
     checksums are then read in one query on a held read connection, and its copies hashed on
-    `Hashers`' threads while the batch before it is settled. A round claims at most the
-    capacity's worth of rows.
+    `Hashers`' threads while the batch before it is settled. At most two batches are in flight,
+    so the started rows stay within the capacity; a round ends after `ROUND_BATCHES` batches.
     """
 
     name = "secondary_verification"
@@ -355,20 +356,19 @@ class _Round:
         self.every = every
         self.targets = targets
         self.claimed = 0
+        self.batches = 0
         self.failed = 0
         self._settled_here = False
 
     def claim(self, conn: Connection) -> Batch | None:
         """The next batch, claimed in the transaction that settled the one before."""
-        if self.claimed >= self.capacity:
-            return None  # the round has had its share
+        if self.batches >= ROUND_BATCHES:
+            return None  # the round has had its share: the node and flags are read again
         lock_claims(conn, "secondary", claims_only=not self._settled_here)
         self._settled_here = False
-        size = min(batch_size(self.capacity), self.capacity - self.claimed)
-        batch = claim_next(
-            conn, self.capacity, self.every, self.targets, self.loop._holder, size=size
-        )
+        batch = claim_next(conn, self.capacity, self.every, self.targets, self.loop._holder)
         if batch:
+            self.batches += 1
             self.claimed += sum(len(claims) for _target, claims in batch)
         return batch
 
