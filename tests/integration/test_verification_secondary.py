@@ -412,10 +412,9 @@ def test_a_round_verifies_batches_of_half_the_capacity_two_at_a_time(
 def test_a_failure_between_settling_and_the_next_claim_stores_nothing_of_either(
     sites: SitePair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geosync.secondary.verification as secondary
+    from geosync.verification import claim_next as real_claim
 
     ids = [synced_upload(sites, f"copy {i}".encode()) for i in range(6)]
-    real_claim = secondary.claim_next
     calls: list[int] = []
 
     def claim_that_fails_third(*args: object, **kwargs: object) -> object:
@@ -424,7 +423,7 @@ def test_a_failure_between_settling_and_the_next_claim_stores_nothing_of_either(
             raise RuntimeError("the tracking database went away")
         return real_claim(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(secondary, "claim_next", claim_that_fails_third)
+    monkeypatch.setattr("geosync.secondary.verification.claim_next", claim_that_fails_third)
     with sites.primary.main() as conn:
         from geosync.nodes import NodeStore
 
