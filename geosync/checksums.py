@@ -1,13 +1,16 @@
 """Checksums of claimed records, computed on a thread pool, with clear reasons when they fail.
 
-Blobs hash in 1 MiB chunks and hashlib releases the GIL on each, so threads use every core;
-repositories run `git for-each-ref`. Records are loaded in one query per batch.
+Blobs hash in 1 MiB chunks into a buffer each thread reuses, and hashlib releases the GIL on
+each, so threads use every core; repositories run `git for-each-ref`. Records are loaded in one
+query per batch. `Hashers` hashes a whole batch in the background, a slice per thread, so that
+the caller can store the previous batch's results meanwhile (`geosync.pipeline`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,3 +80,58 @@ def checksum_loaded(
         computed = [one(record) for record in present]
     by_id = {result.model_record_id: result for result in computed}
     return [by_id.get(i) or ChecksumResult(i, failure="Record is missing") for i in ids]
+
+
+class PendingChecksums:
+    """The checksums of one batch, being computed; `results()` waits for them."""
+
+    def __init__(self, ids: Sequence[int], parts: list[Future[list[ChecksumResult]]]) -> None:
+        self.ids = list(ids)
+        self._parts = parts
+
+    def done(self) -> bool:
+        """Whether every checksum of the batch is computed."""
+        return all(part.done() for part in self._parts)
+
+    def results(self) -> list[ChecksumResult]:
+        """The checksums in the order of `ids` (waits for them); a missing record fails."""
+        by_id: dict[int, ChecksumResult] = {}
+        for part in self._parts:
+            by_id.update((r.model_record_id, r) for r in part.result())
+        return [by_id.get(i) or ChecksumResult(i, failure="Record is missing") for i in self.ids]
+
+
+class Hashers:
+    """The threads a verification loop hashes with: a batch is split into one slice per
+    thread (a hand-off per slice, not per file), and `start` returns at once.
+
+    With one thread there is no pool: `start` hashes the batch in the calling thread.
+    """
+
+    def __init__(self, threads: int | None = None, name: str = "checksum") -> None:
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.pool = (
+            ThreadPoolExecutor(self.threads, thread_name_prefix=name) if self.threads > 1 else None
+        )
+
+    def start(
+        self, geo: Geo, replicator: type[Replicator], ids: Sequence[int], records: dict[int, Any]
+    ) -> PendingChecksums:
+        """Start hashing the loaded `records` of `ids`; the checksums come from `results()`."""
+        present = [records[i] for i in ids if i in records]
+
+        def hash_slice(part: list[Any]) -> list[ChecksumResult]:
+            return [checksum_one(geo, replicator, record) for record in part]
+
+        if self.pool is None or len(present) < 2:
+            done: Future[list[ChecksumResult]] = Future()
+            done.set_result(hash_slice(present))
+            return PendingChecksums(ids, [done])
+        count = min(self.threads, len(present))
+        slices = [present[index::count] for index in range(count)]
+        return PendingChecksums(ids, [self.pool.submit(hash_slice, part) for part in slices])
+
+    def close(self) -> None:
+        """Let running checksums finish, then stop the threads."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)

@@ -55,11 +55,14 @@ def publish_events(
     rows: Sequence[EventRow],
     *,
     published: Collection[type[Replicator]] | None = None,
+    ids: bool = True,
 ) -> list[int]:
     """Write `rows` to the event log in `connection`'s transaction; returns the new event ids.
 
     `published` is what `published_types` answered, for a caller that read it moments ago (a
     busy loop reads it once a second instead of once per batch); by default it is read here.
+    Without `ids` nothing is returned and the rows go in as one plain multi-row insert: SQLite
+    cannot return the ids of a multi-row insert in order, so with them it inserts row by row.
     """
     for replicator_class, event_name, _payload in rows:
         replicator_class.check_event(event_name)
@@ -84,6 +87,9 @@ def publish_events(
         if replicator_class in enabled
     ]
     if not values:
+        return []
+    if not ids:
+        connection.execute(insert(geo_events), values)
         return []
     # One multi-row INSERT ... RETURNING for the whole flush, ids in parameter order.
     statement = insert(geo_events).returning(geo_events.c.id, sort_by_parameter_order=True)

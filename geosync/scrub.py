@@ -3,7 +3,8 @@
 A copy verified once can rot, be truncated or vanish afterwards, and nothing else would look at
 it again until the primary re-checksums it. The scrub claims verified rows whose verification is
 older than half of `scrub_period` (oldest first) and verifies them again through the same batch
-path as the verification loops: on a secondary a mismatch or a missing copy fails the
+path as the verification loops (records and the primary's checksums read in one query, results
+stored set-wise): on a secondary a mismatch or a missing copy fails the
 verification and the sync, and the copy is downloaded again at once; on the primary a file that
 changed without an update fails its verification. So every copy is re-verified at least once per
 `scrub_period` while the scrub keeps up, and status counts a copy as verified only when its
@@ -32,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from geosync.checksums import Hashers
 from geosync.db.engines import is_sqlite
 from geosync.db.held import HeldConnection
 from geosync.db.statements import built_once
@@ -46,6 +48,7 @@ from geosync.verification import (
     Claim,
     Verifiable,
     primary_verifiable,
+    read_registry_batch,
     registry_verifiable,
     verifiable_replicators,
 )
@@ -131,6 +134,10 @@ def claim_due(
     return sorted(claims, key=lambda claim: claim.model_record_id)
 
 
+def _ids(claims: list[Claim]) -> list[int]:
+    return [claim.model_record_id for claim in claims]
+
+
 def mark_found_bad(conn: Connection, target: Verifiable, ids: list[int], now: datetime) -> None:
     """Note the copies the scrub found bad (called as their failed verification is stored),
     and let a first failure be downloaded again now rather than after a backoff."""
@@ -196,7 +203,10 @@ class ScrubLoop:
         #: Items this loop re-checksummed and found bad since it started.
         self.scrubbed = 0
         self.found_bad = 0
+        #: The same batched path as the verification loops (one thread: the scrub is paced).
+        self.hashers = Hashers(1)
         self._main = HeldConnection(geo.main_engine)
+        self._reads = HeldConnection(geo.main_engine, reads=True)
         self._tracking = (
             HeldConnection(geo.tracking_engine) if geo.settings.tracking_database_url else None
         )
@@ -231,15 +241,15 @@ class ScrubLoop:
         with held.transaction() as conn:
             holder = self.worker.holder if self.worker is not None else None
             claims = claim_due(conn, target, due, now, self.budget.batch, holder)
+            # The primary reads its records in the claim's transaction, as its loop does.
+            records = load_records(conn, replicator.model, _ids(claims)) if primary else {}
         if not claims:
             return None
-        ids = [claim.model_record_id for claim in claims]
-        records = load_records(self.geo.main_engine, replicator.model, ids)
-        size = copy_bytes(self.geo, replicator, records)
         if primary:
+            size = copy_bytes(self.geo, replicator, records)
             bad = self._verify_primary(target, claims, records)
         else:
-            bad = self._verify_secondary(target, claims, now)
+            size, bad = self._verify_secondary(target, claims, now)
         self.scrubbed += len(claims)
         self.found_bad += bad
         from geosync.metrics import count_scrubbed  # metrics reads status, status reads us
@@ -250,37 +260,44 @@ class ScrubLoop:
     def _verify_primary(
         self, target: Verifiable, claims: list[Claim], records: dict[int, Any]
     ) -> int:
-        from geosync.checksums import checksum_loaded
+        """The primary's batch path: hash, then `record_results` (set-wise)."""
         from geosync.primary.verification import record_results
 
-        ids = [claim.model_record_id for claim in claims]
-        results = checksum_loaded(self.geo, target.replicator, ids, records)
+        pending = self.hashers.start(self.geo, target.replicator, _ids(claims), records)
+        results = pending.results()
         with self._main.transaction() as conn:
             # An unchanged checksum is no news for the secondaries: publish nothing.
             good = record_results(self.geo, conn, target, claims, results, published=frozenset())
         return len(claims) - good
 
-    def _verify_secondary(self, target: Verifiable, claims: list[Claim], now: datetime) -> int:
-        from geosync.secondary.verification import verify_registry_batch
+    def _verify_secondary(
+        self, target: Verifiable, claims: list[Claim], now: datetime
+    ) -> tuple[int, int]:
+        """A secondary's batch path: records and the primary's checksums in one query, hash,
+        then the verdicts set-wise; returns the bytes read and the copies found bad."""
+        from geosync.secondary.verification import judge_batch, settle_verdicts
 
         assert self._tracking is not None
+        replicator = target.replicator
+        with self._reads.transaction() as main:
+            records, expected = read_registry_batch(self.geo, main, replicator, _ids(claims))
+        size = copy_bytes(self.geo, replicator, records)
+        computed = self.hashers.start(self.geo, replicator, list(records), records).results()
+        verdicts = judge_batch(claims, expected, computed)
 
         def found_bad(conn: Connection, ids: list[int]) -> None:
             mark_found_bad(conn, target, ids, now)
 
-        counts = verify_registry_batch(
-            self.geo, target, claims, main=self._main, tracking=self._tracking, on_failed=found_bad
-        )
+        with self._tracking.transaction() as conn:
+            counts = settle_verdicts(self.geo, conn, target, verdicts, on_failed=found_bad)
         if not counts["failed"]:
-            return 0
+            return size, 0
         log.warning(
-            "scrub found bad copies",
-            replicable=target.replicator.replicable_name,
-            count=counts["failed"],
+            "scrub found bad copies", replicable=replicator.replicable_name, count=counts["failed"]
         )
         if self.worker is not None:
             self.worker.notify("scheduler")
-        return counts["failed"]
+        return size, counts["failed"]
 
     def _rotated(self, replicators: list[type[Replicator]]) -> list[type[Replicator]]:
         self._offset += 1
@@ -291,6 +308,8 @@ class ScrubLoop:
 
     def close(self) -> None:
         """Close the loop's connections."""
+        self.hashers.close()
+        self._reads.close()
         self._main.close()
         if self._tracking is not None:
             self._tracking.close()

@@ -41,10 +41,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from geosync.backoff import Backoff
 from geosync.db import keyset
 from geosync.db.engines import is_sqlite
+from geosync.db.row_sets import RowSet
 from geosync.db.statements import built_once
 from geosync.db.types import UTCDateTime
 from geosync.errors import GeoError
@@ -55,7 +57,8 @@ if TYPE_CHECKING:
     from geosync.app import Geo
     from geosync.replicator import Replicator
 
-BATCH_SIZE = 10
+#: Rows per claimed batch at most (a batch is half the capacity: two are in flight).
+BATCH_SIZE = 100
 TIMEOUT = timedelta(hours=8)
 REVERIFY_BATCH = 1000
 MISMATCH_FAILURE = "Checksum does not match the primary checksum"
@@ -71,6 +74,16 @@ class Claim:
     model_record_id: int
     started_at: datetime
     previous_checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A claimed row's failed verification: why, and (a registry's mismatch) the checksum this
+    site found instead of the primary's."""
+
+    claim: Claim
+    failure: str
+    mismatched: str | None = None
 
 
 class Verifiable:
@@ -121,16 +134,23 @@ class Verifiable:
 
     # -- claims ------------------------------------------------------------------------------
 
-    def claim(self, conn: Connection, limit: int, holder: str | None = None) -> list[Claim]:
+    def claim(
+        self,
+        conn: Connection,
+        limit: int,
+        holder: str | None = None,
+        now: datetime | None = None,
+    ) -> list[Claim]:
         """Mark up to `limit` rows started, in one statement: pending ones first (never verified,
         then oldest verification first), topped up with failed ones whose retry is due.
 
         On a registry the claim names `holder` (the worker), so a dead worker's verifications
-        are taken over at once (`interrupted_by`) instead of after the 8-hour timeout.
+        are taken over at once (`interrupted_by`) instead of after the 8-hour timeout. `now`
+        (the clock's by default) is the claim time a batch's rows share.
         """
         if limit <= 0:
             return []
-        now = self.geo.clock.now()
+        now = now or self.geo.clock.now()
         statement = _claim_statement(
             self.table, self.key.name, self.registry, not is_sqlite(conn.engine)
         )
@@ -140,14 +160,6 @@ class Verifiable:
         claimed = conn.execute(statement, params)
         claims = [Claim(int(key), now, checksum) for key, checksum in claimed]
         return sorted(claims, key=lambda claim: claim.model_record_id)
-
-    def _mine(self, model_record_id: int, started_at: datetime) -> Any:
-        c = self.table.c
-        return and_(
-            self.key == model_record_id,
-            c.verification_state == VerificationState.STARTED,
-            c.verification_started_at == started_at,
-        )
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -161,23 +173,18 @@ class Verifiable:
         """started → succeeded for many claims; returns the record ids whose claim still stood
         (the others were re-queued meanwhile and stay as they are).
 
-        One `UPDATE … WHERE key IN (…) AND started AND verification_started_at = claim time
-        RETURNING key` per claim time (a claimed batch shares one): checking that the claim
-        still stands and storing the result are one statement, and the rows stay locked until
-        commit.
+        One `UPDATE … FROM rows WHERE key = rows.key AND started at rows.started_at RETURNING
+        key` for the whole set, the rows one JSON parameter (`geosync.db.row_sets`): checking
+        that each claim still stands and storing its result are one statement, and the rows
+        stay locked until commit.
         """
-        by_start: dict[datetime, list[tuple[Claim, str]]] = {}
-        for claim, checksum in results:
-            by_start.setdefault(claim.started_at, []).append((claim, checksum))
-        now = self.geo.clock.now()
-        done: set[int] = set()
-        for started_at, rows in by_start.items():
-            statement = _succeeded_statement(self.table, self.key.name, self.registry, len(rows))
-            params: dict[str, Any] = {"now": now, "started_at": started_at}
-            for index, (claim, checksum) in enumerate(rows):
-                params[f"key_{index}"] = claim.model_record_id
-                params[f"checksum_{index}"] = checksum
-            done.update(int(key) for key in conn.execute(statement, params).scalars())
+        if not results:
+            return []
+        rows = [(claim.model_record_id, claim.started_at, checksum) for claim, checksum in results]
+        statement, row_set = _succeeded_statement(
+            self.table, self.key.name, self.registry, conn.dialect.name
+        )
+        done = self._settle(conn, statement, row_set, rows)
         return [claim.model_record_id for claim, _sum in results if claim.model_record_id in done]
 
     def failed(
@@ -196,46 +203,77 @@ class Verifiable:
         The checksum is cleared unless `keep_checksum`: content that must never change keeps
         its reference, so a corrupted file keeps failing instead of being accepted on retry.
         """
-        c = self.table.c
-        count = conn.execute(
-            select(c.verification_retry_count).where(self._mine(model_record_id, started_at))
-        ).scalar_one_or_none()
-        if count is None:
-            return None
-        n = int(count) + 1
-        now = self.geo.clock.now()
-        values: dict[str, Any] = {
-            "verification_state": VerificationState.FAILED,
-            "verification_retry_count": n,
-            "verification_retry_at": self.backoff.next_retry_time(now, n),
-            "verified_at": now,
-            "verification_failure": cut(failure),
-        }
-        if not keep_checksum:
-            values["verification_checksum"] = None
-        if self.registry:
-            values.update(
-                checksum_mismatch=mismatched is not None,
-                verification_checksum_mismatched=mismatched,
-            )
-        result = conn.execute(
-            update(self.table).where(self._mine(model_record_id, started_at)).values(**values)
+        failure_row = Failure(Claim(model_record_id, started_at), failure, mismatched)
+        return self.failed_many(conn, [failure_row], keep_checksum=keep_checksum).get(
+            model_record_id
         )
-        return n if result.rowcount == 1 else None
+
+    def failed_many(
+        self, conn: Connection, failures: Sequence[Failure], *, keep_checksum: bool = False
+    ) -> dict[int, int]:
+        """started → failed for many claims, each with its reason and a backoff of its own;
+        returns the new retry count of each row whose claim still stood.
+
+        Two statements for the whole set: one reads the standing claims' retry counts (the
+        backoff's jitter is drawn here, per row), one stores every row's failure with the same
+        claim check as `succeeded_many`.
+        """
+        if not failures:
+            return {}
+        dialect = conn.dialect.name
+        counts_statement, claims_set = _retry_counts_statement(self.table, self.key.name, dialect)
+        claims = [(f.claim.model_record_id, f.claim.started_at) for f in failures]
+        counts = dict(
+            conn.execute(
+                counts_statement, {claims_set.name: claims_set.value(conn.dialect, claims)}
+            ).all()
+        )
+        now = self.geo.clock.now()
+        rows = []
+        for item in failures:
+            key = item.claim.model_record_id
+            if key in counts:
+                n = int(counts[key]) + 1
+                retry_at = self.backoff.next_retry_time(now, n)
+                mismatched = item.mismatched if self.registry else None
+                rows.append(
+                    (key, item.claim.started_at, n, retry_at, cut(item.failure), mismatched)
+                )
+        if not rows:
+            return {}
+        statement, row_set = _failed_statement(
+            self.table, self.key.name, self.registry, keep_checksum, dialect
+        )
+        done = self._settle(conn, statement, row_set, rows, now)
+        return {row[0]: row[2] for row in rows if row[0] in done}
 
     def disabled(self, conn: Connection, model_record_id: int, started_at: datetime) -> bool:
         """started → disabled: there is nothing to compare with (no primary checksum)."""
-        values: dict[str, Any] = {
-            "verification_state": VerificationState.DISABLED,
-            "verification_failure": None,
-            "verification_checksum": None,
-            "verification_retry_count": 0,
-            "verification_retry_at": None,
+        return bool(self.disabled_many(conn, [Claim(model_record_id, started_at)]))
+
+    def disabled_many(self, conn: Connection, claims: Sequence[Claim]) -> list[int]:
+        """started → disabled for many claims, in one statement; returns the record ids whose
+        claim still stood."""
+        if not claims:
+            return []
+        rows = [(claim.model_record_id, claim.started_at) for claim in claims]
+        statement, row_set = _disabled_statement(self.table, self.key.name, conn.dialect.name)
+        done = self._settle(conn, statement, row_set, rows)
+        return [claim.model_record_id for claim in claims if claim.model_record_id in done]
+
+    def _settle(
+        self,
+        conn: Connection,
+        statement: Any,
+        row_set: RowSet,
+        rows: Sequence[Sequence[Any]],
+        now: datetime | None = None,
+    ) -> set[int]:
+        params = {
+            "now": now or self.geo.clock.now(),
+            row_set.name: row_set.value(conn.dialect, rows),
         }
-        result = conn.execute(
-            update(self.table).where(self._mine(model_record_id, started_at)).values(**values)
-        )
-        return result.rowcount == 1
+        return {int(key) for key in conn.execute(statement, params).scalars()}
 
     def pending(self, conn: Connection, model_record_id: int) -> bool:
         """Any state → pending; False when there is no row."""
@@ -300,12 +338,9 @@ class Verifiable:
             )
         ).all()
         message = f"Verification timed out after {TIMEOUT.total_seconds() / 3600:g} hours"
-        failed = []
-        for key, started_at in stuck:
-            count = self.failed(conn, int(key), started_at, message)
-            if count is not None:
-                failed.append((int(key), count))
-        return failed
+        failures = [Failure(Claim(int(key), started_at), message) for key, started_at in stuck]
+        failed = self.failed_many(conn, failures)
+        return [(int(key), failed[int(key)]) for key, _at in stuck if int(key) in failed]
 
     def requeue_stale(self, conn: Connection, older_than: datetime, limit: int) -> int:
         """Succeeded rows verified before `older_than` → pending, oldest first, at most `limit`."""
@@ -439,20 +474,38 @@ def _claimable(table: Table, registry: bool) -> Any:
     return or_(exists().where(synced, pending), exists().where(synced, _failed_due(table)))
 
 
-@built_once
-def _succeeded_statement(table: Table, key_name: str, registry: bool, size: int) -> Any:
-    """started → succeeded for `size` rows claimed at `:started_at`, built once per table and
-    size: the row of `:key_i` gets `:checksum_i`; returns the keys whose claim still stood.
+def _claim_rows(name: str, key: Column[Any], *more: tuple[str, Any]) -> RowSet:
+    """A set of claimed rows: the key, the claim time, and `more` columns."""
+    return RowSet(name, [("key", key.type), ("started_at", UTCDateTime()), *more])
+
+
+def _still_claimed(table: Table, rows: Any) -> Any:
+    """The row is started at its claim's time (`rows.started_at`).
+
+    "Started at this claim time" as one expression no index can serve: PostgreSQL then finds
+    the rows by key alone instead of also reading the state index, whose entries for started
+    rows churn with every claim (and stay until a vacuum removes them).
     """
     c = table.c
-    key = c[key_name]
-    keys = [bindparam(f"key_{i}", type_=key.type) for i in range(size)]
-    checksum = case(
-        *[(key == keys[i], bindparam(f"checksum_{i}", type_=String())) for i in range(size)]
+    claimed_at = case(
+        (c.verification_state == VerificationState.STARTED, c.verification_started_at)
     )
+    return claimed_at == rows.c.started_at
+
+
+@built_once
+def _succeeded_statement(
+    table: Table, key_name: str, registry: bool, dialect: str
+) -> tuple[Any, RowSet]:
+    """started → succeeded for a set of (key, claim time, checksum) rows, built once per
+    table; returns the keys whose claim still stood."""
+    c = table.c
+    key = c[key_name]
+    row_set = _claim_rows("succeeded_rows", key, ("checksum", String(64)))
+    rows = row_set.table(dialect)
     values: dict[str, Any] = {
         "verification_state": VerificationState.SUCCEEDED,
-        "verification_checksum": checksum,
+        "verification_checksum": rows.c.checksum,
         "verified_at": _NOW,
         "verification_failure": None,
         "verification_retry_count": 0,
@@ -460,18 +513,92 @@ def _succeeded_statement(table: Table, key_name: str, registry: bool, size: int)
     }
     if registry:
         values.update(checksum_mismatch=False, verification_checksum_mismatched=None)
-    # "Started at this claim time" as one expression no index can serve: PostgreSQL then finds
-    # the rows by key alone instead of also reading the state index, whose entries for started
-    # rows churn with every claim (and stay until a vacuum removes them).
-    claimed_at = case(
-        (c.verification_state == VerificationState.STARTED, c.verification_started_at)
-    )
-    return (
+    statement = (
         update(table)
-        .where(key.in_(keys), claimed_at == bindparam("started_at", type_=UTCDateTime()))
+        .where(key == rows.c.key, _still_claimed(table, rows))
         .values(**values)
         .returning(key)
     )
+    return statement, row_set
+
+
+@built_once
+def _retry_counts_statement(table: Table, key_name: str, dialect: str) -> tuple[Any, RowSet]:
+    """(key, retry count) of the rows of a set of claims that still stand."""
+    c = table.c
+    key = c[key_name]
+    row_set = _claim_rows("claimed_rows", key)
+    rows = row_set.table(dialect)
+    statement = (
+        select(key, c.verification_retry_count)
+        .select_from(table)
+        .join(rows, key == rows.c.key)
+        .where(_still_claimed(table, rows))
+    )
+    return statement, row_set
+
+
+@built_once
+def _failed_statement(
+    table: Table, key_name: str, registry: bool, keep_checksum: bool, dialect: str
+) -> tuple[Any, RowSet]:
+    """started → failed for a set of (key, claim time, retry count, retry time, failure,
+    mismatched checksum) rows; returns the keys whose claim still stood."""
+    c = table.c
+    key = c[key_name]
+    row_set = _claim_rows(
+        "failed_rows",
+        key,
+        ("retry_count", Integer()),
+        ("retry_at", UTCDateTime()),
+        ("failure", String(255)),
+        ("mismatched", String(64)),
+    )
+    rows = row_set.table(dialect)
+    values: dict[str, Any] = {
+        "verification_state": VerificationState.FAILED,
+        "verification_retry_count": rows.c.retry_count,
+        "verification_retry_at": rows.c.retry_at,
+        "verified_at": _NOW,
+        "verification_failure": rows.c.failure,
+    }
+    if not keep_checksum:
+        values["verification_checksum"] = None
+    if registry:
+        values.update(
+            checksum_mismatch=rows.c.mismatched.is_not(None),
+            verification_checksum_mismatched=rows.c.mismatched,
+        )
+    statement = (
+        update(table)
+        .where(key == rows.c.key, _still_claimed(table, rows))
+        .values(**values)
+        .returning(key)
+    )
+    return statement, row_set
+
+
+@built_once
+def _disabled_statement(table: Table, key_name: str, dialect: str) -> tuple[Any, RowSet]:
+    """started → disabled for a set of (key, claim time) rows; returns the keys whose claim
+    still stood."""
+    c = table.c
+    key = c[key_name]
+    row_set = _claim_rows("disabled_rows", key)
+    rows = row_set.table(dialect)
+    statement = (
+        update(table)
+        .where(key == rows.c.key, _still_claimed(table, rows))
+        .values(
+            verification_state=VerificationState.DISABLED,
+            verification_failure=None,
+            verification_checksum=None,
+            verification_retry_count=0,
+            verification_retry_at=None,
+        )
+        .returning(key)
+    )
+    return statement, row_set
 
 
 @built_once
@@ -523,29 +650,39 @@ def verifiable_replicators(geo: Geo) -> list[type[Replicator]]:
     return [r for r in geo.catalog if r.verification_enabled]
 
 
-def lock_claims(conn: Connection, side: str) -> None:
+def lock_claims(conn: Connection, side: str, *, claims_only: bool = True) -> None:
     """Serialise capacity checks and claims site-wide (PostgreSQL; SQLite's writes already are).
 
-    The same statement sets two things for the rest of the claim transaction only. It commits
-    without waiting for the WAL flush: a claim lost in a server crash leaves its rows pending,
-    as if never claimed, and the result stored later commits durably (flushing the claim with
-    it); so use it only in transactions that write nothing but claims. And it reads through
-    plain index scans, no bitmap scans: every claim leaves dead index entries behind for the
-    rows it moves, and a plain index scan marks the ones it passes as dead for good, where a
-    bitmap scan would read all of them again on every round until a vacuum.
+    The same statement sets two things for the rest of the claim transaction only. With
+    `claims_only` it commits without waiting for the WAL flush: a claim lost in a server crash
+    leaves its rows pending, as if never claimed, and the result stored later commits durably
+    (flushing the claim with it); a transaction that also stores results (the pipeline's) passes
+    False. And it reads through plain index scans, no bitmap scans: every claim leaves dead
+    index entries behind for the rows it moves, and a plain index scan marks the ones it passes
+    as dead for good, where a bitmap scan would read all of them again on every round until a
+    vacuum.
     """
     if not is_sqlite(conn.engine):
         key = zlib.crc32(f"geosync-verification-{side}".encode())
-        conn.execute(_LOCK_CLAIMS, {"key": key})
+        conn.execute(_LOCK_CLAIMS if claims_only else _LOCK_DURABLE, {"key": key})
 
 
 _LOCK_CLAIMS = text(
     "SELECT pg_advisory_xact_lock(:key), set_config('synchronous_commit', 'off', true),"
     " set_config('enable_bitmapscan', 'off', true)"
 )
+_LOCK_DURABLE = text(
+    "SELECT pg_advisory_xact_lock(:key), set_config('enable_bitmapscan', 'off', true)"
+)
 
 
 Batch = list[tuple[Verifiable, list[Claim]]]
+
+
+def batch_size(capacity: int) -> int:
+    """Rows per batch for `capacity`: half of it, so that two batches in flight (one hashed
+    while the other is stored) fill it, 1 to `BATCH_SIZE`."""
+    return max(1, min(BATCH_SIZE, capacity // 2))
 
 
 def claim_within(
@@ -555,14 +692,43 @@ def claim_within(
     targets: Sequence[Verifiable],
     holder: str | None = None,
 ) -> Batch:
-    """Claim one batch of up to 10 rows for `holder`, visiting `targets` in order (callers
-    rotate them).
+    """Claim one batch (`batch_size` rows at most) for `holder`, visiting `targets` in order
+    (callers rotate them); [] when there is no room or no work.
 
     Rows started in any of `every` (all of the site's verifiable types) count against
     `capacity`, so the limit holds across worker processes.
     """
-    batches = claim_batches(conn, capacity, every, targets, 1, holder)
-    return batches[0] if batches else []
+    return claim_next(conn, capacity, every, targets, holder) or []
+
+
+def claim_next(
+    conn: Connection,
+    capacity: int,
+    every: Sequence[Verifiable],
+    targets: Sequence[Verifiable],
+    holder: str | None = None,
+    size: int | None = None,
+) -> Batch | None:
+    """Claim the next batch of up to `size` rows (`batch_size(capacity)` by default) for
+    `holder`, visiting `targets` in order: None when the capacity leaves no room, [] when no
+    target has work.
+
+    Rows started in any of `every` (all of the site's verifiable types) count against
+    `capacity`, so the limit holds across worker processes. One query tells both how many rows
+    are started and which targets have rows to claim, so claims go only where work is; every
+    row of the batch shares one claim time.
+    """
+    if not targets or not every:
+        return []
+    now = targets[0].geo.clock.now()
+    room, waiting = _room(conn, capacity, every, targets, now)
+    if room <= 0:
+        return None
+    if not waiting:
+        return []
+    wanted = min(size or batch_size(capacity), room)
+    batch, _claimed = _claim_batch(conn, waiting, wanted, holder, now)
+    return batch
 
 
 def claim_batches(
@@ -572,28 +738,22 @@ def claim_batches(
     targets: Sequence[Verifiable],
     count: int,
     holder: str | None = None,
+    size: int | None = None,
 ) -> list[Batch]:
-    """Claim up to `count` batches of up to 10 rows each (one claim statement per batch and
-    type) for `holder`, visiting `targets` in order; each further batch starts with the next
-    type.
+    """Claim up to `count` batches of up to `size` rows each (`batch_size(capacity)` by
+    default; one claim statement per batch and type) for `holder`, visiting `targets` in
+    order; each further batch starts with the next type.
 
-    Rows started in any of `every` (all of the site's verifiable types) count against
-    `capacity`, so the limit holds across worker processes. One query tells both how many rows
-    are started and which targets have rows to claim, so claims go only where work is.
+    Rows started in any of `every` count against `capacity`, as for `claim_next`.
     """
     if not targets or not every or count <= 0:
         return []
-    statement = _round_statement(
-        tuple(target.table for target in every),
-        tuple((target.table, target.registry) for target in targets),
-    )
     now = targets[0].geo.clock.now()
-    started, *ready = conn.execute(statement, {"now": now}).one()
-    room = capacity - int(started)
-    waiting = [target for target, has_work in zip(targets, ready, strict=True) if has_work]
+    room, waiting = _room(conn, capacity, every, targets, now)
+    size = size or batch_size(capacity)
     batches: list[Batch] = []
     while len(batches) < count and room > 0 and waiting:
-        batch, claimed = _claim_batch(conn, waiting, min(BATCH_SIZE, room), holder)
+        batch, claimed = _claim_batch(conn, waiting, min(size, room), holder, now)
         if not batch:
             break
         batches.append(batch)
@@ -602,8 +762,25 @@ def claim_batches(
     return batches
 
 
+def _room(
+    conn: Connection,
+    capacity: int,
+    every: Sequence[Verifiable],
+    targets: Sequence[Verifiable],
+    now: datetime,
+) -> tuple[int, list[Verifiable]]:
+    """The capacity left and the targets with rows to claim, in one query."""
+    statement = _round_statement(
+        tuple(target.table for target in every),
+        tuple((target.table, target.registry) for target in targets),
+    )
+    started, *ready = conn.execute(statement, {"now": now}).one()
+    waiting = [target for target, has_work in zip(targets, ready, strict=True) if has_work]
+    return capacity - int(started), waiting
+
+
 def _claim_batch(
-    conn: Connection, waiting: list[Verifiable], wanted: int, holder: str | None
+    conn: Connection, waiting: list[Verifiable], wanted: int, holder: str | None, now: datetime
 ) -> tuple[Batch, int]:
     """One batch of up to `wanted` rows from the types in `waiting`, in order; a type that
     gives fewer rows than asked has no more and leaves `waiting`. Returns the batch and its size.
@@ -613,7 +790,7 @@ def _claim_batch(
     for target in list(waiting):
         if claimed >= wanted:
             break
-        claims = target.claim(conn, wanted - claimed, holder)
+        claims = target.claim(conn, wanted - claimed, holder, now)
         if len(claims) < wanted - claimed:
             waiting.remove(target)
         claimed += len(claims)
@@ -651,6 +828,47 @@ def primary_checksum(
 ) -> str | None:
     """The primary's checksum of one record, only while its verification has succeeded."""
     return primary_checksums(geo, main_conn, replicator, [model_record_id]).get(model_record_id)
+
+
+def read_registry_batch(
+    geo: Geo, main_conn: Connection, replicator: type[Replicator], ids: Sequence[int]
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """The records of a claimed batch of copies and the primary's checksums of them, read in
+    one query: records without a checksum are left out (nothing to compare them with).
+
+    The primary's verification state is replicated with the records (its `<name>_states` rows
+    or the model's own columns), so one join reads both.
+    """
+    if not replicator.verification_enabled or not ids:
+        return {}, {}
+    model = replicator.model
+    target = primary_verifiable(geo, replicator)
+    records: dict[int, Any] = {}
+    expected: dict[int, str] = {}
+    for chunk in in_chunks(list(ids)):
+        statement = _batch_with_checksums(model, target.table, target.key)
+        with Session(main_conn, expire_on_commit=False) as session:
+            for record, checksum in session.execute(statement, {"ids": chunk}):
+                records[int(record.id)] = record
+                expected[int(record.id)] = str(checksum)
+            session.expunge_all()
+    return records, expected
+
+
+@built_once
+def _batch_with_checksums(model: type[Any], table: Table, key: Column[Any]) -> Any:
+    """`SELECT model, checksum … WHERE id IN :ids` for the records whose primary verification
+    succeeded, built once per model."""
+    c = table.c
+    model_key = model.__mapper__.primary_key[0]
+    statement = select(model, c.verification_checksum)
+    if table is not model.__table__:
+        statement = statement.join(table, key == model_key)
+    return statement.where(
+        model_key.in_(bindparam("ids", expanding=True)),
+        c.verification_state == VerificationState.SUCCEEDED,
+        c.verification_checksum.is_not(None),
+    )
 
 
 # -- helpers ------------------------------------------------------------------------------------

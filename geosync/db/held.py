@@ -15,10 +15,15 @@ from geosync.db.engines import WRITE_OPTION
 
 
 class HeldConnection:
-    """One connection of `engine`, opened on first use; each `transaction()` is one BEGIN."""
+    """One connection of `engine`, opened on first use; each `transaction()` is one BEGIN.
 
-    def __init__(self, engine: Engine) -> None:
+    With `reads` its transactions only read (a verification batch's records): on SQLite they
+    begin without the write lock, so they never wait for, or hold up, a writer.
+    """
+
+    def __init__(self, engine: Engine, *, reads: bool = False) -> None:
         self.engine = engine
+        self.reads = reads
         self._conn: Connection | None = None
 
     @contextmanager
@@ -27,7 +32,7 @@ class HeldConnection:
         if self._conn is None:
             self._conn = self.engine.connect()
             # Loops write through held connections: take SQLite's write lock at BEGIN.
-            self._conn.execution_options(**{WRITE_OPTION: True})
+            self._conn.execution_options(**{WRITE_OPTION: not self.reads})
         try:
             with self._conn.begin():
                 yield self._conn

@@ -1,16 +1,16 @@
 """The primary's verification: state rows backfilled, records checksummed, stale ones re-queued.
 
-`PrimaryVerificationLoop` claims rounds of up to four batches of 10 within the primary node's
-`verification_max_capacity`, checksums them (side by side when it has several threads), stores
-each batch's results and publishes `checksum_succeeded`. `PrimaryVerificationSweepLoop` keeps
-`<name>_states` in step with the model tables (`geosync.primary.backfill`), fails checksums
-running for over 8 hours and re-queues checksums older than the node's
+`PrimaryVerificationLoop` runs the verification pipeline (`geosync.pipeline`) within the primary
+node's `verification_max_capacity`: one batch is hashed while the previous one's results are
+stored (and `checksum_succeeded` published) in the transaction that claims the next.
+`PrimaryVerificationSweepLoop` keeps `<name>_states` in step with the model tables
+(`geosync.primary.backfill`), fails checksums running for over 8 hours and re-queues checksums
+older than the node's
 `minimum_reverification_interval`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from geosync.checksums import ChecksumResult, checksum_loaded
+from geosync.checksums import ChecksumResult, Hashers, PendingChecksums, checksum_loaded
 from geosync.db.held import HeldConnection
 from geosync.events import publish_events, published_types
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
+from geosync.pipeline import Pipeline
 from geosync.primary.backfill import StateBackfill
 
 # Their home is `geosync.primary.backfill`; importing them from here still works.
@@ -34,10 +35,10 @@ from geosync.records import load_records
 from geosync.replicator import CHECKSUM_SUCCEEDED
 from geosync.verification import (
     REVERIFY_BATCH,
-    Batch,
     Claim,
+    Failure,
     Verifiable,
-    claim_batches,
+    claim_next,
     lock_claims,
     primary_verifiable,
     verifiable_replicators,
@@ -54,7 +55,8 @@ log = get_logger("primary_verification")
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
 REVERIFY_EVERY = timedelta(minutes=1)
 SITE_TTL = 1.0
-ROUND_BATCHES = 4
+#: Batches one round claims at most; rows in flight stay within the capacity throughout.
+ROUND_BATCHES = 8
 
 
 def primary_node(geo: Geo, conn: Connection) -> Node | None:
@@ -89,9 +91,7 @@ def record_results(
     ]
     succeeded = target.succeeded_many(conn, unchanged)
     done = {claim.model_record_id for claim, _checksum in unchanged}
-    for claim, result in pairs:
-        if claim.model_record_id not in done:
-            settle_failure(conn, target, claim, result)
+    settle_failures(conn, target, [(c, r) for c, r in pairs if c.model_record_id not in done])
     if succeeded:
         publish_events(
             geo,
@@ -105,6 +105,7 @@ def record_results(
                 for i in succeeded
             ],
             published=published,
+            ids=False,
         )
     return len(succeeded)
 
@@ -112,32 +113,43 @@ def record_results(
 def settle_failure(
     conn: Connection, target: Verifiable, claim: Claim, result: ChecksumResult
 ) -> None:
-    """Store a failed checksum if its claim still stands.
+    """Store a failed checksum if its claim still stands (see `settle_failures`)."""
+    settle_failures(conn, target, [(claim, result)])
+
+
+def settle_failures(
+    conn: Connection, target: Verifiable, failures: list[tuple[Claim, ChecksumResult]]
+) -> None:
+    """Store failed checksums whose claims still stand, in one `failed_many`.
 
     A re-verification whose checksum differs from the last one fails too: the resource changed
     without an `updated` event. Immutable blobs keep their reference checksum, so a corrupted
     file keeps failing until it is restored; other types accept the new content on retry.
     """
+    if not failures:
+        return
     replicator = target.replicator
-    failure = result.failure or "Checksum could not be calculated"
-    if result.checksum is not None:
-        failure = (
-            "Checksum does not match the last verified checksum: the"
-            f" {replicator.noun} changed without"
-            f" an update (expected {claim.previous_checksum}, found {result.checksum})"
-        )
-    immutable = replicator.keeps_checksum()
-    count = target.failed(
-        conn, claim.model_record_id, claim.started_at, failure, keep_checksum=immutable
-    )
-    if count is not None:
-        log.warning(
-            "verification failed",
-            replicable=replicator.replicable_name,
-            id=claim.model_record_id,
-            failure=failure,
-            retry_count=count,
-        )
+    rows = []
+    for claim, result in failures:
+        failure = result.failure or "Checksum could not be calculated"
+        if result.checksum is not None:
+            failure = (
+                "Checksum does not match the last verified checksum: the"
+                f" {replicator.noun} changed without"
+                f" an update (expected {claim.previous_checksum}, found {result.checksum})"
+            )
+        rows.append(Failure(claim, failure))
+    counts = target.failed_many(conn, rows, keep_checksum=replicator.keeps_checksum())
+    for row in rows:
+        count = counts.get(row.claim.model_record_id)
+        if count is not None:
+            log.warning(
+                "verification failed",
+                replicable=replicator.replicable_name,
+                id=row.claim.model_record_id,
+                failure=row.failure,
+                retry_count=count,
+            )
 
 
 def load_claimed(conn: Connection, replicator: type[Replicator], ids: list[int]) -> dict[int, Any]:
@@ -175,18 +187,30 @@ class SiteView:
     published: frozenset[type[Replicator]]
 
 
+#: A claimed batch with its records: (type, claims, records by id) per type in the batch.
 Work = list[tuple[Verifiable, list[Claim], dict[int, Any]]]
+
+
+class BatchChecksums:
+    """The checksums of every type in one claimed batch, being computed."""
+
+    def __init__(self, parts: list[PendingChecksums]) -> None:
+        self.parts = parts
+
+    def results(self) -> list[list[ChecksumResult]]:
+        """Each type's checksums, in the batch's order (waits for them)."""
+        return [part.results() for part in self.parts]
 
 
 class PrimaryVerificationLoop:
     """Checksums pending and retry-due records of every verifiable type on the primary.
 
-    A round claims up to `ROUND_BATCHES` batches of 10 in one transaction, within the node's
-    capacity, and stores each batch's results in a transaction of its own. With several threads
-    the batches are shared among lanes (at most `ROUND_BATCHES`) that run side by side, each
-    storing over its own connection, so one lane's round trips to the database overlap another
-    lane's hashing. A round of a single batch hashes its files on the thread pool instead, so a
-    few large files still use every core.
+    A round runs the verification pipeline (`geosync.pipeline`) over batches of half the
+    node's `verification_max_capacity` (up to 100 rows): each transaction on the loop's held
+    connection stores one batch's results and publishes `checksum_succeeded`, claims the next
+    batch and loads its records, while the batch claimed before it is hashed on `Hashers`'
+    threads. A round claims at most the capacity's worth of rows, so a changed capacity or flag
+    takes effect within a round.
     """
 
     name = "primary_verification"
@@ -196,84 +220,20 @@ class PrimaryVerificationLoop:
     ) -> None:
         self.geo = geo
         self.worker = worker
-        size = threads or os.cpu_count() or 1
-        # One thread hashes inline: a pool would only add a hand-off per file.
-        self.pool = ThreadPoolExecutor(size, thread_name_prefix="checksum") if size > 1 else None
+        self.hashers = Hashers(threads)
+        #: The hashers' thread pool (None with one thread: files are hashed inline).
+        self.pool: ThreadPoolExecutor | None = self.hashers.pool
         self._offset = 0
         self._held = HeldConnection(geo.main_engine)
-        # Lane 0 is the calling thread on the claiming connection; the others have their own.
-        lanes = min(size, ROUND_BATCHES) - 1
-        self._lanes = [HeldConnection(geo.main_engine) for _ in range(lanes)]
-        self._lane_pool = ThreadPoolExecutor(lanes, thread_name_prefix="lane") if lanes else None
         self._view: SiteView | None = None
 
     def run_once(self) -> float:
-        """Claim one round of batches, checksum them, store the results."""
-        poll = self.geo.settings.poll_interval
-        with self._held.transaction() as conn:
-            view = self._site(conn)
-            if view.node is None:
-                return poll
-            lock_claims(conn, "primary")
-            capacity = view.node.verification_max_capacity
-            every = [primary_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
-            targets = self._rotated(view.enabled)
-            batches = claim_batches(conn, capacity, every, targets, ROUND_BATCHES)
-            work = self._load(conn, batches)
-        if len(work) == 1:
-            self._verify(self._held, work, self.pool, view.published)
-        elif work:
-            self._verify_in_lanes(work, view.published)
+        """One round of the pipeline: claim, checksum and store batches until none is left
+        (or the round has claimed the capacity's worth)."""
+        round_ = _Round(self)
+        Pipeline(self._held.transaction, round_.claim, round_.start, round_.settle).run()
         self._offset += 1
-        return 0.0 if batches else poll
-
-    def _verify(
-        self,
-        held: HeldConnection,
-        batches: list[Work],
-        pool: ThreadPoolExecutor | None,
-        published: frozenset[type[Replicator]],
-    ) -> None:
-        """Checksum `batches` one after the other, storing each one's results over `held`."""
-        for batch in batches:
-            for target, claims, records in batch:
-                ids = [claim.model_record_id for claim in claims]
-                results = checksum_loaded(self.geo, target.replicator, ids, records, pool)
-                with held.transaction() as conn:
-                    record_results(self.geo, conn, target, claims, results, published)
-
-    def _verify_in_lanes(self, work: list[Work], published: frozenset[type[Replicator]]) -> None:
-        """Share the batches among the lanes, the first lane in this thread; returns (or raises
-        the first error) only when every lane is done, so no lane's connection is left busy.
-        """
-        lanes = [self._held, *self._lanes]
-        shares = [work[index :: len(lanes)] for index in range(len(lanes))]
-        futures = []
-        if self._lane_pool is not None:
-            futures = [
-                self._lane_pool.submit(self._verify, lane, share, None, published)
-                for lane, share in zip(lanes[1:], shares[1:], strict=True)
-                if share
-            ]
-        try:
-            self._verify(self._held, shares[0], None, published)
-        finally:
-            errors = [future.exception() for future in futures]
-        for error in errors:
-            if error is not None:
-                raise error
-
-    def _load(self, conn: Connection, batches: list[Batch]) -> list[Work]:
-        """The claimed records of every batch, read with one query per type."""
-        wanted: dict[type[Replicator], list[int]] = {}
-        for batch in batches:
-            for target, claims in batch:
-                wanted.setdefault(target.replicator, []).extend(c.model_record_id for c in claims)
-        records = {r: load_claimed(conn, r, ids) for r, ids in wanted.items()}
-        return [
-            [(target, claims, records[target.replicator]) for target, claims in batch]
-            for batch in batches
-        ]
+        return 0.0 if round_.claimed else self.geo.settings.poll_interval
 
     def _site(self, conn: Connection) -> SiteView:
         """The site as read at most a second ago.
@@ -297,12 +257,65 @@ class PrimaryVerificationLoop:
         return [primary_verifiable(self.geo, r) for r in replicators]
 
     def close(self) -> None:
-        """Let running checksums finish, then close the loop's connections."""
-        for executor in (self.pool, self._lane_pool):
-            if executor is not None:
-                executor.shutdown(wait=True)
-        for held in (self._held, *self._lanes):
-            held.close()
+        """Let running checksums finish, then close the loop's connection."""
+        self.hashers.close()
+        self._held.close()
+
+
+class _Round:
+    """One round of `PrimaryVerificationLoop`: the pipeline's claim, start and settle."""
+
+    def __init__(self, loop: PrimaryVerificationLoop) -> None:
+        self.loop = loop
+        self.geo = loop.geo
+        self.claimed = 0
+        self.batches = 0
+        self.view: SiteView | None = None
+        self._settled_here = False
+
+    def claim(self, conn: Connection) -> Work | None:
+        """The next batch and its records, read in the claim's transaction."""
+        view = self.view = self.view or self.loop._site(conn)
+        if view.node is None:
+            return None
+        capacity = view.node.verification_max_capacity
+        if self.batches >= ROUND_BATCHES:
+            return None  # the round has had its share: flags and capacity are read again
+        lock_claims(conn, "primary", claims_only=not self._settled_here)
+        self._settled_here = False
+        every = [primary_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
+        targets = self.loop._rotated(view.enabled)
+        batch = claim_next(conn, capacity, every, targets)
+        if not batch:
+            return None if batch is None else []
+        self.batches += 1
+        self.claimed += sum(len(claims) for _target, claims in batch)
+        return [
+            (target, claims, load_claimed(conn, target.replicator, _ids(claims)))
+            for target, claims in batch
+        ]
+
+    def start(self, work: Work) -> BatchChecksums:
+        """Start hashing the batch's files on the loop's threads."""
+        hashers = self.loop.hashers
+        return BatchChecksums(
+            [
+                hashers.start(self.geo, target.replicator, _ids(claims), records)
+                for target, claims, records in work
+            ]
+        )
+
+    def settle(self, conn: Connection, work: Work, pending: BatchChecksums) -> None:
+        """Store the batch's results and publish its `checksum_succeeded` events."""
+        assert self.view is not None
+        published = self.view.published
+        for (target, claims, _records), results in zip(work, pending.results(), strict=True):
+            record_results(self.geo, conn, target, claims, results, published)
+        self._settled_here = True
+
+
+def _ids(claims: list[Claim]) -> list[int]:
+    return [claim.model_record_id for claim in claims]
 
 
 # -- sweeps ---------------------------------------------------------------------------------------

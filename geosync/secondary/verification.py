@@ -8,7 +8,6 @@ so the scheduler downloads it again and mismatches that keep coming back keep ba
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,23 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from geosync.attempts import Attempt, record_attempt
-from geosync.checksums import ChecksumResult, checksum_loaded
+from geosync.attempts import Attempt, record_attempts
+from geosync.checksums import ChecksumResult, Hashers, PendingChecksums, checksum_loaded
 from geosync.db.held import HeldConnection
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
-from geosync.records import load_records
+from geosync.pipeline import Pipeline
 from geosync.registry import Registry, RegistryRow
 from geosync.secondary.reachability import MAIN_DATABASE
 from geosync.verification import (
     MISMATCH_FAILURE,
+    Batch,
     Claim,
+    Failure,
     Verifiable,
-    claim_within,
+    claim_next,
     lock_claims,
     primary_checksum,
-    primary_checksums,
+    read_registry_batch,
     registry_verifiable,
     verifiable_replicators,
 )
@@ -48,6 +49,8 @@ log = get_logger("secondary_verification")
 FailedHook = Callable[[Connection, list[int]], None]
 
 TIMEOUT_SWEEP_EVERY = timedelta(minutes=10)
+#: Batches one round claims at most (the node and the flags are read once per round).
+ROUND_BATCHES = 8
 NO_PRIMARY_CHECKSUM = "The primary has no checksum for this item yet"
 
 
@@ -125,10 +128,16 @@ def verify_registry_batch(
     `on_failed` is called in the transaction that stored the verdicts, with the ids whose
     verification failed (the scrub notes them before anything can resync them).
     """
-    main_held = main or HeldConnection(geo.main_engine)
+    main_held = main or HeldConnection(geo.main_engine, reads=True)
     tracking_held = tracking or HeldConnection(geo.tracking_engine)
     try:
-        return _verify(geo, target, claims, pool, main_held, tracking_held, on_failed)
+        ids = [claim.model_record_id for claim in claims]
+        with main_held.transaction() as conn:
+            records, expected = read_registry_batch(geo, conn, target.replicator, ids)
+        computed = checksum_loaded(geo, target.replicator, list(records), records, pool)
+        verdicts = judge_batch(claims, expected, computed)
+        with tracking_held.transaction() as conn:
+            return settle_verdicts(geo, conn, target, verdicts, on_failed)
     finally:
         if main is None:
             main_held.close()
@@ -136,72 +145,83 @@ def verify_registry_batch(
             tracking_held.close()
 
 
-def _verify(
-    geo: Geo,
-    target: Verifiable,
-    claims: list[Claim],
-    pool: ThreadPoolExecutor | None,
-    main: HeldConnection,
-    tracking: HeldConnection,
-    on_failed: FailedHook | None = None,
-) -> dict[str, int]:
-    replicator = target.replicator
-    ids = [claim.model_record_id for claim in claims]
-    with main.transaction() as conn:
-        expected = primary_checksums(geo, conn, replicator, ids)
-        # Hash only what can be compared: without a primary checksum the row is disabled.
-        records = load_records(conn, replicator.model, [i for i in ids if i in expected])
-    computed = checksum_loaded(geo, replicator, list(records), records, pool)
+def judge_batch(
+    claims: list[Claim], expected: dict[int, str], computed: list[ChecksumResult]
+) -> list[Verdict]:
+    """Each claim's verdict: its copy's checksum (`computed`; hashed only where the primary
+    has one) against the primary's (`expected`)."""
     results = {result.model_record_id: result for result in computed}
-    verdicts = [
+    return [
         judge(claim, expected.get(claim.model_record_id), results.get(claim.model_record_id))
         for claim in claims
     ]
+
+
+def settle_verdicts(
+    geo: Geo,
+    conn: Connection,
+    target: Verifiable,
+    verdicts: list[Verdict],
+    on_failed: FailedHook | None = None,
+) -> dict[str, int]:
+    """Store a batch's verdicts where their claims still stand; returns counts per outcome.
+
+    Set-wise: one statement for the successes, one for the disabled rows, two for the
+    failures (each of which also fails its sync), one insert for the attempt rows.
+    `on_failed` gets the ids whose failed verification was stored, in this transaction.
+    """
+    by_outcome: dict[str, list[Verdict]] = {"succeeded": [], "failed": [], "disabled": []}
+    for verdict in verdicts:
+        by_outcome[verdict.outcome].append(verdict)
+    done = set(
+        target.succeeded_many(conn, [(v.claim, v.checksum or "") for v in by_outcome["succeeded"]])
+    )
+    done.update(target.disabled_many(conn, [v.claim for v in by_outcome["disabled"]]))
+    failed = _settle_failed(geo, conn, target, by_outcome["failed"])
+    done.update(failed)
+    settled = [v for v in verdicts if v.claim.model_record_id in done]
+    record_attempts(conn, [_attempt(geo, target, verdict) for verdict in settled])
+    if failed and on_failed is not None:
+        on_failed(conn, failed)
     counts = {"succeeded": 0, "failed": 0, "disabled": 0}
-    failed: list[int] = []
-    with tracking.transaction() as conn:
-        for verdict in verdicts:
-            if settle(geo, conn, target, verdict):
-                counts[verdict.outcome] += 1
-                if verdict.outcome == "failed":
-                    failed.append(verdict.claim.model_record_id)
-        if failed and on_failed is not None:
-            on_failed(conn, failed)
+    for verdict in settled:
+        counts[verdict.outcome] += 1
     return counts
+
+
+def _settle_failed(
+    geo: Geo, conn: Connection, target: Verifiable, verdicts: list[Verdict]
+) -> list[int]:
+    """Store failed verdicts and fail their syncs; returns the ids stored, in order."""
+    failures = [Failure(v.claim, v.failure or MISMATCH_FAILURE, v.mismatched) for v in verdicts]
+    counts = target.failed_many(conn, failures)
+    stored = []
+    for verdict, failure in zip(verdicts, failures, strict=True):
+        model_record_id = verdict.claim.model_record_id
+        count = counts.get(model_record_id)
+        if count is None:
+            continue
+        stored.append(model_record_id)
+        fail_sync_after_verification(
+            geo, conn, target.replicator, model_record_id, failure.failure, count
+        )
+        log.warning(
+            "verification failed",
+            replicable=target.replicator.replicable_name,
+            id=model_record_id,
+            failure=failure.failure,
+            local_checksum=verdict.mismatched,
+        )
+    return stored
 
 
 def settle(geo: Geo, conn: Connection, target: Verifiable, verdict: Verdict) -> bool:
     """Store one verdict if its claim still stands; a failure also fails the sync."""
-    claim = verdict.claim
-    model_record_id = claim.model_record_id
-    if verdict.outcome == "succeeded":
-        assert verdict.checksum is not None
-        done = target.succeeded(conn, model_record_id, claim.started_at, verdict.checksum)
-    elif verdict.outcome == "disabled":
-        done = target.disabled(conn, model_record_id, claim.started_at)
-    else:
-        failure = verdict.failure or MISMATCH_FAILURE
-        count = target.failed(
-            conn, model_record_id, claim.started_at, failure, mismatched=verdict.mismatched
-        )
-        done = count is not None
-        if count is not None:
-            fail_sync_after_verification(
-                geo, conn, target.replicator, model_record_id, failure, count
-            )
-            log.warning(
-                "verification failed",
-                replicable=target.replicator.replicable_name,
-                id=model_record_id,
-                failure=failure,
-                local_checksum=verdict.mismatched,
-            )
-    if done:
-        _record(geo, conn, target, verdict)
-    return done
+    counts = settle_verdicts(geo, conn, target, [verdict])
+    return counts[verdict.outcome] == 1
 
 
-def _record(geo: Geo, conn: Connection, target: Verifiable, verdict: Verdict) -> None:
+def _attempt(geo: Geo, target: Verifiable, verdict: Verdict) -> Attempt:
     error_class = None
     message = None
     if verdict.outcome == "failed":
@@ -209,18 +229,15 @@ def _record(geo: Geo, conn: Connection, target: Verifiable, verdict: Verdict) ->
         message = verdict.failure
     elif verdict.outcome == "disabled":
         message = NO_PRIMARY_CHECKSUM
-    record_attempt(
-        conn,
-        Attempt(
-            target.replicator.replicable_name,
-            verdict.claim.model_record_id,
-            "verification",
-            verdict.claim.started_at,
-            geo.clock.now(),
-            verdict.outcome,
-            error_class,
-            message,
-        ),
+    return Attempt(
+        target.replicator.replicable_name,
+        verdict.claim.model_record_id,
+        "verification",
+        verdict.claim.started_at,
+        geo.clock.now(),
+        verdict.outcome,
+        error_class,
+        message,
     )
 
 
@@ -240,7 +257,15 @@ def fail_timed_out(geo: Geo, conn: Connection) -> int:
 
 
 class SecondaryVerificationLoop:
-    """Verifies synced copies of every verifiable type within `verification_max_capacity`."""
+    """Verifies synced copies of every verifiable type within `verification_max_capacity`.
+
+    A round runs the verification pipeline (`geosync.pipeline`) over batches of half the
+    capacity (up to 100 rows): each tracking transaction stores one batch's verdicts, attempt
+    rows and failed syncs and claims the next batch; the next batch's records and the primary's
+    checksums are then read in one query on a held read connection, and its copies hashed on
+    `Hashers`' threads while the batch before it is settled. At most two batches are in flight,
+    so the started rows stay within the capacity; a round ends after `ROUND_BATCHES` batches.
+    """
 
     name = "secondary_verification"
     #: It reads the primary's checksums: paused while the main database is away.
@@ -254,14 +279,14 @@ class SecondaryVerificationLoop:
         self.worker = worker
         #: Who claims: a dead worker's verifications are taken over by name (`claimed_by`).
         self._holder = worker.holder if worker is not None else None
-        self.pool = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="verify")
+        self.hashers = Hashers(threads, name="verify")
         self._offset = 0
         self._last_sweep: datetime | None = None
-        self._main = HeldConnection(geo.main_engine)
+        self._main = HeldConnection(geo.main_engine, reads=True)
         self._tracking = HeldConnection(geo.tracking_engine)
 
     def run_once(self) -> float:
-        """Claim one round of batches, verify them; sweep timeouts every 10 minutes."""
+        """One round of the pipeline; sweep timeouts every 10 minutes."""
         poll = self.geo.settings.poll_interval
         with self._main.transaction() as main:
             node = self.geo.current_node(main)
@@ -270,21 +295,12 @@ class SecondaryVerificationLoop:
             replicators = [r for r in verifiable_replicators(self.geo) if flag_enabled(main, r)]
         targets = self._rotated([registry_verifiable(self.geo, r) for r in replicators])
         every = [registry_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
-        with self._tracking.transaction() as conn:
-            lock_claims(conn, "secondary")
-            batches = claim_within(
-                conn, node.verification_max_capacity, every, targets, self._holder
-            )
-        failed = 0
-        for target, claims in batches:
-            counts = verify_registry_batch(
-                self.geo, target, claims, self.pool, main=self._main, tracking=self._tracking
-            )
-            failed += counts["failed"]
+        round_ = _Round(self, node.verification_max_capacity, every, targets)
+        Pipeline(self._tracking.transaction, round_.claim, round_.start, round_.settle).run()
         self._sweep()
-        if failed and self.worker is not None:
+        if round_.failed and self.worker is not None:
             self.worker.notify("scheduler")  # failed syncs are work for the scheduler
-        return 0.0 if batches else poll
+        return 0.0 if round_.claimed else poll
 
     def _rotated(self, targets: list[Verifiable]) -> list[Verifiable]:
         self._offset += 1
@@ -305,9 +321,87 @@ class SecondaryVerificationLoop:
 
     def close(self) -> None:
         """Let running checksums finish, then close the loop's connections."""
-        self.pool.shutdown(wait=True)
+        self.hashers.close()
         self._main.close()
         self._tracking.close()
+
+
+#: A claimed batch of copies: per type, its claims and the primary's checksums of them.
+Copies = list[tuple[Verifiable, list[Claim], dict[int, str]]]
+
+
+class CopyChecksums:
+    """One claimed batch's copies (per type: its claims and the primary's checksums) and
+    their checksums, being computed."""
+
+    def __init__(self, copies: Copies, parts: list[PendingChecksums]) -> None:
+        self.copies = copies
+        self.parts = parts
+
+    def results(self) -> list[list[ChecksumResult]]:
+        """Each type's checksums (waits for them)."""
+        return [part.results() for part in self.parts]
+
+
+class _Round:
+    """One round of `SecondaryVerificationLoop`: the pipeline's claim, start and settle."""
+
+    def __init__(
+        self,
+        loop: SecondaryVerificationLoop,
+        capacity: int,
+        every: list[Verifiable],
+        targets: list[Verifiable],
+    ) -> None:
+        self.loop = loop
+        self.geo = loop.geo
+        self.capacity = capacity
+        self.every = every
+        self.targets = targets
+        self.claimed = 0
+        self.batches = 0
+        self.failed = 0
+        self._settled_here = False
+
+    def claim(self, conn: Connection) -> Batch | None:
+        """The next batch, claimed in the transaction that settled the one before."""
+        if self.batches >= ROUND_BATCHES:
+            return None  # the round has had its share: the node and flags are read again
+        lock_claims(conn, "secondary", claims_only=not self._settled_here)
+        self._settled_here = False
+        batch = claim_next(conn, self.capacity, self.every, self.targets, self.loop._holder)
+        if batch:
+            self.batches += 1
+            self.claimed += sum(len(claims) for _target, claims in batch)
+        return batch
+
+    def start(self, batch: Batch) -> CopyChecksums:
+        """Read the batch's records and the primary's checksums, start hashing the copies."""
+        hashers = self.loop.hashers
+        with self.loop._main.transaction() as main:
+            loaded = [
+                read_registry_batch(self.geo, main, target.replicator, _ids(claims))
+                for target, claims in batch
+            ]
+        copies: Copies = []
+        parts = []
+        for (target, claims), (records, expected) in zip(batch, loaded, strict=True):
+            copies.append((target, claims, expected))
+            parts.append(hashers.start(self.geo, target.replicator, list(records), records))
+        return CopyChecksums(copies, parts)
+
+    def settle(self, conn: Connection, batch: Batch, pending: CopyChecksums) -> None:
+        """Store the batch's verdicts (and fail the syncs of bad copies)."""
+        for (target, claims, expected), computed in zip(
+            pending.copies, pending.results(), strict=True
+        ):
+            verdicts = judge_batch(claims, expected, computed)
+            self.failed += settle_verdicts(self.geo, conn, target, verdicts)["failed"]
+        self._settled_here = True
+
+
+def _ids(claims: list[Claim]) -> list[int]:
+    return [claim.model_record_id for claim in claims]
 
 
 # -- skip-download ------------------------------------------------------------------------------

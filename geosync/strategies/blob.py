@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -164,9 +165,19 @@ def unresolved_inside(root: Path, relative: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 hex of a file, read in 1 MiB chunks (hashlib releases the GIL on them)."""
+    """SHA-256 hex of a file, read in 1 MiB chunks (hashlib releases the GIL on them).
+
+    Each thread reads into a buffer of its own, kept between files: a fresh 1 MiB allocation
+    per read costs a small file more than hashing it.
+    """
+    buffer = _buffers.__dict__.get("buffer")
+    if buffer is None:
+        buffer = _buffers.buffer = memoryview(bytearray(CHUNK))
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
+    with path.open("rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(buffer[:size])
     return digest.hexdigest()
+
+
+_buffers = threading.local()

@@ -173,8 +173,8 @@ def test_a_round_verifies_several_batches_within_the_capacity(
     try:
         assert loop.run_once() == 0.0
         first = [upload_state(sites, i)["verification_state"] for i in [*ids, missing]]
-        # Batches of 10, 10 and 5: the capacity bounds the round, not the batch size.
-        assert len(first) - first.count(S.PENDING) == 25
+        # Batches of 12 (half the capacity), two in flight: one round verifies all 29.
+        assert first.count(S.PENDING) == first.count(S.STARTED) == 0
         run_until_idle(loop)
     finally:
         loop.close()

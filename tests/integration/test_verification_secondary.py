@@ -381,3 +381,65 @@ def test_secondary_workers_run_verification() -> None:
     from geosync.worker import ROLE_LOOPS
 
     assert SecondaryVerificationLoop in ROLE_LOOPS["secondary"]()
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+def test_a_round_verifies_batches_of_half_the_capacity_two_at_a_time(
+    sites: SitePair, verify: SecondaryVerificationLoop
+) -> None:
+    from geosync.nodes import NodeStore
+
+    with sites.primary.main() as conn:
+        NodeStore(sites.primary, conn).update(sites.secondary_node.id, verification_max_capacity=4)
+    ids = [vu.add_upload(sites.primary, f"copy {i}".encode()) for i in range(7)]
+    checksum_on_primary(sites)
+    for index, record_id in enumerate(ids):
+        vu.write(vu.upload_file(sites.secondary, record_id), f"copy {index}".encode())
+        vu.make_synced(sites.secondary, UploadReplicator, record_id, verification=S.PENDING)
+    assert verify.run_once() == 0.0
+    states = [upload_registry(sites, i)["verification_state"] for i in ids]
+    # Batches of two (half the capacity), two in flight: one round verifies all seven.
+    assert states == [S.SUCCEEDED] * 7
+    for record_id in ids:
+        assert upload_registry(sites, record_id)["verification_state"] == S.SUCCEEDED
+        with sites.secondary.tracking_engine.connect() as conn:
+            (attempt,) = recent_attempts(conn, "upload", record_id)
+        assert attempt.kind == "verification" and attempt.outcome == "succeeded"
+
+
+def test_a_failure_between_settling_and_the_next_claim_stores_nothing_of_either(
+    sites: SitePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geosync.verification import claim_next as real_claim
+
+    ids = [synced_upload(sites, f"copy {i}".encode()) for i in range(6)]
+    calls: list[int] = []
+
+    def claim_that_fails_third(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:  # the transaction that settles batch 1 and claims batch 3
+            raise RuntimeError("the tracking database went away")
+        return real_claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("geosync.secondary.verification.claim_next", claim_that_fails_third)
+    with sites.primary.main() as conn:
+        from geosync.nodes import NodeStore
+
+        NodeStore(sites.primary, conn).update(sites.secondary_node.id, verification_max_capacity=4)
+    loop = SecondaryVerificationLoop(sites.secondary, threads=2)
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            loop.run_once()
+    finally:
+        loop.close()
+    rows = [upload_registry(sites, i) for i in ids]
+    # Batches 1 and 2 (two rows each) stay claimed by the loop (taken over when it is proven
+    # dead); none has a result or an attempt row: batch 1's results were rolled back with
+    # the claim of batch 3 that failed in their transaction.
+    assert [r["verification_state"] for r in rows].count(S.STARTED) == 4
+    assert [r["verification_state"] for r in rows].count(S.PENDING) == 2
+    assert all(r["verified_at"] is None for r in rows)
+    with sites.secondary.tracking_engine.connect() as conn:
+        assert all(recent_attempts(conn, "upload", i) == [] for i in ids)

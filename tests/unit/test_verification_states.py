@@ -22,8 +22,11 @@ from geosync.testing import SitePair
 from geosync.verification import (
     BATCH_SIZE,
     Claim,
+    Failure,
     Verifiable,
+    batch_size,
     claim_batches,
+    claim_next,
     lock_claims,
     primary_verifiable,
     registry_verifiable,
@@ -111,7 +114,8 @@ def test_claim_marks_rows_started_at_the_claim_time(
 def test_claim_takes_at_most_the_batch_and_never_verified_rows_first(
     sites: SitePair, target: Verifiable, clock: FrozenClock
 ) -> None:
-    ids = [add(sites, target) for _ in range(12)]
+    limit = 10
+    ids = [add(sites, target) for _ in range(limit + 2)]
     verified_long_ago = ids[0]
     with sites.primary.main() as conn:
         conn.execute(
@@ -119,10 +123,13 @@ def test_claim_takes_at_most_the_batch_and_never_verified_rows_first(
             .where(target.key == verified_long_ago)
             .values(verified_at=clock.now() - timedelta(days=30))
         )
-    first = claim(sites, target)
-    assert len(first) == BATCH_SIZE
+    first = claim(sites, target, limit)
+    assert len(first) == limit
     assert verified_long_ago not in first
-    assert claim(sites, target) == [verified_long_ago, *sorted(set(ids) - set(first) - {ids[0]})]
+    assert claim(sites, target, limit) == [
+        verified_long_ago,
+        *sorted(set(ids) - set(first) - {ids[0]}),
+    ]
 
 
 def test_failed_rows_top_up_a_claim_only_when_their_retry_is_due(
@@ -235,7 +242,8 @@ def test_a_claim_skips_rows_another_open_claim_holds(
 def batch_sizes(sites: SitePair, capacity: int, count: int) -> list[list[tuple[str, int]]]:
     uploads, packages = vu.primary_states(sites.primary), vu.package_states(sites.primary)
     with sites.primary.main() as conn:
-        batches = claim_batches(conn, capacity, [uploads, packages], [uploads, packages], count)
+        every = [uploads, packages]
+        batches = claim_batches(conn, capacity, every, every, count, size=10)
     return [[(t.replicator.replicable_name, len(c)) for t, c in batch] for batch in batches]
 
 
@@ -302,8 +310,48 @@ def test_only_the_claim_transaction_skips_waiting_for_the_disk_and_bitmap_scans(
         with held.transaction() as conn:
             # Results stored later on the same connection commit durably again.
             assert settings(conn) == ("on", "on")
+        with held.transaction() as conn:
+            # A transaction that stores results and then claims (the pipeline's) stays durable.
+            lock_claims(conn, "primary", claims_only=False)
+            assert settings(conn) == ("on", "off")
     finally:
         held.close()
+
+
+# -- the next batch -------------------------------------------------------------------------------
+
+
+def next_batch(sites: SitePair, capacity: int, size: int | None = None) -> list[int] | None:
+    uploads = vu.primary_states(sites.primary)
+    with sites.primary.main() as conn:
+        batch = claim_next(conn, capacity, [uploads], [uploads], size=size)
+    if batch is None:
+        return None
+    return [claim.model_record_id for _target, claims in batch for claim in claims]
+
+
+def test_a_batch_is_half_the_capacity_up_to_a_hundred() -> None:
+    assert [batch_size(c) for c in (1, 2, 3, 25, 100, 200, 1000)] == [1, 1, 1, 12, 50, 100, 100]
+    assert BATCH_SIZE == 100
+
+
+def test_the_next_batch_says_no_room_apart_from_no_work(sites: SitePair) -> None:
+    assert next_batch(sites, 4) == []  # no work
+    ids = [vu.add_upload(sites.primary, b"u") for _ in range(5)]
+    assert next_batch(sites, 4) == ids[:2]  # half the capacity
+    assert next_batch(sites, 4) == ids[2:4]
+    assert next_batch(sites, 4) is None  # four started: no room, though one is waiting
+    assert next_batch(sites, 6, size=10) == ids[4:]  # the room bounds the batch, not the size
+
+
+def test_a_batch_shares_one_claim_time_across_types(sites: SitePair, clock: FrozenClock) -> None:
+    vu.add_upload(sites.primary, b"u")
+    vu.add_package_file(sites.primary, b"p")
+    uploads, packages = vu.primary_states(sites.primary), vu.package_states(sites.primary)
+    with sites.primary.main() as conn:
+        batch = claim_next(conn, 100, [uploads, packages], [uploads, packages])
+    assert batch is not None and len(batch) == 2
+    assert {claim.started_at for _t, claims in batch for claim in claims} == {clock.now()}
 
 
 # -- transitions ----------------------------------------------------------------------------------
@@ -560,3 +608,87 @@ def test_registry_pending_clears_the_mismatch_fields(sites: SitePair) -> None:
     assert state["verification_checksum_mismatched"] is None
     assert state["verification_state"] == S.PENDING
     assert state["verification_retry_count"] == 1
+
+
+# -- set-wise transitions -------------------------------------------------------------------------
+
+
+def test_a_set_of_results_is_stored_where_each_claim_still_stands(
+    sites: SitePair, target: Verifiable, clock: FrozenClock
+) -> None:
+    ids = [add(sites, target) for _ in range(4)]
+    claimed = claims(sites, target)
+    requeued = claimed[1]
+    with sites.primary.main() as conn:
+        assert target.pending(conn, requeued.model_record_id)
+    stale = Claim(claimed[2].model_record_id, claimed[2].started_at - timedelta(seconds=1))
+    results = [(claimed[0], "a" * 64), (requeued, "b" * 64), (stale, "c" * 64), (claimed[3], "d")]
+    with sites.primary.main() as conn:
+        done = target.succeeded_many(conn, results)
+    assert done == [ids[0], ids[3]]
+    assert row(sites, target, ids[0])["verification_checksum"] == "a" * 64
+    assert row(sites, target, ids[3])["verification_checksum"] == "d"
+    assert row(sites, target, ids[1])["verification_state"] == S.PENDING
+    assert row(sites, target, ids[2])["verification_state"] == S.STARTED
+
+
+def test_a_set_of_failures_backs_off_each_row_from_its_own_count(
+    sites: SitePair, target: Verifiable, clock: FrozenClock
+) -> None:
+    ids = [add(sites, target) for _ in range(3)]
+    first = {c.model_record_id: c for c in claims(sites, target)}
+    with sites.primary.main() as conn:
+        assert target.failed(conn, ids[0], first[ids[0]].started_at, "once") == 1
+        assert target.succeeded(conn, ids[1], first[ids[1]].started_at, "x")
+        assert target.succeeded(conn, ids[2], first[ids[2]].started_at, "y")
+        target.pending_where(conn, target.key.in_(ids[1:]))
+    clock.advance(timedelta(hours=2))
+    again = {c.model_record_id: c for c in claims(sites, target)}
+    assert sorted(again) == ids
+    failures = [Failure(again[i], f"broken {i}") for i in ids]
+    with sites.primary.main() as conn:
+        counts = target.failed_many(conn, failures, keep_checksum=True)
+    assert counts == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
+    for record_id in ids:
+        state = row(sites, target, record_id)
+        assert state["verification_state"] == S.FAILED
+        assert state["verification_failure"] == f"broken {record_id}"
+        assert state["verified_at"] == clock.now()
+        retry_at = state["verification_retry_at"]
+        assert isinstance(retry_at, type(clock.now())) and retry_at > clock.now()
+    assert row(sites, target, ids[1])["verification_checksum"] == "x"  # kept
+    with sites.primary.main() as conn:  # a second store of the same claims finds none standing
+        assert target.failed_many(conn, failures) == {}
+
+
+def test_a_set_of_disabled_rows_clears_their_state(sites: SitePair, clock: FrozenClock) -> None:
+    record_ids = [vu.add_upload(sites.primary, b"x") for _ in range(3)]
+    registry = registry_verifiable(sites.secondary, UploadReplicator)
+    for record_id in record_ids:
+        vu.make_synced(sites.secondary, UploadReplicator, record_id)
+    with sites.secondary.tracking() as conn:
+        claimed = registry.claim(conn, 10, "host:1:worker")
+        assert [c.model_record_id for c in claimed] == record_ids
+        stale = Claim(claimed[2].model_record_id, claimed[2].started_at - timedelta(seconds=1))
+        assert registry.disabled_many(conn, [claimed[0], claimed[1], stale]) == record_ids[:2]
+    states = [vu.registry_row(sites.secondary, UploadReplicator, i) for i in record_ids]
+    assert [s["verification_state"] for s in states] == [S.DISABLED, S.DISABLED, S.STARTED]
+
+
+def test_a_registry_failure_set_records_each_mismatch(sites: SitePair) -> None:
+    record_ids = [vu.add_upload(sites.primary, b"x") for _ in range(2)]
+    registry = registry_verifiable(sites.secondary, UploadReplicator)
+    for record_id in record_ids:
+        vu.make_synced(sites.secondary, UploadReplicator, record_id)
+    with sites.secondary.tracking() as conn:
+        first, second = registry.claim(conn, 10, "host:1:worker")
+        failures = [Failure(first, "Checksum differs", "f" * 64), Failure(second, "Unreadable")]
+        assert registry.failed_many(conn, failures) == {record_ids[0]: 1, record_ids[1]: 1}
+    mismatched, unreadable = (
+        vu.registry_row(sites.secondary, UploadReplicator, i) for i in record_ids
+    )
+    assert mismatched["checksum_mismatch"] is True
+    assert mismatched["verification_checksum_mismatched"] == "f" * 64
+    assert unreadable["checksum_mismatch"] is False
+    assert unreadable["verification_checksum_mismatched"] is None
+    assert unreadable["verification_failure"] == "Unreadable"
