@@ -22,6 +22,7 @@ The tree::
     │   ├── StorageFull             this site's storage has no space left for the copy
     │   ├── TransportFailure        the connection to the primary failed or was cut short
     │   └── Interrupted             a download stopped because its worker is shutting down
+    ├── StorageError                an object store refused the credentials or failed
     └── LeaseLost                   a worker lost the lease it needed to go on
 
 Each class's docstring is its default message. Third-party errors are mapped at the boundary with
@@ -126,6 +127,10 @@ class TransportFailure(TransferError):
 
 class Interrupted(TransferError):
     """The download was stopped because the worker is shutting down."""
+
+
+class StorageError(GeoError):
+    """The object storage refused the request or could not be reached."""
 
 
 class LeaseLost(GeoError):
