@@ -74,16 +74,6 @@ class ObjectStore(BlobStore):
                 digest.update(chunk)
         return digest.hexdigest()
 
-    def stored_sha256(self, key: str) -> str | None:
-        """The SHA-256 hex the store keeps for the whole object, when it is trustworthy: the
-        store checked it against the bytes at upload (a `PutObject` with the checksum) and it
-        is of the full object. A multipart upload's checksum (`…-N`) is of its parts: None."""
-        head = self._head(key, ChecksumMode="ENABLED")
-        value = head.get("ChecksumSHA256")
-        if not value or "-" in value or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
-            return None
-        return base64.b64decode(value).hex()
-
     def remove(self, key: str) -> bool:
         """Delete the object; returns whether one was there."""
         existed = self.exists(key)
