@@ -23,6 +23,7 @@ The tree::
     │   ├── TransportFailure        the connection to the primary failed or was cut short
     │   ├── PrimaryUnreachable      the primary did not answer: refused, reset, timed out, 502-504
     │   └── Interrupted             a download stopped because its worker is shutting down
+    ├── StorageError                an object store refused the credentials or failed
     └── LeaseLost                   a worker lost the lease it needed to go on
 
 Each class's docstring is its default message. Third-party errors are mapped at the boundary with
@@ -135,6 +136,10 @@ class PrimaryUnreachable(TransferError):
 
 class Interrupted(TransferError):
     """The download was stopped because the worker is shutting down."""
+
+
+class StorageError(GeoError):
+    """The object storage refused the request or could not be reached."""
 
 
 class LeaseLost(GeoError):

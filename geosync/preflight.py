@@ -271,12 +271,29 @@ def git_present() -> Check:
 
 def storages_writable(geo: Geo) -> list[Check]:
     """Every blob storage and the repository root exist and take new files."""
-    places = {
-        f"storage {name!r}": path for name, path in sorted(geo.settings.blob_storages.items())
-    }
+    places: dict[str, Path] = {}
+    checks: list[Check] = []
+    for name, entry in sorted(geo.settings.blob_storages.items()):
+        if isinstance(entry, Path):
+            places[f"storage {name!r}"] = entry
+        else:
+            checks.append(_object_store_reachable(geo, name))
     if geo.settings.repository_storage_root is not None:
         places["repository storage"] = geo.settings.repository_storage_root
-    return [_writable(name, Path(path)) for name, path in places.items()]
+    return [_writable(name, path) for name, path in places.items()] + checks
+
+
+def _object_store_reachable(geo: Geo, name: str) -> Check:
+    """An object-store storage answers a listing with this site's credentials."""
+    from geosync.storage import blob_store
+
+    label = f"storage {name!r}"
+    try:
+        store = blob_store(geo.settings, name)
+        store.list_page(limit=1)
+    except GeoError as exc:
+        return failed(label, exc.message, "check its URL, endpoint, region and credentials")
+    return passed(label, f"{store.describe()} answers")
 
 
 def _writable(name: str, path: Path) -> Check:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from sqlalchemy import Select, select
 from sqlalchemy import inspect as sa_inspect
@@ -173,6 +173,16 @@ class Replicator:
         a blob's own file; a strategy whose copy is not one file may build one. `NotFound` for
         kinds served another way (the answer reveals nothing about the catalog)."""
         raise NotFound(f"{self.replicable_name} not found")
+
+    def served_object(self) -> tuple[BinaryIO, int] | None:
+        """The blob the primary streams from an object store for this record (open, and its
+        size), or None when it serves `served_file` (or nothing)."""
+        return None
+
+    @classmethod
+    def transfers_in_batches(cls, settings: Settings) -> bool:
+        """Whether a secondary with `settings` may fetch this kind many items per request."""
+        return cls.batches
 
     def served_repository(self) -> Path:
         """The bare repository the primary serves read-only over git smart HTTP for this

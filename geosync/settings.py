@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +37,42 @@ DURATION_FORMS = "seconds (e.g. 604800) or an ISO 8601 duration (e.g. P7D, PT12H
 _toml_path: ContextVar[Path | None] = ContextVar("geosync_toml_path", default=None)
 
 
+class ObjectStorage(BaseModel):
+    """A blob storage in an S3-compatible object store: `url` is `s3://bucket/prefix`.
+
+    Credentials left out come from the standard AWS chain (`AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, profiles, instance roles). Secrets are
+    `SecretStr`: never logged, never shown in pages or status.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="s3://bucket or s3://bucket/prefix")
+    endpoint_url: str | None = Field(default=None, description="Endpoint of a non-AWS store.")
+    region: str | None = Field(default=None, description="The bucket's region.")
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        if not value.startswith("s3://") or not value[5:].strip("/"):
+            raise ValueError("must be s3://bucket or s3://bucket/prefix")
+        return value.rstrip("/")
+
+    @property
+    def bucket(self) -> str:
+        """The bucket's name."""
+        return self.url[5:].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix inside the bucket ('' or ending in '/')."""
+        rest = self.url[5:].split("/", 1)
+        return rest[1].strip("/") + "/" if len(rest) > 1 and rest[1].strip("/") else ""
+
+
 class Settings(BaseSettings):
     """Everything a site needs to know about itself; see docs/configuration.md."""
 
@@ -49,8 +85,10 @@ class Settings(BaseSettings):
     tracking_database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the tracking database (secondaries)."
     )
-    blob_storages: dict[str, Path] = Field(
-        default_factory=dict, description="Named blob storages: name -> directory."
+    blob_storages: dict[str, Path | ObjectStorage] = Field(
+        default_factory=dict,
+        description="Named blob storages: name -> directory, or s3://bucket/prefix (a string,"
+        " or a table with `url` and the object store's options).",
     )
     repository_storage_root: Path | None = Field(
         default=None, description="Directory holding bare git repositories."
@@ -119,6 +157,19 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters")
         return value
 
+    @field_validator("blob_storages", mode="before")
+    @classmethod
+    def _object_storage_urls(cls, value: Any) -> Any:
+        """`name = "s3://bucket/prefix"` is an object storage with the default options."""
+        if isinstance(value, dict):
+            return {
+                name: {"url": entry}
+                if isinstance(entry, str) and entry.startswith("s3://")
+                else entry
+                for name, entry in value.items()
+            }
+        return value
+
     @field_validator("main_database_url", "tracking_database_url")
     @classmethod
     def _usable_database_url(cls, value: str | None) -> str | None:
@@ -176,7 +227,18 @@ class Settings(BaseSettings):
             _toml_path.reset(token)
 
     def blob_storage(self, name: str) -> Path:
-        """The directory of a named blob storage, or a configuration error naming it."""
+        """The directory of a named blob storage, or a configuration error naming it (also
+        when the storage is an object store: `blob_storage_entry` gives either kind)."""
+        entry = self.blob_storage_entry(name)
+        if isinstance(entry, ObjectStorage):
+            raise ConfigurationError(
+                f"setting 'blob_storages': storage {name!r} is an object store ({entry.url}),"
+                " not a directory"
+            )
+        return entry
+
+    def blob_storage_entry(self, name: str) -> Path | ObjectStorage:
+        """A named blob storage as configured, or a configuration error naming it."""
         try:
             return self.blob_storages[name]
         except KeyError:
@@ -192,6 +254,8 @@ class Settings(BaseSettings):
         for key, value in self.model_dump(exclude_none=True).items():
             if key == "secret_key_base":
                 value = self.secret_key_base.get_secret_value()
+            if key == "blob_storages":
+                value = {k: _storage_value(v) for k, v in self.blob_storages.items()}
             if isinstance(value, dict):
                 tables.append(f"\n[{key}]")
                 tables.extend(f"{k} = {_toml_value(v)}" for k, v in sorted(value.items()))
@@ -200,7 +264,17 @@ class Settings(BaseSettings):
         return "\n".join(lines + tables) + "\n"
 
 
+def _storage_value(entry: Path | ObjectStorage) -> Any:
+    """A blob storage as TOML: a path, or an inline table with the secrets in the clear."""
+    if isinstance(entry, Path):
+        return entry
+    fields = entry.model_dump(exclude_none=True)
+    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in fields.items()}
+
+
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, timedelta):  # seconds, the form the environment takes too
         seconds = value.total_seconds()
         return repr(int(seconds) if seconds.is_integer() else seconds)

@@ -328,7 +328,8 @@ class SchedulerLoop:
             by_replicator.setdefault(registry.replicator, []).append(service)
         jobs: list[list[SyncService]] = []
         for replicator, services in by_replicator.items():
-            size = max(1, capacity) if replicator.batches and self.batch_blobs else 1
+            batches = replicator.transfers_in_batches(self.geo.settings)
+            size = max(1, capacity) if batches and self.batch_blobs else 1
             jobs.extend(services[i : i + size] for i in range(0, len(services), size))
         return jobs
 

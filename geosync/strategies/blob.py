@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from abc import abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
-from geosync.errors import GeoError, ValidationError
+from geosync.errors import GeoError
 from geosync.paths import resolve_inside
 from geosync.replicator import UPDATED, Replicator
+from geosync.storage import BlobStore, Written, blob_store
+from geosync.storage.local import file_sha256, unresolved_inside
 
 if TYPE_CHECKING:
     from geosync.registry import RegistryRow
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from geosync.settings import Settings
 
 CHUNK = 1024 * 1024
+
+__all__ = ["BlobReplicator", "file_sha256", "unresolved_inside"]
 
 
 class BlobReplicator(Replicator):
@@ -61,8 +64,17 @@ class BlobReplicator(Replicator):
         return resolve_inside(self.storage_root(self.geo.settings), self.blob_path())
 
     def checksum(self) -> str:
-        """SHA-256 hex of this site's copy of the file."""
-        return file_sha256(self.file_path())
+        """SHA-256 hex of this site's copy of the file (streamed, from a disk or a store)."""
+        return self.blob_store().sha256(self.blob_path())
+
+    def blob_store(self) -> BlobStore:
+        """This site's store of the blob's storage (a directory or an object store)."""
+        return self.store_of(self.geo.settings)
+
+    def store_blob(self, chunks: Iterable[bytes]) -> Written:
+        """Write this record's blob into its storage, visible only when whole: how an
+        application puts a file into an object-store storage (a directory works the same)."""
+        return self.blob_store().write(self.blob_path(), chunks)
 
     # -- the strategy's behaviour ------------------------------------------------------------
 
@@ -70,6 +82,17 @@ class BlobReplicator(Replicator):
     def keeps_checksum(cls) -> bool:
         """An immutable blob keeps its reference checksum: its content cannot change."""
         return not cls.mutable
+
+    @classmethod
+    def store_of(cls, settings: Settings) -> BlobStore:
+        """The store of the named blob storage `storage` on the site of `settings`."""
+        return blob_store(settings, str(getattr(cls, "storage", "")))
+
+    @classmethod
+    def transfers_in_batches(cls, settings: Settings) -> bool:
+        """Small files travel many per request into a directory; into an object store each
+        blob is its own streamed upload."""
+        return cls.batches and cls.store_of(settings).local
 
     @classmethod
     def storage_root(cls, settings: Settings) -> Path:
@@ -84,20 +107,9 @@ class BlobReplicator(Replicator):
 
     @classmethod
     def remove_copy(cls, settings: Settings, local_path: str) -> bool:
-        """Delete the file; a symlink loses the link, never its target; a directory is not a
-        blob and is refused (`ValidationError`)."""
-        root = cls.storage_root(settings)
-        path = unresolved_inside(root, local_path)
-        if path.is_symlink():
-            path.unlink()
-            return True
-        if path.is_dir():
-            raise ValidationError(f"Not a file, not removed: {local_path!r}")
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        """Delete the file or object; a symlink loses the link, never its target; a directory
+        is not a blob and is refused (`ValidationError`)."""
+        return cls.store_of(settings).remove(local_path)
 
     def local_path(self) -> str:
         """The blob's path inside its storage."""
@@ -111,10 +123,16 @@ class BlobReplicator(Replicator):
         """The blob's file on the primary."""
         return self.file_path()
 
+    def served_object(self) -> tuple[BinaryIO, int] | None:
+        """The blob opened in the primary's object store, and its size; None when the storage
+        is a directory (`served_file` then)."""
+        store = self.blob_store()
+        return None if store.local else store.open_read(self.blob_path())
+
     def scrub_bytes(self) -> int:
         """The size of this site's copy of the file (0 when it is missing)."""
         try:
-            return self.file_path().stat().st_size
+            return self.blob_store().size(self.blob_path())
         except (OSError, GeoError):
             return 0
 
@@ -123,11 +141,11 @@ class BlobReplicator(Replicator):
         the target path whose SHA-256 is the primary's checksum `expected`."""
         if self.mutable or expected is None or not row.brand_new:
             return False
-        path = self.file_path()
-        if not path.is_file():
+        store, key = self.blob_store(), self.blob_path()
+        if not store.exists(key):
             return False
         try:
-            return file_sha256(path) == expected
+            return store.sha256(key) == expected
         except OSError:
             return False
 
@@ -140,10 +158,17 @@ class BlobReplicator(Replicator):
 
         route = job.route()
         path = retrieve_path(self.replicable_name, self.model_record_id)
+        store = self.blob_store()
 
         def auth() -> dict[str, str]:
             return {"Authorization": node_header(job.geo, path, BLOB_TOKEN_TTL, route.node)}
 
+        if not store.local:
+            from geosync.secondary.object_transfer import download_to_store
+
+            url = route.primary_url.rstrip("/") + path
+            download = download_to_store(job, url, auth, store, self.blob_path(), expected)
+            return Success.downloaded(self.blob_path(), expected, download)
         download = download_blob(
             job.client,
             route.primary_url.rstrip("/") + path,
@@ -153,31 +178,3 @@ class BlobReplicator(Replicator):
             cancel=job.cancel,
         )
         return Success.downloaded(self.blob_path(), expected, download)
-
-
-def unresolved_inside(root: Path, relative: str) -> Path:
-    """`root/relative` with its last component left as it is (a symlink stays the link), after
-    checking that the directory holding it is inside `root`."""
-    resolve_inside(root, relative)  # the checks: relative, no `..`, no way out
-    parts = Path(relative).parts
-    parent = resolve_inside(root, str(Path(*parts[:-1]))) if len(parts) > 1 else root.resolve()
-    return parent / parts[-1]
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex of a file, read in 1 MiB chunks (hashlib releases the GIL on them).
-
-    Each thread reads into a buffer of its own, kept between files: a fresh 1 MiB allocation
-    per read costs a small file more than hashing it.
-    """
-    buffer = _buffers.__dict__.get("buffer")
-    if buffer is None:
-        buffer = _buffers.buffer = memoryview(bytearray(CHUNK))
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(buffer[:size])
-    return digest.hexdigest()
-
-
-_buffers = threading.local()

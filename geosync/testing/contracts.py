@@ -182,6 +182,19 @@ class ContractKit:
         """Where `replicator`'s site keeps the resource (its strategy says)."""
         return replicator.copy_path()
 
+    def locate(self, replicator: Replicator) -> Callable[[], bool]:
+        """A check of whether `replicator`'s copy exists, at the place it is now (it goes on
+        working when the record is gone)."""
+        return self.copy_path(replicator).exists
+
+    def where(self, replicator: Replicator) -> str:
+        """Where `replicator`'s copy is, for a failure message."""
+        return str(self.copy_path(replicator))
+
+    def remove_resource(self, replicator: Replicator) -> None:
+        """Delete the resource (the primary losing it)."""
+        _remove(self.copy_path(replicator))
+
     def same_copy(self, on_primary: Replicator, on_secondary: Replicator) -> bool:
         """Whether the secondary's copy equals the primary's resource."""
         raise NotImplementedError
@@ -210,8 +223,9 @@ class ContractKit:
                 " row with that id is committed on the primary (commit through geo.session())",
                 pytrace=False,
             )
-        where = self.copy_path(self.on_primary(sites, factory, record_id))
-        if not where.exists():
+        source = self.on_primary(sites, factory, record_id)
+        if not self.locate(source)():
+            where = self.where(source)
             pytest.fail(
                 f"{name}.create() made {factory.replicator.model.__name__} {record_id}, but"
                 f" nothing is at {where}, where {factory.replicator.__name__} says its resource"
@@ -322,9 +336,9 @@ class _ReplicatorContract(ContractKit):
             wait_for(
                 self.replicated(sites, factory, record_id), self.timeout, "synced and verified"
             )
-            copy = self.copy_path(self.bound(sites, factory, record_id))
-            source = self.copy_path(self.on_primary(sites, factory, record_id))
-            assert copy.exists()
+            copy = self.locate(self.bound(sites, factory, record_id))
+            source = self.locate(self.on_primary(sites, factory, record_id))
+            assert copy()
             with sites.primary.session() as session:
                 session.delete(session.get(factory.replicator.model, record_id))
                 session.commit()
@@ -333,9 +347,9 @@ class _ReplicatorContract(ContractKit):
                 self.timeout,
                 "the registry row removed",
             )
-        assert not copy.exists()
+        assert not copy()
         # geosync removes secondaries' copies only: the primary's is the application's to delete.
-        assert source.exists()
+        assert source()
 
     def test_secondary_holds_what_its_selective_sync_selects(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
@@ -353,12 +367,12 @@ class _ReplicatorContract(ContractKit):
         self.select_namespace(sites, IN_SCOPE)
         outside = self.created(sites, factory, OUT_OF_SCOPE)
         inside = self.created(sites, factory, IN_SCOPE)
-        outside_copy = self.copy_path(self.bound(sites, factory, outside))
+        outside_copy = self.locate(self.bound(sites, factory, outside))
         with self.running(sites):
             wait_for(self.replicated(sites, factory, inside), self.timeout, "the in-scope record")
             self.wait_for_cursor(sites)
         assert self.row(sites, factory, outside) is None
-        assert not outside_copy.exists()
+        assert not outside_copy()
 
     def check_replicated_in_full(self, sites: SitePair, factory: ReplicatorFactory) -> None:
         """Records of a type without namespace selective sync all arrive; a type that declares
@@ -393,14 +407,14 @@ class _ReplicatorContract(ContractKit):
             self.wait_for_cursor(sites)
         for record_id in (published, unpublished):
             assert self.row(sites, factory, record_id) is None
-            assert not self.copy_path(self.bound(sites, factory, record_id)).exists()
+            assert not self.locate(self.bound(sites, factory, record_id))()
 
     def test_resource_missing_on_primary_is_recorded(
         self, contract_sites: SitePair, replicator_factory: ReplicatorFactory
     ) -> None:
         sites, factory = contract_sites, replicator_factory
         record_id = self.created(sites, factory)
-        _remove(self.copy_path(self.on_primary(sites, factory, record_id)))
+        self.remove_resource(self.on_primary(sites, factory, record_id))
 
         def recorded() -> bool:
             row = self.row(sites, factory, record_id)
@@ -430,10 +444,37 @@ class BlobReplicatorContract(_ReplicatorContract):
         assert isinstance(replicator, BlobReplicator)
         return replicator.file_path()
 
+    def locate(self, replicator: Replicator) -> Callable[[], bool]:
+        """Whether the blob is in the replicator's site's store (a directory or objects)."""
+        assert isinstance(replicator, BlobReplicator)
+        store, key = replicator.blob_store(), replicator.blob_path()
+        return lambda: store.exists(key)
+
+    def where(self, replicator: Replicator) -> str:
+        """The blob's key in its store."""
+        assert isinstance(replicator, BlobReplicator)
+        return f"{replicator.blob_path()} in {replicator.blob_store().describe()}"
+
+    def remove_resource(self, replicator: Replicator) -> None:
+        """Delete the blob from the primary's store."""
+        assert isinstance(replicator, BlobReplicator)
+        replicator.blob_store().remove(replicator.blob_path())
+
     def same_copy(self, on_primary: Replicator, on_secondary: Replicator) -> bool:
-        """Byte-identical files."""
-        copy = self.copy_path(on_secondary)
-        return copy.is_file() and copy.read_bytes() == self.copy_path(on_primary).read_bytes()
+        """Byte-identical blobs."""
+        assert isinstance(on_primary, BlobReplicator) and isinstance(on_secondary, BlobReplicator)
+        if not self.locate(on_secondary)():
+            return False
+        return _blob_bytes(on_secondary) == _blob_bytes(on_primary)
+
+    def rewrite(self, replicator: Replicator, data: bytes) -> None:
+        """Rewrite the blob on the primary as an application must: atomically (a temp file
+        renamed over it in a directory, a whole new object in an object store)."""
+        assert isinstance(replicator, BlobReplicator)
+        if replicator.blob_store().local:
+            _replace_atomically(self.copy_path(replicator), data)
+        else:
+            replicator.store_blob([data])
 
     def missing_recorded(self, row: RegistryRow) -> bool:
         """Failed, flagged missing on the primary (and retried with the 4-hour cap)."""
@@ -451,7 +492,7 @@ class BlobReplicatorContract(_ReplicatorContract):
         with self.running(sites):
             wait_for(self.replicated(sites, factory, record_id), self.timeout, "first sync")
             source = self.on_primary(sites, factory, record_id)
-            _replace_atomically(self.copy_path(source), b"rewritten" + os.urandom(4000))
+            self.rewrite(source, b"rewritten" + os.urandom(4000))
             source.handle_after_update()
             wait_for(self.replicated(sites, factory, record_id), self.timeout, "the rewrite synced")
 
@@ -500,6 +541,12 @@ class RepositoryReplicatorContract(_ReplicatorContract):
 
 
 # -- files, without any geosync code in the way ----------------------------------------------------
+
+
+def _blob_bytes(replicator: BlobReplicator) -> bytes:
+    handle, _ = replicator.blob_store().open_read(replicator.blob_path())
+    with handle:
+        return handle.read()
 
 
 def _replace_atomically(path: Path, data: bytes) -> None:

@@ -60,13 +60,16 @@ def site_settings(
     secret_key_base: str,
     **extra: Any,
 ) -> Settings:
-    """Settings for one site with its own storages under `root/name`."""
-    storages = {
+    """Settings for one site with its own storages under `root/name`; `blob_storages` in
+    `extra` replaces some of them (by name: an object store, say)."""
+    storages: dict[str, Any] = {
         storage: root / name / "storages" / storage
         for storage in sorted({str(getattr(r, "storage", "")) for r in replicators} - {""})
     }
+    storages.update(extra.pop("blob_storages", None) or {})
     for path in storages.values():
-        path.mkdir(parents=True, exist_ok=True)
+        if isinstance(path, Path):
+            path.mkdir(parents=True, exist_ok=True)
     repositories = root / name / "repositories"
     repositories.mkdir(parents=True, exist_ok=True)
     return Settings.load(
@@ -88,9 +91,14 @@ def build_site_pair(
     clock: Clock | None = None,
     primary_url: str = "http://127.0.0.1:1/",
     register_secondary: bool = True,
+    primary_storages: dict[str, Any] | None = None,
+    secondary_storages: dict[str, Any] | None = None,
     **extra: Any,
 ) -> SitePair:
     """Create, migrate and register a primary and a secondary for `replicators`.
+
+    `primary_storages` and `secondary_storages` replace named blob storages of one site
+    (an `ObjectStorage`, say); the others are directories under `root`.
 
     The tables of the replicators' models (and the tables they refer to) are created on the
     shared main database before `geosync db upgrade`'s work, as on a real site.
@@ -98,7 +106,16 @@ def build_site_pair(
     secret = secrets.token_urlsafe(32)
     main_url = databases.url("main")
     primary = Geo(
-        site_settings("primary", root, replicators, main_url, None, secret, **extra),
+        site_settings(
+            "primary",
+            root,
+            replicators,
+            main_url,
+            None,
+            secret,
+            blob_storages=primary_storages,
+            **extra,
+        ),
         list(replicators),
         clock=clock,
     )
@@ -116,7 +133,14 @@ def build_site_pair(
         )
     secondary = Geo(
         site_settings(
-            "secondary", root, replicators, main_url, databases.url("tracking"), secret, **extra
+            "secondary",
+            root,
+            replicators,
+            main_url,
+            databases.url("tracking"),
+            secret,
+            blob_storages=secondary_storages,
+            **extra,
         ),
         list(replicators),
         clock=clock,

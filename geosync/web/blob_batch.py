@@ -16,7 +16,7 @@ from geosync.app import Geo
 from geosync.errors import NotFound, ValidationError
 from geosync.records import load_records
 from geosync.replicator import Replicator
-from geosync.web.served_files import Refusal, open_served
+from geosync.web.served_files import Refusal, open_served, open_served_object
 from geosync.wire import FILE_NOT_FOUND, INLINE_LIMIT, MAX_BATCH_IDS, frame
 
 #: Frames are sent in pieces of about this size (bounds the memory of a response).
@@ -94,7 +94,14 @@ class BatchSource:
         record = self.records.get(model_id)
         if record is None:
             return frame({"id": model_id, "status": "not_found", "message": f"{name} not found"})
-        opened = open_served(self.replicator(record, geo=self.geo))
+        replicator = self.replicator(record, geo=self.geo)
+        streamed = open_served_object(replicator)
+        if isinstance(streamed, Refusal):
+            return _refusal_frame(model_id, streamed)
+        if streamed is not None:  # an object is streamed alone, by the single endpoint
+            streamed[0].close()
+            return frame({"id": model_id, "status": "separate", "size": streamed[1]})
+        opened = open_served(replicator)
         if isinstance(opened, Refusal):
             return _refusal_frame(model_id, opened)
         handle, _, status = opened

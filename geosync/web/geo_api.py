@@ -7,6 +7,7 @@ before anything about the item is revealed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +25,7 @@ from geosync.replicator import Replicator
 from geosync.web.blob_batch import MAX_RECORD_ID, BatchSource, parse_ids
 from geosync.web.git_http import RECEIVE_PACK, UPLOAD_PACK, git_http_backend
 from geosync.web.openapi import NODE_SECURITY, GeoRefusal, Message, errors
-from geosync.web.served_files import Refusal, open_served
+from geosync.web.served_files import Refusal, open_served, open_served_object
 from geosync.web.zero_copy import ZERO_COPY_SEND
 from geosync.wire import (
     BATCH_MEDIA_TYPE,
@@ -119,11 +120,12 @@ def _blob_response(
         except AuthenticationError as exc:
             return _unauthorized(exc)
         replicator = _replicator(geo, name, record_id, conn)
+    streamed = open_served_object(replicator)
+    if streamed is not None:
+        return _object_response(streamed)
     opened = open_served(replicator)
     if isinstance(opened, Refusal):
-        status = 404 if opened.reason == FILE_NOT_FOUND else 422
-        body = {"message": opened.message, "geo_code": opened.geo_code}
-        return JSONResponse(body, status_code=status)
+        return _refusal_response(opened)
     handle, file_path, stat = opened
     try:
         if not ranged and stat.st_size <= WHOLE_READ_LIMIT:
@@ -194,6 +196,30 @@ async def retrieve(replicable_name: str, model_record_id: int, request: Request)
         "range" in request.headers,
     )
     return response
+
+
+def _refusal_response(refusal: Refusal) -> JSONResponse:
+    """A blob not served: 404 when it is missing, else 422, with its `geo_code`."""
+    status = 404 if refusal.reason == FILE_NOT_FOUND else 422
+    body = {"message": refusal.message, "geo_code": refusal.geo_code}
+    return JSONResponse(body, status_code=status)
+
+
+def _object_response(opened: tuple[BinaryIO, int] | Refusal) -> Response:
+    """A blob in the primary's object store, streamed through this site (not a presigned
+    redirect: the node token stays the only key, and the store needs no public route).
+    Ranges are not offered: a secondary retries an object whole."""
+    if isinstance(opened, Refusal):
+        return _refusal_response(opened)
+    handle, size = opened
+
+    def body() -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(1024 * 1024):
+                yield chunk
+
+    headers = {"Content-Length": str(size)}
+    return StreamingResponse(body(), media_type=BLOB_MEDIA_TYPE, headers=headers)
 
 
 def _batch_response(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from geosync.errors import UnsafePath
+from geosync.errors import StorageError, UnsafePath
 from geosync.replicator import Replicator
 from geosync.wire import FILE_NOT_FOUND, NOT_A_FILE, UNREADABLE, UNSAFE_PATH
 
@@ -58,3 +58,17 @@ def open_served(replicator: Replicator) -> tuple[BinaryIO, Path, os.stat_result]
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_served_object(replicator: Replicator) -> tuple[BinaryIO, int] | Refusal | None:
+    """The open object and its size `replicator` streams from the primary's object store, why
+    it is not served, or None when the blob is a file (`open_served`)."""
+    name = replicator.replicable_name
+    try:
+        return replicator.served_object()
+    except UnsafePath as exc:
+        return Refusal(UNSAFE_PATH, f"{name} file is not served: {exc}")
+    except FileNotFoundError:
+        return Refusal(FILE_NOT_FOUND, f"{name} file not found")
+    except StorageError as exc:
+        return Refusal(UNREADABLE, f"{name} file cannot be read: {exc}")
