@@ -142,7 +142,8 @@ class Listener:
             try:
                 connection = self._connect()
             except Exception as exc:
-                log.debug("wake-up listener cannot connect", error=error_line(exc))
+                level = log.info if pause == RECONNECT_FIRST else log.debug
+                level("wake-up listener cannot connect", error=error_line(exc))
                 self.stopping.wait(pause)
                 pause = min(RECONNECT_MAX, pause * 2)
                 continue
@@ -162,9 +163,10 @@ class Listener:
     def _connect(self) -> Any:
         """A connection of the engine's own settings, taken out of its pool, in autocommit."""
         pooled = self.engine.raw_connection()
-        pooled.detach()
         connection = pooled.driver_connection
-        assert connection is not None
+        pooled.detach()
+        if connection is None:
+            raise RuntimeError("the engine gave no driver connection")
         connection.rollback()
         connection.autocommit = True
         connection.execute(f"LISTEN {CHANNEL}")
