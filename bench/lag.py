@@ -8,6 +8,8 @@ events a second, for SECONDS, a mix of creates (new small uploads and package fi
 (a package file rewritten) and deletes (an upload removed), each through the ORM as the demo
 does. Then it waits until the secondary has caught up and reads, per event:
 
+- *replayed*: when the secondary's main database (the standby; in the demo the same SQLite
+  file) first had the event (sampled every 20 ms);
 - *applied*: when the secondary's log cursor had passed the event (sampled every 20 ms from the
   tracking database): the wake-up latency of the log cursor — on a standby, which cannot
   deliver NOTIFY, the newest-event-id poll (`NEWEST_EVENT_POLL`);
@@ -145,11 +147,14 @@ class Watch(threading.Thread):
         self.after = after
         self.events: list[Any] = []
         self.samples: list[tuple[datetime, int]] = []
+        #: The newest event id the secondary's main database has (a standby: what it replayed).
+        self.replayed: list[tuple[datetime, int]] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
         """Sample until stopped."""
         position = select(geo_event_log_state.c.event_id)
+        newest = select(func.max(geo_events.c.id))
         while not self.stopping.wait(SAMPLE_EVERY):
             try:
                 with self.primary.main_engine.connect() as conn:
@@ -163,6 +168,9 @@ class Watch(threading.Thread):
                 if new:
                     self.after = new[-1].id
                     self.events.extend(e for e in new if e.event_name in CHANGES)
+                with self.secondary.main_engine.connect() as conn:
+                    seen = conn.execute(newest).scalar()
+                self.replayed.append((datetime.now(UTC), int(seen or 0)))
                 with self.secondary.tracking_engine.connect() as conn:
                     at = conn.execute(position).scalar()
             except Exception:  # a busy SQLite file: the next sample
@@ -171,11 +179,20 @@ class Watch(threading.Thread):
                 self.samples.append((datetime.now(UTC), int(at)))
 
     def applied_at(self, event_id: int) -> datetime | None:
-        """The first sample at or past `event_id`."""
-        for at, position in self.samples:
-            if position >= event_id:
-                return at
-        return None
+        """The first cursor sample at or past `event_id`."""
+        return first_at(self.samples, event_id)
+
+    def replayed_at(self, event_id: int) -> datetime | None:
+        """The first sample of the secondary's main database that had `event_id`."""
+        return first_at(self.replayed, event_id)
+
+
+def first_at(samples: list[tuple[datetime, int]], event_id: int) -> datetime | None:
+    """When the first of `samples` (time, newest id) reached `event_id`."""
+    for at, position in samples:
+        if position >= event_id:
+            return at
+    return None
 
 
 @dataclass(frozen=True)
@@ -184,6 +201,7 @@ class Lags:
 
     topology: str
     events: int
+    replayed: list[float]
     applied: list[float]
     synced: list[float]
     unsynced: int
@@ -213,11 +231,15 @@ def measure(name: str, built: Topology, watch: Watch) -> Lags:
     """Per event the watch saw: when it was applied and when it was synced."""
     events = watch.events
     finished = sync_finishes(built)
+    replayed: list[float] = []
     applied: list[float] = []
     synced: list[float] = []
     unsynced = 0
     for event in events:
         created = event.created_at
+        there = watch.replayed_at(event.id)
+        if there is not None:
+            replayed.append((there - created).total_seconds())
         seen = watch.applied_at(event.id)
         if seen is not None:
             applied.append((seen - created).total_seconds())
@@ -231,7 +253,7 @@ def measure(name: str, built: Topology, watch: Watch) -> Lags:
             synced.append((min(after) - created).total_seconds())
         else:
             unsynced += 1  # deleted before it was synced
-    return Lags(name, len(events), applied, synced, unsynced)
+    return Lags(name, len(events), replayed, applied, synced, unsynced)
 
 
 def caught_up(built: Topology, last_event: int) -> bool:
@@ -292,7 +314,12 @@ def run(name: str, postgres: bool, rate: float, seconds: float, seed: int) -> La
 def report(lags: Lags) -> None:
     """Print one topology's figures."""
     print(f"\n{lags.topology}: {lags.events} events")
-    for stage, values in (("event → applied", lags.applied), ("event → synced", lags.synced)):
+    stages = (
+        ("event → replayed", lags.replayed),
+        ("event → applied", lags.applied),
+        ("event → synced", lags.synced),
+    )
+    for stage, values in stages:
         if not values:
             print(f"  {stage:16} no samples")
             continue
