@@ -75,8 +75,9 @@ def serve(geo: Geo, host: str, port: int, sock: socket.socket | None = None) -> 
     SiteServer(config).run(sockets=[sock])
 
 
-#: A web process that exits within this many seconds of its start is a start-up failure: the
-#: others are stopped and `geosync serve` exits with its code instead of starting it again.
+#: A web process that exits with an error of its own (not killed by a signal) within this many
+#: seconds of its start is a start-up failure: the others are stopped and `geosync serve` exits
+#: with its code instead of starting it again.
 STARTUP_WINDOW = 10.0
 #: Seconds before a web process that exited later is replaced.
 RESTART_PAUSE = 1.0
@@ -109,7 +110,7 @@ class ProcessGroup:
                 if started is None or self.stopping:
                     continue
                 exit_code = os.waitstatus_to_exitcode(status)
-                if time.monotonic() - started < STARTUP_WINDOW:
+                if exit_code > 0 and time.monotonic() - started < STARTUP_WINDOW:
                     log.error("web process failed to start", pid=pid, exit_code=exit_code)
                     code = exit_code if exit_code > 0 else 1
                     self._stop_all()
