@@ -229,12 +229,15 @@ def test_production_topology_under_churn_survives_a_killed_worker_and_a_tracking
         assert 2 <= most_at_once(spans["files"]) <= FILES_CAPACITY
         assert most_at_once(spans["repos"]) <= REPOS_CAPACITY
 
-        # The killed worker's rows were taken over by the others and synced.
-        interrupted = {(a.replicable_name, a.model_record_id) for a in history
-                       if a.outcome == "interrupted"}  # fmt: skip
-        assert set(killed_rows) <= interrupted | (set(killed_rows) - rows)
-        assert all(f":{killed_pid}:" in (a.message or "") for a in history
-                   if a.outcome == "interrupted")  # fmt: skip
+        # The killed worker's rows were taken over by the others (an `interrupted` attempt
+        # naming its process) and synced: every row still there is synced (`complete`).
+        interrupted = [a for a in history if a.outcome == "interrupted"]
+        assert interrupted, f"none of {killed_rows} was taken over"
+        assert all(f":{killed_pid}:" in (a.message or "") for a in interrupted)
+        with secondary_geo.tracking_engine.connect() as conn:
+            for name, key in killed_rows:
+                row = Registry(secondary_geo, secondary_geo.catalog.get(name)).get(conn, key)
+                assert row is None or row.state == SyncState.SYNCED
 
         # The tracking database's restart reached no row's story: no statement error in any
         # attempt's message, nor in a registry's failure fields.
