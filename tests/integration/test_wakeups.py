@@ -147,3 +147,28 @@ def test_on_sqlite_there_is_no_channel_and_workers_poll(sites: SitePair) -> None
     assert wakeup_engine(sites.primary) is None
     with started(sites.secondary) as (worker, _):
         assert worker.listener is None and worker.announcer is None
+
+
+def test_the_cursor_holder_notices_a_new_event_long_before_its_poll_interval(
+    sites: SitePair,
+) -> None:
+    from geosync.demo.models import Upload
+    from geosync.secondary.log_cursor import LogCursorLoop
+
+    registry = Registry(sites.secondary, DEMO_REPLICATORS[0])
+    with run_worker(Worker(sites.secondary, [LogCursorLoop])) as worker:
+        (loop,) = worker.loops
+        assert isinstance(loop, LogCursorLoop)
+        wait_for(lambda: loop.cursor.caught_up_at is not None, timeout=30, what="the lease held")
+        with sites.primary.session() as session:
+            upload = Upload(path="new.bin", namespace_id=1, size=0)
+            session.add(upload)
+            session.commit()
+            upload_id = upload.id
+
+        def applied() -> bool:
+            with sites.secondary.tracking_engine.connect() as conn:
+                return registry.get(conn, upload_id) is not None
+
+        # poll_interval is a minute: only the newest-event-id poll gets there this soon.
+        wait_for(applied, timeout=10, what="the new event applied")
