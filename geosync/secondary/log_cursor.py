@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Text, delete, func, insert, select, type_coerce
+from sqlalchemy.exc import InterfaceError, OperationalError, PendingRollbackError
 
 from geosync.db.tables import geo_event_gaps, geo_events
 from geosync.errors import ConfigurationError, SkipEvent
@@ -62,6 +63,9 @@ NEWEST_EVENT_POLL = 0.05
 #: What decoding a row raises when a column holds what its type cannot read (SQLite keeps
 #: whatever text it is given: a payload that is not JSON, a timestamp that is not one).
 UNDECODABLE = (ValueError, TypeError)
+#: Errors that mean a database went away (a restart, a cut connection), not that an event is
+#: bad: they fail the round (nothing of the batch is stored) instead of skipping events.
+DATABASE_AWAY = (OperationalError, InterfaceError, PendingRollbackError)
 #: The time given to a row whose own time cannot be read (it is skipped, never applied).
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -197,6 +201,8 @@ class LogCursor:
         try:
             with ctx.tracking.begin_nested():
                 skipped = handle_changes(ctx, changes)
+        except DATABASE_AWAY:
+            raise  # not the events' fault: the round fails, the batch is read again later
         except Exception as exc:  # one bad event must not sink the others of its group
             log.warning(
                 "set-wise event handling failed, handling the events one by one",
@@ -216,6 +222,8 @@ class LogCursor:
                 handle_event(ctx, event)
         except SkipEvent as skip:
             self._skipped(event, skip)
+        except DATABASE_AWAY:
+            raise  # not the event's fault: the round fails, the batch is read again later
         except Exception:  # one bad event must never stop the cursor
             log.exception("event failed", event_id=event.id, event_name=event.event_name)
             count_skipped(self.geo, "handler_error")
