@@ -259,3 +259,6 @@ def test_production_topology_under_churn_survives_a_killed_worker_and_a_tracking
             and datetime.fromisoformat(line["timestamp"]) >= restarted_at
         ]
         assert noticed, "no worker noticed the tracking database's restart"
+        # ... and no process met an error it did not expect (a traceback is a bug).
+        for path in sorted(built.logs.glob("*.log")):
+            assert "Traceback" not in path.read_text(errors="replace"), path.name
