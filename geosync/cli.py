@@ -814,20 +814,43 @@ def serve(
         str, typer.Option(envvar="GEOSYNC_HOST", help="Address to bind.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="GEOSYNC_PORT", help="Port to bind.")] = 8080,
+    processes: Annotated[
+        int,
+        typer.Option(
+            envvar="GEOSYNC_SERVE_PROCESSES",
+            min=1,
+            help="Web processes sharing the port (each replaced if it dies).",
+        ),
+    ] = 1,
 ) -> None:
     """Run this site's web application (node-to-node API, REST API, metrics)."""
+    import socket
+
     from geosync.allocator import tune_for_streaming
     from geosync.log import configure
+    from geosync.web.server import ProcessGroup, listen
     from geosync.web.server import serve as serve_site
 
-    def action() -> None:
+    def start(sock: socket.socket | None) -> None:
         geo = load_geo()
         open_engines(geo)
         configure(geo.settings.log_format, geo.settings.log_level)
         tune_for_streaming()
-        serve_site(geo, host, port)
+        serve_site(geo, host, port, sock)
 
-    run(action)
+    def action() -> int:
+        if processes == 1:
+            start(None)
+            return 0
+        settings = load_settings()  # a setting geosync cannot use is one line, before any fork
+        configure(settings.log_format, settings.log_level)
+        return ProcessGroup(lambda sock: run(lambda: start(sock)), listen(host, port)).run(
+            processes
+        )
+
+    code = run(action)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("worker")
@@ -921,6 +944,14 @@ def demo(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the temp dir at exit (a --dir is always kept).")
     ] = False,
+    postgres: Annotated[
+        bool,
+        typer.Option(
+            "--postgres",
+            help="Production topology: PostgreSQL primary, streaming standby and tracking"
+            " clusters, two web processes per site, three secondary workers.",
+        ),
+    ] = False,
 ) -> None:
     """Run a primary and a secondary on this machine and replicate sample data live.
 
@@ -939,6 +970,7 @@ def demo(
         as_json=as_json,
         seed=seed,
         keep=keep,
+        postgres=postgres,
     )
     code = run(lambda: run_demo(options))
     raise typer.Exit(code)

@@ -27,6 +27,14 @@ def resync_one(geo: Geo, replicator: type[Replicator], model_record_id: int) -> 
     registry = _registry(geo, replicator)
     with geo.tracking() as conn:
         registry.resync(conn, model_record_id)
+    _wake_schedulers(geo)
+
+
+def _wake_schedulers(geo: Geo) -> None:
+    """The site's schedulers, in every worker process, look for the rows moved to pending."""
+    from geosync.worker import notify_local_workers
+
+    notify_local_workers(geo, "scheduler")
 
 
 def resync_count(geo: Geo, replicator: type[Replicator], failed_only: bool) -> int:
@@ -47,4 +55,6 @@ def resync_all(geo: Geo, replicator: type[Replicator], failed_only: bool) -> Ite
                 return
             moved = registry.resync_many(conn, keys, failed_only)
         after = keys[-1]
+        if moved:
+            _wake_schedulers(geo)
         yield moved

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from geosync import status_history
@@ -469,15 +470,30 @@ def store_status(conn: Connection, status: NodeStatus, received_at: datetime) ->
         .values(status=status.values, updated_at=received_at)
     )
     if updated.rowcount == 0:
-        conn.execute(
-            insert(t).values(
+        # Every worker of a secondary reports: two first reports may race here. The loser's
+        # insert does nothing and its update then lands (one statement each, no error).
+        inserted = conn.execute(
+            _insert_ignoring_duplicates(conn, t).values(
                 geo_node_id=status.geo_node_id,
                 status=status.values,
                 created_at=received_at,
                 updated_at=received_at,
             )
         )
+        if inserted.rowcount == 0:
+            conn.execute(
+                update(t)
+                .where(t.c.geo_node_id == status.geo_node_id)
+                .values(status=status.values, updated_at=received_at)
+            )
     status_history.record(conn, status.geo_node_id, status.values, received_at)
+
+
+def _insert_ignoring_duplicates(conn: Connection, table: Table) -> Any:
+    """An INSERT that skips a row whose unique key exists (ON CONFLICT DO NOTHING)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
 
 
 def load_statuses(

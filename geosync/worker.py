@@ -27,6 +27,7 @@ from geosync.db.engines import error_line
 from geosync.liveness import Heartbeat
 from geosync.log import get_logger
 from geosync.loops import OUTAGES, Loop, Wakeup
+from geosync.wakeups import Announcer, Listener, wakeup_engine
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -92,14 +93,18 @@ _running_lock = threading.Lock()
 
 
 def notify_local_workers(geo: Geo, *loop_names: str) -> None:
-    """Tell the workers of `geo` running in this process that new work exists for the named
-    loops (called after a commit that made records pending); workers in other processes find
-    it at their next poll.
+    """Tell the workers of `geo` that new work exists for the named loops (called after a
+    commit that made records pending): those running in this process at once, those of the
+    site's other processes through PostgreSQL's LISTEN/NOTIFY (`geosync.wakeups`); on SQLite
+    they find it at their next poll.
     """
+    from geosync.wakeups import announce
+
     with _running_lock:
         workers = [worker for worker in _running if worker.geo is geo]
     for worker in workers:
-        worker.notify(*loop_names)
+        worker.notify_here(*loop_names)
+    announce(geo, *loop_names)
 
 
 #: Loop factories per role; each part of geosync that needs a background loop adds it here.
@@ -151,12 +156,20 @@ class Worker:
         self._threads: list[threading.Thread] = []
         #: A secondary worker's proof of life: its rows are taken over when it stops.
         self.heartbeat = Heartbeat(geo, self.holder) if role == "secondary" else None
+        #: The site's other processes hear of new work through these (PostgreSQL only).
+        self.announcer: Announcer | None = None
+        self.listener: Listener | None = None
 
     def start(self) -> None:
         """Take the liveness lease (before any loop may claim work), then start every loop's
         thread."""
         if self.heartbeat is not None:
             self.heartbeat.start()
+        engine = wakeup_engine(self.geo)
+        if engine is not None:
+            self.announcer = Announcer(engine, self.holder)
+            self.listener = Listener(engine, self.holder, self._heard)
+            self.listener.start()
         for loop in self.loops:
             thread = threading.Thread(target=self._run, args=(loop,), name=loop.name, daemon=True)
             thread.start()
@@ -200,7 +213,22 @@ class Worker:
         return paused_round(self.geo, needs, loop.run_once)
 
     def notify(self, *loop_names: str) -> None:
-        """New work exists: tell the named loops (every loop when none is named) and wake them.
+        """New work exists for the named loops: wake them here and, on PostgreSQL, in the
+        site's other worker processes (`notify_here` when none is named: every loop here)."""
+        self.notify_here(*loop_names)
+        if loop_names and self.announcer is not None:
+            self.announcer.announce(*loop_names)
+
+    def _heard(self, loop_name: str | None) -> None:
+        """Another process announced work (None: the listener reconnected, anything may be new)."""
+        if loop_name is None:
+            self.notify_here()
+        else:
+            self.notify_here(loop_name)
+
+    def notify_here(self, *loop_names: str) -> None:
+        """New work exists: tell the named loops of this process (every loop when none is
+        named) and wake them.
 
         A loop that keeps note of having run dry (the scheduler) hears of the new work through
         its `work_arrived()`, so it looks again at once instead of after its drained pause.
@@ -228,9 +256,13 @@ class Worker:
         self.stopping.set()
         with _running_lock:
             _running.discard(self)
-        self.notify()
+        self.notify_here()
+        if self.listener is not None:
+            self.listener.stop()
         for thread in self._threads:
             thread.join(timeout)
+        if self.announcer is not None:
+            self.announcer.close()
         if self.heartbeat is not None:
             # Give the lease up only once no loop runs: whatever they left is then taken
             # over at once; a loop still running keeps its rows until the lease lapses.
@@ -244,7 +276,7 @@ class Worker:
         def _signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received, stopping", signal=signal.Signals(signum).name)
             self.stopping.set()
-            self.notify()
+            self.notify_here()
 
         signal.signal(signal.SIGTERM, _signal)
         signal.signal(signal.SIGINT, _signal)

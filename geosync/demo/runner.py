@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +38,7 @@ from geosync.testing.servers import free_port
 
 if TYPE_CHECKING:
     from geosync.demo.progress import DemoDisplay
+    from geosync.demo.topology import Topology
 
 REPLICATORS = "geosync.demo.replicators"
 STOP_GRACE = 10.0
@@ -60,6 +61,28 @@ class DemoOptions:
     seed: int | None = None
     #: Keep a scratch directory at exit (a `--dir` is always kept).
     keep: bool = False
+    #: Production mode: PostgreSQL clusters (a primary, its streaming standby, a tracking
+    #: database), two web processes per site and three workers on the secondary.
+    postgres: bool = False
+
+
+@dataclass(frozen=True)
+class DemoDatabases:
+    """Where the demo's sites keep their databases: the primary's main database, the
+    secondary's read-only view of it (the same SQLite file, or a streaming standby), and the
+    secondary's tracking database. `replayed` blocks until the secondary's view has what the
+    primary wrote so far."""
+
+    primary_main: str
+    secondary_main: str
+    tracking: str
+    replayed: Callable[[], None] = lambda: None
+
+    @classmethod
+    def sqlite(cls, root: Path) -> DemoDatabases:
+        """The embedded default: SQLite files under `root`."""
+        main = f"sqlite:///{root / 'primary' / 'main.db'}"
+        return cls(main, main, f"sqlite:///{root / 'secondary' / 'tracking.db'}")
 
 
 @dataclass
@@ -72,6 +95,10 @@ class Site:
     settings: Settings
     config: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: `geosync serve --processes` of this site.
+    web_processes: int = 1
+    #: `geosync worker` processes of this site.
+    workers: int = 1
 
     @property
     def url(self) -> str:
@@ -79,17 +106,29 @@ class Site:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, logs: Path) -> None:
-        """Start the site's web server and worker as child processes."""
-        for command in (["serve", "--port", str(self.port)], ["worker"]):
-            log_file = (logs / f"{self.name}-{command[0]}.log").open("ab")
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "geosync", "--config", str(self.config), *command],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+        """Start the site's web server and workers as child processes (logs: `<site>-serve.log`,
+        `<site>-worker.log`, `<site>-worker-2.log`, ...)."""
+        serve = ["serve", "--port", str(self.port), "--processes", str(self.web_processes)]
+        self.processes.append(self._start(logs / f"{self.name}-serve.log", serve))
+        for n in range(1, self.workers + 1):
+            self.processes.append(self._start(self.worker_log(logs, n), ["worker"]))
+
+    def worker_log(self, logs: Path, n: int) -> Path:
+        """The log file of the site's `n`-th worker (from 1)."""
+        return logs / (f"{self.name}-worker.log" if n == 1 else f"{self.name}-worker-{n}.log")
+
+    def worker_processes(self) -> list[subprocess.Popen[bytes]]:
+        """The site's `geosync worker` processes, in start order."""
+        return [p for p in self.processes if _command_of(p) == "worker"]
+
+    def _start(self, log: Path, command: list[str]) -> subprocess.Popen[bytes]:
+        with log.open("ab") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "geosync", "--config", str(self.config), *command],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def stop(self) -> None:
@@ -137,7 +176,9 @@ def _command_of(process: subprocess.Popen[bytes]) -> str:
     return str(args[5]) if isinstance(args, list) and len(args) > 5 else "child"
 
 
-def _site(root: Path, name: str, secret: str, tracking: bool) -> Site:
+def _site(
+    root: Path, name: str, secret: str, main: str, tracking: str | None, extra: dict[str, Any]
+) -> Site:
     base = root / name
     storages = {"uploads": base / "uploads", "packages": base / "packages"}
     for path in storages.values():
@@ -145,14 +186,14 @@ def _site(root: Path, name: str, secret: str, tracking: bool) -> Site:
     port = free_port()
     settings = Settings.load(
         node_name=name,
-        main_database_url=f"sqlite:///{root / 'primary' / 'main.db'}",
-        tracking_database_url=f"sqlite:///{base / 'tracking.db'}" if tracking else None,
+        main_database_url=main,
+        tracking_database_url=tracking,
         blob_storages=storages,
         repository_storage_root=base / "repositories",
         internal_url=f"http://127.0.0.1:{port}/",
         secret_key_base=secret,
         replicators=REPLICATORS,
-        poll_interval=0.5,
+        **{"poll_interval": 0.5, **extra},
     )
     config = base / "geosync.toml"
     config.write_text(config_text(settings), encoding="utf-8")
@@ -173,21 +214,33 @@ def config_text(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(root: Path) -> tuple[Site, Site]:
-    """Create both sites' settings, databases and nodes under `root`."""
+def prepare(
+    root: Path,
+    databases: DemoDatabases | None = None,
+    node: dict[str, Any] | None = None,
+    **settings: Any,
+) -> tuple[Site, Site]:
+    """Create both sites' settings, databases and nodes under `root` (SQLite files unless
+    `databases` says otherwise); `node` sets the secondary node's fields (capacities, say),
+    `settings` both sites' settings."""
     secret = secrets.token_urlsafe(32)
-    (root / "primary").mkdir(parents=True, exist_ok=True)
-    primary = _site(root, "primary", secret, tracking=False)
-    secondary = _site(root, "secondary", secret, tracking=True)
+    for name in ("primary", "secondary"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    where = databases or DemoDatabases.sqlite(root)
+    primary = _site(root, "primary", secret, where.primary_main, None, settings)
+    secondary = _site(root, "secondary", secret, where.secondary_main, where.tracking, settings)
     geo = Geo(primary.settings)
     Base.metadata.create_all(geo.main_engine)
     upgrade(geo)
     with geo.main() as conn:
         store = NodeStore(geo, conn)
         store.add("primary", primary.url, primary=True)
-        store.add("secondary", secondary.url)
+        store.add("secondary", secondary.url, **(node or {}))
     geo.dispose()
-    upgrade(Geo(secondary.settings))
+    where.replayed()
+    secondary_geo = Geo(secondary.settings)
+    upgrade(secondary_geo)
+    secondary_geo.dispose()
     return primary, secondary
 
 
@@ -272,7 +325,11 @@ def _directory(options: DemoOptions) -> tuple[Path, bool]:
 def run_demo(options: DemoOptions) -> int:
     """Run the demo; returns the process exit code. A scratch directory is removed at exit."""
     from geosync.demo.progress import DemoDisplay
+    from geosync.demo.topology import postgres_missing
 
+    missing = postgres_missing() if options.postgres else None
+    if missing is not None:
+        raise GeoError(f"geosync demo --postgres: {missing}")
     root, keep = _directory(options)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     display = DemoDisplay(quiet=options.as_json)
@@ -303,30 +360,43 @@ def _leave(root: Path, keep: bool, code: int, display: DemoDisplay) -> None:
 
 
 def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
-    """Prepare and start both sites, seed, watch; the sites are stopped however it ends."""
+    """Prepare the topology, then run it; its processes (and clusters) are stopped however it
+    ends, with Ctrl-C ignored meanwhile."""
+    from geosync.demo.topology import topology
+
+    stack = ExitStack()
+    try:
+        what = "PostgreSQL clusters and databases" if options.postgres else "the databases"
+        with display.step(f"preparing {what}"):
+            built = stack.enter_context(topology(root, postgres=options.postgres))
+        return _run_sites(built, options, display)
+    finally:
+        with _uninterrupted():
+            stack.close()
+
+
+def _run_sites(built: Topology, options: DemoOptions, display: DemoDisplay) -> int:
+    """Start both sites, seed, churn, watch until the secondary is complete."""
     from geosync.demo.progress import watch
 
-    logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with display.step("preparing the databases"):
-        primary, secondary = prepare(root)
-    primary_geo = Geo(primary.settings)
-    secondary_geo = Geo(secondary.settings)
+    primary, secondary = built.sites
+    primary_geo, secondary_geo = built.geo(primary), built.geo(secondary)
     seeder = Seeder(primary_geo, random.Random(options.seed))
-    sites = (primary, secondary)
     churn: Churn | None = None
     try:
-        for site in sites:  # the primary first, listening before the secondary asks it
+        for site in built.sites:  # the primary first, listening before the secondary asks it
             with display.step(f"starting the {site.name}"):
-                site.start(logs)
+                site.start(built.logs)
                 site.wait_serving()
         display.say(access_text(primary, secondary, admin_token(primary_geo)))
+        if built.clusters is not None:
+            display.say(topology_text(built))
         _seed(seeder, options, display)
         if options.churn:
             seconds = options.churn_seconds if options.exit_when_synced else None
             churn = Churn(seeder, seconds, repos=options.repos > 0)
             churn.start()
-        outcome = watch(primary_geo, secondary_geo, sites, churn, options, display)
+        outcome = watch(primary_geo, secondary_geo, built.sites, churn, options, display)
         display.finish()
         if options.as_json:
             sys.stdout.write(json.dumps(outcome.report, indent=2, sort_keys=True) + "\n")
@@ -337,14 +407,28 @@ def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
         display.say("interrupted: stopping both sites")
         raise
     finally:
-        with _uninterrupted():
-            if churn is not None:  # no change half made on the primary while it stops
+        if churn is not None:  # no change half made on the primary while it stops
+            with _uninterrupted():
                 churn.stopped.set()
                 churn.join(STOP_GRACE)
-            for site in reversed(sites):
-                site.stop()
-            primary_geo.dispose()
-            secondary_geo.dispose()
+
+
+def topology_text(built: Topology) -> str:
+    """The lines that say where the production topology's databases and processes are."""
+    clusters = built.clusters
+    if clusters is None:
+        return "embedded topology (SQLite)"
+    return "\n".join(
+        [
+            "production topology (PostgreSQL):",
+            f"  primary main database    {clusters.pair.primary.url('geosync_main')}",
+            f"  standby of it            {clusters.pair.standby.url('geosync_main')}"
+            "  (the secondary's main database, streaming replication)",
+            f"  tracking database        {clusters.tracking.url('geosync_tracking')}",
+            f"  web processes per site   {built.primary.web_processes}",
+            f"  secondary workers        {built.secondary.workers}",
+        ]
+    )
 
 
 def _seed(seeder: Seeder, options: DemoOptions, display: DemoDisplay) -> None:

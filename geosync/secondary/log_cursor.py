@@ -13,12 +13,15 @@ and a `geo_events_skipped_total{reason}` increment; the cursor moves past it lik
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Text, delete, func, insert, select, type_coerce
+from sqlalchemy.exc import InterfaceError, OperationalError, PendingRollbackError
 
 from geosync.db.tables import geo_event_gaps, geo_events
 from geosync.errors import ConfigurationError, SkipEvent
@@ -53,9 +56,17 @@ BATCH_SIZE = 500
 GAP_GRACE = timedelta(minutes=10)
 GAP_OUTDATED = timedelta(hours=1)
 MAX_GAPS_PER_BATCH = 1000
+#: Seconds between the active cursor's looks at the newest event id when it is caught up.
+#: A hot standby delivers no NOTIFY, so this cheap indexed query (the primary key's last
+#: entry) is how the cursor learns of new events there; a full round (its lease renewed,
+#: gaps re-read) still runs every `poll_interval`.
+NEWEST_EVENT_POLL = 0.05
 #: What decoding a row raises when a column holds what its type cannot read (SQLite keeps
 #: whatever text it is given: a payload that is not JSON, a timestamp that is not one).
 UNDECODABLE = (ValueError, TypeError)
+#: Errors that mean a database went away (a restart, a cut connection), not that an event is
+#: bad: they fail the round (nothing of the batch is stored) instead of skipping events.
+DATABASE_AWAY = (OperationalError, InterfaceError, PendingRollbackError)
 #: The time given to a row whose own time cannot be read (it is skipped, never applied).
 _NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -74,6 +85,9 @@ class LogCursor:
         self.geo = geo
         self.batch_size = batch_size
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        #: After a round that held the cursor's lease: the newest event id it has read (or
+        #: the stored cursor when there was none); None after a round that did not hold it.
+        self.caught_up_at: int | None = None
 
     def position(self, conn: Connection) -> int | None:
         """The stored cursor, or None before the first start."""
@@ -90,6 +104,7 @@ class LogCursor:
             raise ConfigurationError(
                 f"node {self.geo.settings.node_name!r} is not registered as a secondary"
             )
+        self.caught_up_at = None
         with self.geo.tracking() as tracking, self.geo.main_engine.connect() as main:
             ttl = timedelta(seconds=self.geo.settings.lease_seconds)
             if not take_role(tracking, LEASE, self.holder, self.geo.clock.now(), ttl):
@@ -106,6 +121,7 @@ class LogCursor:
             if events:
                 self._store(tracking, events[-1].id)
             handled += len(events)
+        self.caught_up_at = events[-1].id if events else cursor
         if ctx.new_work:
             self.notify()
         return handled
@@ -186,6 +202,8 @@ class LogCursor:
         try:
             with ctx.tracking.begin_nested():
                 skipped = handle_changes(ctx, changes)
+        except DATABASE_AWAY:
+            raise  # not the events' fault: the round fails, the batch is read again later
         except Exception as exc:  # one bad event must not sink the others of its group
             log.warning(
                 "set-wise event handling failed, handling the events one by one",
@@ -205,6 +223,8 @@ class LogCursor:
                 handle_event(ctx, event)
         except SkipEvent as skip:
             self._skipped(event, skip)
+        except DATABASE_AWAY:
+            raise  # not the event's fault: the round fails, the batch is read again later
         except Exception:  # one bad event must never stop the cursor
             log.exception("event failed", event_id=event.id, event_name=event.event_name)
             count_skipped(self.geo, "handler_error")
@@ -265,8 +285,21 @@ def _timestamp(value: Any) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def newest_event_id(main: Connection) -> int:
+    """The highest event id in the log (0 when it is empty): one step along its primary key."""
+    return int(main.execute(select(func.max(geo_events.c.id))).scalar() or 0)
+
+
 class LogCursorLoop:
-    """The worker loop around `LogCursor`: a batch per round, sleeping when caught up."""
+    """The worker loop around `LogCursor`: a batch per round, sleeping when caught up.
+
+    The worker holding the cursor's lease looks at the newest event id every
+    `NEWEST_EVENT_POLL` seconds between full rounds and runs a round at once when it moved:
+    the event log is on the primary's database (a standby, which cannot deliver NOTIFY), so
+    this is how new events are noticed within a fraction of a second. Standby cursors (of
+    workers without the lease) run a full round every `poll_interval`, to take over a lapsed
+    lease.
+    """
 
     name = "log_cursor"
     #: It reads the primary's event log: paused while the main database is away.
@@ -277,11 +310,22 @@ class LogCursorLoop:
         self.cursor = LogCursor(geo, holder=worker.holder)
         self.cursor.notify = lambda: worker.notify("scheduler")  # type: ignore[method-assign]
         self.geo = geo
+        self._full_round_at = -math.inf
 
     def run_once(self) -> float:
-        """Process a batch; go again at once if the batch was full."""
+        """Process a batch (go again at once if it was full); between full rounds, only look
+        whether the newest event id moved past what the cursor has read."""
+        poll = self.geo.settings.poll_interval
+        seen = self.cursor.caught_up_at
+        if seen is not None and time.monotonic() - self._full_round_at < poll:
+            with self.geo.main_engine.connect() as main:
+                if newest_event_id(main) <= seen:
+                    return min(poll, NEWEST_EVENT_POLL)
         handled = self.cursor.process_batch()
-        return 0.0 if handled >= self.cursor.batch_size else self.geo.settings.poll_interval
+        self._full_round_at = time.monotonic()
+        if handled >= self.cursor.batch_size:
+            return 0.0
+        return poll if self.cursor.caught_up_at is None else min(poll, NEWEST_EVENT_POLL)
 
     def close(self) -> None:
         """Give the cursor's lease up when the worker stops: a standby takes it at once."""

@@ -30,8 +30,8 @@ from geosync.attempts import INTERRUPTED, PERMANENT, SITE_UNREACHABLE, Attempt, 
 from geosync.db.engines import error_line
 from geosync.errors import GeoError, PrimaryMissing
 from geosync.log import get_logger
-from geosync.registry import Registry, SyncClaim, SyncedRow
-from geosync.states import VerificationState
+from geosync.registry import Registry, RegistryRow, SyncClaim, SyncedRow
+from geosync.states import SyncState, VerificationState
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -172,10 +172,23 @@ def _settle_successes(
         if row is not None:
             answers[index] = Settled(True, pending_since=row.pending_since), "synced"
         else:  # read after the UPDATE: on PostgreSQL it waited for a deletion in flight
-            gone = registry.get(conn, item.model_record_id) is None
+            found = registry.get(conn, item.model_record_id)
+            if found is not None and _already_written(found, item):
+                # This very outcome was committed before, the commit's answer lost (the
+                # tracking database went away as it acknowledged): done, its attempt kept.
+                answers[index] = Settled(True, pending_since=found.pending_since), None
+                continue
+            gone = found is None
             # A deleted row's history went with it; a superseded one keeps the attempt.
             answers[index] = Settled(False, gone=gone), None if gone else "superseded"
     return answers
+
+
+def _already_written(row: RegistryRow, item: Finished) -> bool:
+    """Whether `row` is synced by `item`'s own claim (no claim since: same generation)."""
+    return row.sync_state == SyncState.SYNCED and int(row.claim_generation) == (
+        item.claim.generation
+    )
 
 
 def _settle_failure(

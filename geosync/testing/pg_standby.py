@@ -26,7 +26,7 @@ POSTGRES_ROOT = Path("/usr/lib/postgresql")
 NEEDED = ("initdb", "pg_ctl", "pg_basebackup")
 SERVER_OPTIONS = (
     "-c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    " -c shared_buffers=16MB -c max_connections=40 -c max_wal_senders=5"
+    " -c shared_buffers=16MB -c max_connections=200 -c max_wal_senders=5"
 )
 
 

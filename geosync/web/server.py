@@ -3,8 +3,13 @@ listens, every request (`AccessLog`) and its shutdown as structured lines."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 
@@ -50,12 +55,14 @@ def listen(host: str, port: int) -> socket.socket:
         raise ConfigurationError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def serve(geo: Geo, host: str, port: int) -> None:
-    """Serve `geo`'s web application on `host:port` until SIGTERM or SIGINT."""
+def serve(geo: Geo, host: str, port: int, sock: socket.socket | None = None) -> None:
+    """Serve `geo`'s web application on `host:port` (or the listening `sock` given) until
+    SIGTERM or SIGINT."""
     from geosync.web.app import create_app
     from geosync.web.zero_copy import ZeroCopyHttpToolsProtocol
 
-    sock = listen(host, port)
+    if sock is None:
+        sock = listen(host, port)
 
     config = uvicorn.Config(
         AccessLog(create_app(geo)),
@@ -66,3 +73,85 @@ def serve(geo: Geo, host: str, port: int) -> None:
         http=ZeroCopyHttpToolsProtocol,
     )
     SiteServer(config).run(sockets=[sock])
+
+
+#: A web process that exits with an error of its own (not killed by a signal) within this many
+#: seconds of its start is a start-up failure: the others are stopped and `geosync serve` exits
+#: with its code instead of starting it again.
+STARTUP_WINDOW = 10.0
+#: Seconds before a web process that exited later is replaced.
+RESTART_PAUSE = 1.0
+
+
+class ProcessGroup:
+    """`geosync serve --processes N`: one listening socket, N forked web processes sharing it
+    (the kernel hands each new connection to one of them), each replaced if it dies; SIGTERM
+    or SIGINT stop them all."""
+
+    def __init__(self, start: Callable[[socket.socket], None], sock: socket.socket) -> None:
+        self.start = start
+        self.sock = sock
+        self.children: dict[int, float] = {}
+        self.stopping = False
+
+    def run(self, processes: int) -> int:
+        """Start `processes` web processes and supervise them; returns the exit code."""
+        previous = {
+            sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        code = 0
+        try:
+            for _ in range(processes):
+                self._spawn()
+            log.info("web processes started", processes=processes, pids=sorted(self.children))
+            while self.children:
+                pid, status = os.wait()
+                started = self.children.pop(pid, None)
+                if started is None or self.stopping:
+                    continue
+                exit_code = os.waitstatus_to_exitcode(status)
+                if exit_code > 0 and time.monotonic() - started < STARTUP_WINDOW:
+                    log.error("web process failed to start", pid=pid, exit_code=exit_code)
+                    code = exit_code if exit_code > 0 else 1
+                    self._stop_all()
+                    continue
+                log.warning("web process exited, starting another", pid=pid, exit_code=exit_code)
+                time.sleep(RESTART_PAUSE)
+                if not self.stopping:
+                    self._spawn()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return code
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self._child()
+        self.children[pid] = time.monotonic()
+
+    def _child(self) -> NoReturn:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        code = 1
+        try:
+            self.start(self.sock)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("web process crashed")
+        finally:
+            os._exit(code)
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received, stopping the web processes", signal=signal.Signals(signum).name)
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

@@ -249,3 +249,39 @@ def test_keep_keeps_the_scratch_and_json_stays_machine_readable(tmp_path: Path) 
     for site in ("primary", "secondary"):
         config = tomllib.loads((root / site / "geosync.toml").read_text())
         assert config["event_log_max_age"] == 7 * 24 * 3600  # seconds, as the env var takes
+
+
+def test_demo_postgres_runs_the_production_topology_to_completion(tmp_path: Path) -> None:
+    from geosync.demo.topology import postgres_missing
+
+    reason = postgres_missing()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the production demo must run in CI: {reason}")
+        pytest.skip(reason)
+    root = tmp_path / "demo"
+    result = subprocess.run(
+        [*DEMO, "--postgres", "--dir", str(root), "--blobs", "20", "--repos", "2",
+         "--exit-when-synced", "--timeout", "150", "--json", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    primary, secondary = report["primary"], report["secondary"]
+    for plural in ("uploads", "package_files", "snippets"):
+        assert secondary[f"{plural}_synced_count"] == primary[f"{plural}_count"]
+        assert secondary[f"{plural}_verified_count"] == primary[f"{plural}_count"]
+    assert secondary["db_replication_lag_seconds"] is not None
+    assert "streaming replication" in result.stderr + result.stdout
+    logs = root / "logs"
+    workers = sorted(p.name for p in logs.glob("secondary-worker*.log"))
+    assert workers == ["secondary-worker-2.log", "secondary-worker-3.log", "secondary-worker.log"]
+    for site in ("primary", "secondary"):
+        started = [
+            json.loads(line)
+            for line in (logs / f"{site}-serve.log").read_text().splitlines()
+            if '"web processes started"' in line
+        ]
+        assert [len(s["pids"]) for s in started] == [2]

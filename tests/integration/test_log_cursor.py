@@ -180,3 +180,38 @@ def test_only_the_lease_holder_reads_and_a_standby_takes_over(
     clock.advance(timedelta(seconds=31))
     assert standby.process_batch() == 1
     assert active.process_batch() == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_tracking_database_gone_mid_batch_fails_the_round_and_skips_no_event(
+    sites: SitePair,
+) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    cursor = LogCursor(sites.secondary)
+    cursor.process_batch()  # the first start
+    ids = add_uploads(sites, 3)
+    engine = sites.secondary.tracking_engine
+    fired: list[int] = []
+
+    def cut(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # An injected fault: the server ends this connection as the registry rows go in.
+        if statement.startswith("INSERT INTO upload_registry") and not fired:
+            pid = conn.connection.dbapi_connection.info.backend_pid
+            fired.append(pid)
+            with engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+
+    event.listen(engine, "before_cursor_execute", cut)
+    try:
+        with pytest.raises(OperationalError):
+            cursor.process_batch()
+    finally:
+        event.remove(engine, "before_cursor_execute", cut)
+    assert fired
+    assert registry_ids(sites) == set()
+    skipped = metrics_for(sites.secondary).events_skipped
+    assert not [s for m in skipped.collect() for s in m.samples if s.name.endswith("_total")]
+    assert cursor.process_batch() == 3  # the batch, read again
+    assert registry_ids(sites) == set(ids)

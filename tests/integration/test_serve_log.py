@@ -22,7 +22,7 @@ SECRET = "c" * 40
 TOKEN = "glpat-never-in-a-log-line"
 
 
-def start_serve(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+def start_serve(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """A primary on SQLite, upgraded, served on 127.0.0.1:`port`; its output in serve.log."""
     main = tmp_path / "main.db"
     engine = create_engine(f"sqlite:///{main}")
@@ -39,7 +39,7 @@ def start_serve(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     subprocess.run([*command, "db", "upgrade"], env=env, check=True, capture_output=True)
     with (tmp_path / "serve.log").open("wb") as log:
         return subprocess.Popen(
-            [*command, "serve", "--port", str(port)],
+            [*command, "serve", "--port", str(port), *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -113,3 +113,43 @@ def test_serve_logs_listening_each_request_and_its_shutdown(tmp_path: Path) -> N
 
     assert events.index("listening") < events.index("request")
     assert events[-2:] == ["shutting down", "stopped"]
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def test_serve_processes_share_the_port_and_replace_one_that_dies(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    process = start_serve(tmp_path, port, "--processes", "2")
+    log = tmp_path / "serve.log"
+    try:
+        wait_listening(process, url)
+        deadline = time.monotonic() + 30
+        while log.read_text().count('"listening"') < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (group,) = [r for r in records(log.read_text()) if r["event"] == "web processes started"]
+        first, second = group["pids"]
+        os.kill(first, signal.SIGKILL)
+        while '"web process exited, starting another"' not in log.read_text():
+            assert time.monotonic() < deadline + 30, "the dead web process was not replaced"
+            time.sleep(0.1)
+        for _ in range(5):  # the port answers all along, by the survivor or the replacement
+            assert httpx.get(url + "api/v4/openapi.json", timeout=10).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not alive(second)
+    replaced = [
+        r for r in records(log.read_text()) if r["event"] == "web process exited, starting another"
+    ]
+    assert [r["pid"] for r in replaced] == [first]

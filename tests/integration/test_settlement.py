@@ -227,3 +227,31 @@ def test_an_older_claim_of_the_same_instant_settles_nothing(
     assert synced.local_path == "f/new"
     assert failed is not None and failed.sync_state is SyncState.FAILED
     assert failed.retry_count == 1
+
+
+def test_an_outcome_written_once_whose_commit_answer_was_lost_is_done_not_superseded(
+    registry: Registry,
+) -> None:
+    item = success(registry, 3)
+    with registry.geo.tracking() as conn:
+        (first,) = settle_group(conn, [item], registry.geo.clock.now())
+    # The tracking database went away as it acknowledged the commit: the settler kept the
+    # outcome and writes it again once the database is back.
+    with registry.geo.tracking() as conn:
+        (again,) = settle_group(conn, [item], registry.geo.clock.now())
+        history = recent_attempts(conn, "upload", 3)
+    assert first.done and again.done and not again.gone
+    assert [a.outcome for a in history] == ["synced"]
+    row = state(registry, 3)
+    assert row is not None and row.sync_state == SyncState.SYNCED
+
+
+def test_an_outcome_whose_row_was_claimed_again_since_is_superseded(registry: Registry) -> None:
+    item = success(registry, 4)
+    with registry.geo.tracking() as conn:
+        settle_group(conn, [item], registry.geo.clock.now())
+        registry.resync(conn, 4)
+    start(registry, 4)  # a newer claim of the same row
+    with registry.geo.tracking() as conn:
+        (late,) = settle_group(conn, [item], registry.geo.clock.now())
+    assert not late.done

@@ -73,7 +73,11 @@ def update_registry(
                 registry_verifiable(geo, replicator).pending(conn, record_id)
         except GeoError as exc:
             return row, replicator, [str(exc)]
-        return _registry_row(conn, registry, row_id), replicator, []
+        after = _registry_row(conn, registry, row_id)
+    from geosync.worker import notify_local_workers
+
+    notify_local_workers(geo, "scheduler" if action == "resync" else "secondary_verification")
+    return after, replicator, []
 
 
 def _registry_replicator(geo: Geo, registry_id: str, chosen: str | None) -> type[Replicator]:
