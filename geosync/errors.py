@@ -24,6 +24,7 @@ The tree::
     │   ├── PrimaryUnreachable      the primary did not answer: refused, reset, timed out, 502-504
     │   └── Interrupted             a download stopped because its worker is shutting down
     ├── StorageError                an object store refused the credentials or failed
+    ├── PromotionRefused            a promotion now would lose data (the message lists it)
     └── LeaseLost                   a worker lost the lease it needed to go on
 
 Each class's docstring is its default message. Third-party errors are mapped at the boundary with
@@ -144,3 +145,7 @@ class StorageError(GeoError):
 
 class LeaseLost(GeoError):
     """The worker lost its lease."""
+
+
+class PromotionRefused(GeoError):
+    """The plan shows data that a promotion now would lose (the message lists it)."""

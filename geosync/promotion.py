@@ -24,7 +24,7 @@ import httpx
 from sqlalchemy import Engine, create_engine, text
 
 from geosync.db.engines import make_engine, parse_database_url, redact_url
-from geosync.errors import ConfigurationError, GeoError, ValidationError
+from geosync.errors import ConfigurationError, GeoError, PromotionRefused, ValidationError
 from geosync.nodes import Node, NodeStore
 from geosync.promotion_plan import PromotionPlan, database_state, promotion_plan
 
@@ -38,10 +38,6 @@ PROMOTE_WAIT = 60
 REACH_TIMEOUT = 3.0
 #: Seconds between two plans of a planned failover.
 PLAN_EVERY = 1.0
-
-
-class PromotionRefused(GeoError):
-    """The plan shows data that a promotion now would lose (the message lists it)."""
 
 
 @dataclass

@@ -53,7 +53,8 @@ def test_this_secondarys_card_says_what_a_promotion_now_would_lose(
     assert "this site" in own_card.inner_text()
     text = plans.inner_text()
     assert "If this site were promoted now" in text and "data would be lost" in text
-    assert re.search(r"uploads: 3 not synced \(3 failed", text), text
+    # the broken uploads are retried: at any moment some may be in a new attempt, not failed
+    assert re.search(r"uploads: 3 not synced \([1-3] failed \([1-3] x File is missing", text), text
     view.shot("promotion-plan")
 
 

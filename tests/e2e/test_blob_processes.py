@@ -17,11 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from geosync.attempts import SITE_UNREACHABLE
 from geosync.db.tables import geo_sync_attempts
 from geosync.demo.models import PackageFile, Upload
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.nodes import NodeStore
 from geosync.registry import Registry
+from geosync.secondary.reachability import PRIMARY, stored_states
 from geosync.settings import Settings
 from geosync.states import SyncState
 from geosync.testing.servers import serve_in_thread
@@ -107,7 +109,7 @@ def test_blobs_created_updated_and_deleted_reach_the_secondary(
     assert sites.secondary.stop("worker") == 0
 
 
-def test_primary_outage_fails_with_backoff_then_everything_syncs(
+def test_primary_outage_defers_syncs_then_everything_syncs_without_retries(
     process_sites: ProcessSites,
 ) -> None:
     sites = process_sites
@@ -115,18 +117,22 @@ def test_primary_outage_fails_with_backoff_then_everything_syncs(
     ids = [make_upload(sites, f"outage/{n}.bin", os.urandom(1000 + n)) for n in range(20)]
     registry = Registry(sites.pair.secondary, UploadReplicator)
 
-    def all_failed_once() -> bool:
-        with sites.pair.secondary.tracking_engine.connect() as conn:
-            rows = [registry.get(conn, i) for i in ids]
-        return all(r is not None and r.retry_count >= 1 for r in rows)
+    def primary_unreachable() -> bool:
+        state = stored_states(sites.pair.secondary).get(PRIMARY)
+        return state is not None and not state.reachable
 
-    wait_for(all_failed_once, timeout=60, what="rows failing while the primary is down")
+    # A primary that does not answer is the site's fault, not the items': the worker marks it
+    # unreachable and defers the syncs instead of failing them.
+    wait_for(primary_unreachable, timeout=60, what="the primary marked unreachable")
     with sites.pair.secondary.tracking_engine.connect() as conn:
-        row = registry.require(conn, ids[0])
-    assert row.last_sync_failure and "primary" in row.last_sync_failure.lower()
-    assert row.retry_at is not None
+        rows = [registry.get(conn, i) for i in ids]
+    assert not [r for r in rows if r is not None and r.sync_state is SyncState.FAILED]
     sites.primary.start("serve")
     wait_for(lambda: synced(sites, ids), timeout=90, what="sync after the primary returned")
+    outcomes = {i: [outcome for outcome, _message in a] for i, a in attempts_of(sites, ids).items()}
+    assert any(SITE_UNREACHABLE in o for o in outcomes.values()), outcomes
+    assert all(o[0] == "synced" and "failed" not in o for o in outcomes.values()), outcomes
+    assert not primary_unreachable()
 
 
 class SlowProxy:

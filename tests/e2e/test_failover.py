@@ -25,8 +25,9 @@ from geosync.db.schema import upgrade
 from geosync.db.tables import geo_sync_attempts
 from geosync.demo.models import Snippet
 from geosync.demo.replicators import SnippetReplicator, UploadReplicator
+from geosync.errors import PromotionRefused
 from geosync.nodes import NodeStore
-from geosync.promotion import PromotionRefused, promote
+from geosync.promotion import promote
 from geosync.promotion_plan import promotion_plan
 from geosync.reattach import reattach
 from geosync.registry import Registry

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from geosync.cli import app
 from geosync.demo.replicators import UploadReplicator
-from geosync.errors import ConfigurationError
+from geosync.errors import ConfigurationError, PromotionRefused
 from geosync.nodes import Node, NodeStore
-from geosync.promotion import PromotionRefused, promote
+from geosync.promotion import promote
 from geosync.secondary.log_cursor import LogCursor
 from geosync.states import VerificationState
 from geosync.testing import SitePair
