@@ -23,16 +23,18 @@ DEMO = [sys.executable, "-m", "geosync", "demo"]
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct child processes of `pid` that are still alive."""
+    """Direct child processes of `pid` that are still alive and run geosync (the demo's seeding
+    runs short-lived `git` children beside the sites, which are not counted)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] != "Z" and b"geosync" in command[1:3]:
             found.append(int(entry.name))
     return found
 

@@ -167,10 +167,16 @@ def test_rest_api_serves_the_plan_on_a_secondary_to_admins_only(sites: SitePair)
         admin = {"PRIVATE-TOKEN": create_admin_token(conn, "ops", now)}
     path = "api/v4/geo_sites/current/promotion_plan"
 
-    with serve_in_thread(create_app(sites.secondary)) as url, httpx.Client(base_url=url) as web:
+    with (
+        serve_in_thread(create_app(sites.secondary)) as url,
+        httpx.Client(base_url=url, timeout=30) as web,
+    ):
         answered = web.get(path, headers=admin)
         anonymous = web.get(path)
-    with serve_in_thread(create_app(sites.primary)) as url, httpx.Client(base_url=url) as web:
+    with (
+        serve_in_thread(create_app(sites.primary)) as url,
+        httpx.Client(base_url=url, timeout=30) as web,
+    ):
         on_primary = web.get(path, headers=admin)
 
     assert answered.status_code == 200
