@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, union_all
 
+from geosync.db.row_sets import RowSet
 from geosync.db.statements import built_once
 from geosync.db.tables import geo_sync_attempts
 from geosync.states import cut
@@ -68,14 +69,63 @@ def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
     """
     if not attempts:
         return
-    t = geo_sync_attempts
-    conn.execute(insert(t), [_values(attempt) for attempt in attempts])
-    items = sorted({(a.replicable_name, a.model_record_id) for a in attempts})
-    # Most items are far from `KEEP` attempts: find the few that are over before deleting.
     over_the_limit, prune = _prune_statements()
-    over = conn.execute(over_the_limit, {"items": items}).all()
+    if conn.dialect.name == "postgresql":
+        # Most items are far from `KEEP` attempts: the insert also finds the few that are over.
+        statement, row_set = _insert_finding_over()
+        rows = [list(_values(attempt).values()) for attempt in attempts]
+        over = conn.execute(statement, {row_set.name: row_set.value(conn.dialect, rows)}).all()
+    else:
+        conn.execute(insert(geo_sync_attempts), [_values(attempt) for attempt in attempts])
+        items = sorted({(a.replicable_name, a.model_record_id) for a in attempts})
+        over = conn.execute(over_the_limit, {"items": items}).all()
     if over:
         conn.execute(prune, {"items": [tuple(row) for row in over]})
+
+
+#: The inserted columns, in the order of `_values`.
+_COLUMNS = [
+    (name, geo_sync_attempts.c[name].type)
+    for name in (
+        "replicable_name",
+        "model_record_id",
+        "kind",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "error_class",
+        "message",
+        "bytes",
+    )
+]
+
+
+@built_once
+def _insert_finding_over() -> tuple[Any, RowSet]:
+    """PostgreSQL: `WITH new AS (INSERT … RETURNING item) SELECT` the items that now have more
+    than `KEEP` attempts, in one round trip. The select sees the table as it was before the
+    insert, so it counts the new rows from `new` beside the stored ones."""
+    t = geo_sync_attempts
+    row_set = RowSet("attempts", _COLUMNS)
+    rows = row_set.table("postgresql")
+    names = [name for name, _type in _COLUMNS]
+    new = (
+        insert(t)
+        .from_select(names, select(*[rows.c[name] for name in names]))
+        .returning(t.c.replicable_name, t.c.model_record_id)
+        .cte("new")
+    )
+    item = tuple_(t.c.replicable_name, t.c.model_record_id)
+    stored = select(t.c.replicable_name, t.c.model_record_id).where(
+        item.in_(select(new.c.replicable_name, new.c.model_record_id))
+    )
+    both = union_all(stored, select(new.c.replicable_name, new.c.model_record_id)).subquery()
+    over = (
+        select(both.c.replicable_name, both.c.model_record_id)
+        .group_by(both.c.replicable_name, both.c.model_record_id)
+        .having(func.count() > KEEP)
+    )
+    return over, row_set
 
 
 @built_once

@@ -140,21 +140,27 @@ class Verifiable:
         limit: int,
         holder: str | None = None,
         now: datetime | None = None,
+        room: tuple[int, Sequence[Verifiable]] | None = None,
     ) -> list[Claim]:
         """Mark up to `limit` rows started, in one statement: pending ones first (never verified,
         then oldest verification first), topped up with failed ones whose retry is due.
 
         On a registry the claim names `holder` (the worker), so a dead worker's verifications
         are taken over at once (`interrupted_by`) instead of after the 8-hour timeout. `now`
-        (the clock's by default) is the claim time a batch's rows share.
+        (the clock's by default) is the claim time a batch's rows share. `room` (PostgreSQL
+        only): a capacity and the verifiable types whose started rows count against it, checked
+        by the claim statement itself.
         """
         if limit <= 0:
             return []
         now = now or self.geo.clock.now()
+        room_of = tuple(target.table for target in room[1]) if room else ()
         statement = _claim_statement(
-            self.table, self.key.name, self.registry, not is_sqlite(conn.engine)
+            self.table, self.key.name, self.registry, not is_sqlite(conn.engine), room_of
         )
         params: dict[str, Any] = {"now": now, "limit": limit}
+        if room:
+            params["capacity"] = room[0]
         if self.registry:
             params["holder"] = holder
         claimed = conn.execute(statement, params)
@@ -409,7 +415,13 @@ def _insert_ignoring_duplicates(conn: Connection, table: Table) -> Any:
 
 
 @built_once
-def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: bool) -> Any:
+def _claim_statement(
+    table: Table,
+    key_name: str,
+    registry: bool,
+    skip_locked: bool,
+    room_of: tuple[Table, ...] = (),
+) -> Any:
     """The claim of ARCHITECTURE.md §6 as one statement, built once per table.
 
     `UPDATE … SET started WHERE key IN (candidates LIMIT n) RETURNING key`. The candidates come
@@ -419,6 +431,8 @@ def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: b
     that order from an ascending index and would sort every pending row on each claim.
     PostgreSQL skips rows another worker's claim holds (`FOR UPDATE SKIP LOCKED`); SQLite
     serialises writers with BEGIN IMMEDIATE, so two claims can never pick the same row.
+    With `room_of` (PostgreSQL), the statement also keeps within `:capacity`: it takes no more
+    rows than the capacity leaves beside the rows started in those tables.
     """
     c = table.c
     key = c[key_name]
@@ -440,10 +454,14 @@ def _claim_statement(table: Table, key_name: str, registry: bool, skip_locked: b
         rows = part.subquery(f"part_{rank}")
         ranked.append(select(rows.c.key, literal(rank).label("rank"), rows.c.at))
     candidates = union_all(*ranked).subquery("candidates")
+    room: Any = limit
+    if room_of:
+        left = bindparam("capacity", type_=Integer()) - _started_in(room_of)
+        room = func.greatest(0, func.least(limit, left))
     chosen = (
         select(candidates.c.key)
         .order_by(candidates.c.rank, candidates.c.at)
-        .limit(limit)
+        .limit(room)
         .scalar_subquery()
     )
     values: dict[str, Any] = {
@@ -606,6 +624,12 @@ def _round_statement(tables: tuple[Table, ...], targets: tuple[tuple[Table, bool
     """Rows started across `tables`, then for each (table, registry) of `targets` whether it
     has rows to claim at `:now`, in one query.
     """
+    claimable = [_claimable(table, registry) for table, registry in targets]
+    return select(_started_in(tables), *claimable)
+
+
+def _started_in(tables: tuple[Table, ...]) -> Any:
+    """The number of rows started across `tables`, as one expression."""
     counts = [
         select(func.count())
         .select_from(table)
@@ -616,7 +640,7 @@ def _round_statement(tables: tuple[Table, ...], targets: tuple[tuple[Table, bool
     total: Any = counts[0]
     for count in counts[1:]:
         total = total + count
-    return select(total, *[_claimable(table, registry) for table, registry in targets])
+    return total
 
 
 # -- where the state lives ----------------------------------------------------------------------
@@ -731,6 +755,49 @@ def claim_next(
     return batch
 
 
+class RoundClaims:
+    """The claims of one round of a verification loop, batch after batch.
+
+    The round's first claim reads the room the capacity leaves and which types have work in
+    one query, as `claim_next` does. On PostgreSQL the later claims of the round skip that
+    query: they go to the types that had work, and each claim statement checks the capacity
+    itself, so the limit still holds across worker processes. A later claim that finds nothing
+    asks the full question again (the room may be gone, or the work).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        every: Sequence[Verifiable],
+        targets: Sequence[Verifiable],
+        holder: str | None = None,
+    ) -> None:
+        self.capacity = capacity
+        self.every = list(every)
+        self.targets = list(targets)
+        self.holder = holder
+        self._waiting: list[Verifiable] = []
+
+    def next(self, conn: Connection) -> Batch | None:
+        """The next batch: None when the capacity leaves no room, [] when nothing is left."""
+        if not self.targets or not self.every:
+            return []
+        now = self.targets[0].geo.clock.now()
+        wanted = batch_size(self.capacity)
+        if self._waiting and not is_sqlite(conn.engine):
+            room = (self.capacity, self.every)
+            batch, _claimed = _claim_batch(conn, self._waiting, wanted, self.holder, now, room)
+            if batch:
+                return batch
+        left, self._waiting = _room(conn, self.capacity, self.every, self.targets, now)
+        if left <= 0:
+            return None
+        if not self._waiting:
+            return []
+        batch, _claimed = _claim_batch(conn, self._waiting, min(wanted, left), self.holder, now)
+        return batch
+
+
 def claim_batches(
     conn: Connection,
     capacity: int,
@@ -780,7 +847,12 @@ def _room(
 
 
 def _claim_batch(
-    conn: Connection, waiting: list[Verifiable], wanted: int, holder: str | None, now: datetime
+    conn: Connection,
+    waiting: list[Verifiable],
+    wanted: int,
+    holder: str | None,
+    now: datetime,
+    room: tuple[int, Sequence[Verifiable]] | None = None,
 ) -> tuple[Batch, int]:
     """One batch of up to `wanted` rows from the types in `waiting`, in order; a type that
     gives fewer rows than asked has no more and leaves `waiting`. Returns the batch and its size.
@@ -790,7 +862,7 @@ def _claim_batch(
     for target in list(waiting):
         if claimed >= wanted:
             break
-        claims = target.claim(conn, wanted - claimed, holder, now)
+        claims = target.claim(conn, wanted - claimed, holder, now, room)
         if len(claims) < wanted - claimed:
             waiting.remove(target)
         claimed += len(claims)

@@ -30,8 +30,8 @@ from geosync.verification import (
     Batch,
     Claim,
     Failure,
+    RoundClaims,
     Verifiable,
-    claim_next,
     lock_claims,
     primary_checksum,
     read_registry_batch,
@@ -362,6 +362,7 @@ class _Round:
         self.batches = 0
         self.failed = 0
         self._settled_here = False
+        self._claims = RoundClaims(capacity, every, targets, loop._holder)
 
     def claim(self, conn: Connection) -> Batch | None:
         """The next batch, claimed in the transaction that settled the one before."""
@@ -369,7 +370,7 @@ class _Round:
             return None  # the round has had its share: the node and flags are read again
         lock_claims(conn, "secondary", claims_only=not self._settled_here)
         self._settled_here = False
-        batch = claim_next(conn, self.capacity, self.every, self.targets, self.loop._holder)
+        batch = self._claims.next(conn)
         if batch:
             self.batches += 1
             self.claimed += sum(len(claims) for _target, claims in batch)

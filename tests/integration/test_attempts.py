@@ -34,6 +34,16 @@ def test_a_group_keeps_the_newest_of_each_item_and_leaves_others_alone(sites: Si
     assert [a.outcome for a in other] == ["outcome-2", "outcome-1", "outcome-0"]
 
 
+def test_a_new_item_with_more_than_keep_attempts_in_one_group_keeps_the_newest(
+    sites: SitePair,
+) -> None:
+    with sites.secondary.tracking() as conn:
+        record_attempts(conn, [attempt(sites, 5, n) for n in range(KEEP + 3)])
+    with sites.secondary.tracking() as conn:
+        kept = recent_attempts(conn, "upload", 5, limit=100)
+    assert [a.bytes for a in kept] == list(range(KEEP + 2, 2, -1))
+
+
 def test_one_attempt_at_a_time_keeps_the_newest(sites: SitePair) -> None:
     with sites.secondary.tracking() as conn:
         for n in range(KEEP + 2):

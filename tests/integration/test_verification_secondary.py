@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection
 
 from geosync.attempts import recent_attempts
 from geosync.clock import FrozenClock
@@ -412,18 +413,19 @@ def test_a_round_verifies_batches_of_half_the_capacity_two_at_a_time(
 def test_a_failure_between_settling_and_the_next_claim_stores_nothing_of_either(
     sites: SitePair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from geosync.verification import claim_next as real_claim
+    from geosync.verification import RoundClaims
 
+    real_claim = RoundClaims.next
     ids = [synced_upload(sites, f"copy {i}".encode()) for i in range(6)]
     calls: list[int] = []
 
-    def claim_that_fails_third(*args: object, **kwargs: object) -> object:
+    def claim_that_fails_third(self: RoundClaims, conn: Connection) -> object:
         calls.append(1)
         if len(calls) == 3:  # the transaction that settles batch 1 and claims batch 3
             raise RuntimeError("the tracking database went away")
-        return real_claim(*args, **kwargs)  # type: ignore[arg-type]
+        return real_claim(self, conn)
 
-    monkeypatch.setattr("geosync.secondary.verification.claim_next", claim_that_fails_third)
+    monkeypatch.setattr(RoundClaims, "next", claim_that_fails_third)
     with sites.primary.main() as conn:
         from geosync.nodes import NodeStore
 
@@ -443,3 +445,25 @@ def test_a_failure_between_settling_and_the_next_claim_stores_nothing_of_either(
     assert all(r["verified_at"] is None for r in rows)
     with sites.secondary.tracking_engine.connect() as conn:
         assert all(recent_attempts(conn, "upload", i) == [] for i in ids)
+
+
+def test_a_rounds_later_claims_keep_within_the_room_other_workers_leave(sites: SitePair) -> None:
+    from geosync.verification import RoundClaims
+
+    ids = [synced_upload(sites, f"copy {i}".encode()) for i in range(12)]
+    geo = sites.secondary
+    every = [registry_verifiable(geo, r) for r in (UploadReplicator, PackageFileReplicator)]
+    uploads = every[0]
+    round_ = RoundClaims(6, every, [uploads], holder="this worker")
+    with geo.tracking() as conn:
+        first = round_.next(conn)
+        other = uploads.claim(conn, 2, "another worker")  # between this round's claims
+        second = round_.next(conn)
+        third = round_.next(conn)
+    assert first is not None and [len(claims) for _target, claims in first] == [3]
+    assert len(other) == 2
+    assert second is not None and [len(claims) for _target, claims in second] == [1]
+    assert third is None, "the capacity of 6 is taken: 3 + 2 + 1 started rows"
+    with geo.tracking_engine.connect() as conn:
+        started = uploads.count_by_state(conn)[S.STARTED]
+    assert started == 6 and len(ids) == 12
