@@ -3,11 +3,15 @@
 `created`/`updated` make the registry row pending when the record is in scope and its flag on;
 `deleted` removes the local copy and the row everywhere; `checksum_succeeded` re-queues the
 secondary's verification. Local files are removed only inside their storage root.
+
+Every well-formed event is a `Change`, and changes about distinct records are applied set-wise
+(`handle_changes`: a few statements per replicator and kind, whatever their number); one event
+alone is a set of one, so both paths share the same code and semantics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -76,9 +80,14 @@ class HandlerContext:
         return self.flags[name]
 
 
+#: The events a secondary acts on; a replicator may declare others, which change nothing here.
+APPLIED = (CREATED, UPDATED, DELETED, CHECKSUM_SUCCEEDED)
+
+
 @dataclass(frozen=True)
 class Change:
-    """A well-formed `created` or `updated` event of a known replicator, ready to apply."""
+    """A well-formed event of a known replicator about one record, ready to apply: a `created`,
+    `updated`, `deleted` or `checksum_succeeded` the replicator declares."""
 
     event: Event
     replicator: type[Replicator]
@@ -90,9 +99,14 @@ class Change:
         return (self.replicator.replicable_name, self.model_record_id)
 
     @property
+    def name(self) -> str:
+        """The event's name (`created`, `updated`, `deleted` or `checksum_succeeded`)."""
+        return self.event.event_name
+
+    @property
     def created(self) -> bool:
         """Whether this is a `created` event (idempotent when the row exists)."""
-        return self.event.event_name == CREATED
+        return self.name == CREATED
 
 
 #: An event a set-wise step skipped, with the reason to log and count.
@@ -110,18 +124,10 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
     if event.event_name not in replicator.declared_events():
         raise SkipEvent("unknown_event", f"event {event.id}: unknown event {event.event_name!r}")
     model_record_id = event.model_record_id()
-    if event.event_name in (CREATED, UPDATED):
+    if event.event_name in APPLIED:
         # A change alone is a set of one: the set-wise path holds the semantics.
-        change = Change(event, replicator, model_record_id)
-        for _event, skip in _apply_changes(ctx, replicator, [change]):
+        for _event, skip in handle_changes(ctx, [Change(event, replicator, model_record_id)]):
             raise skip
-    elif event.event_name == DELETED:
-        delete_local_copy(ctx.geo, replicator, event.payload)
-        delete_registry(ctx.tracking, ctx.geo, replicator, model_record_id)
-    elif event.event_name == CHECKSUM_SUCCEEDED:
-        from geosync.secondary.verification import handle_checksum_succeeded
-
-        handle_checksum_succeeded(ctx.geo, ctx.tracking, replicator, model_record_id)
 
 
 def _in_scope(ctx: HandlerContext, replicator: type[Replicator], ids: list[int]) -> set[int]:
@@ -152,12 +158,12 @@ def _out_of_scope(replicator: type[Replicator], model_record_id: int) -> SkipEve
 
 
 def parse_change(ctx: HandlerContext, event: Event) -> Change | None:
-    """`event` as a `Change` if it is a well-formed `created`/`updated` the replicator declares.
+    """`event` as a `Change` if it is a well-formed event of `APPLIED` the replicator declares.
 
-    Anything else (other events, unknown names, malformed payloads) gives None: those go through
-    `handle_event`, which applies them or says why they are skipped. Never raises.
+    Anything else (unknown names, malformed payloads, events a secondary ignores) gives None:
+    such an event changes nothing, and `handle_event` says why it is skipped. Never raises.
     """
-    if event.event_name not in (CREATED, UPDATED):
+    if event.event_name not in APPLIED or event.problem is not None:
         return None
     try:
         replicator = ctx.geo.catalog.get(event.replicable_name)
@@ -168,34 +174,61 @@ def parse_change(ctx: HandlerContext, event: Event) -> Change | None:
         return None
 
 
-def event_key(event: Event) -> tuple[str, int] | None:
-    """The record an event is about, (replicable name, model record id), or None if malformed."""
-    try:
-        return (event.replicable_name, event.model_record_id())
-    except SkipEvent:
-        return None
-
-
 def handle_changes(ctx: HandlerContext, changes: Sequence[Change]) -> list[Skipped]:
-    """Apply `created`/`updated` events set-wise, with `_changed`'s per-event semantics.
+    """Apply changes about distinct records set-wise, with `handle_event`'s per-event semantics.
 
-    The changes must be about distinct records (the order among them then does not matter).
-    Per replicator: one registry read, one flag read per context, one scope query, one
-    multi-row insert for new rows and one update for rows an `updated` makes pending again.
-    Returns the events skipped (flag off, out of scope) for the caller to log and count.
+    Events about different records commute (each touches only its record's row, history and
+    copy), so with distinct records the order among the changes does not matter. Per replicator
+    and kind a few statements, whatever the number of events: `created`/`updated` one registry
+    read, one flag read per context, one scope query, one multi-row insert and one update;
+    `deleted` one delete of rows and one of their history (copies removed one by one);
+    `checksum_succeeded` one update. Returns the events skipped (flag off, out of scope, an
+    unsafe path) for the caller to log and count.
     """
-    by_replicator: dict[str, list[Change]] = {}
+    by_kind: dict[tuple[str, str], list[Change]] = {}
     for change in changes:
-        by_replicator.setdefault(change.replicator.replicable_name, []).append(change)
+        kind = change.name if change.name in (DELETED, CHECKSUM_SUCCEEDED) else CREATED
+        by_kind.setdefault((change.replicator.replicable_name, kind), []).append(change)
     skipped: list[Skipped] = []
-    for group in by_replicator.values():
-        skipped.extend(_apply_changes(ctx, group[0].replicator, group))
+    for (_name, kind), group in by_kind.items():
+        skipped.extend(_APPLY[kind](ctx, group[0].replicator, group))
     return skipped
+
+
+def _apply_deletes(
+    ctx: HandlerContext, replicator: type[Replicator], changes: list[Change]
+) -> list[Skipped]:
+    """`deleted` events: each local copy removed, then the rows and their history at once. An
+    event whose copy may not be removed (an unsafe path) is skipped whole: its row stays."""
+    skipped: list[Skipped] = []
+    gone: list[int] = []
+    for change in changes:
+        try:
+            delete_local_copy(ctx.geo, replicator, change.event.payload)
+        except SkipEvent as skip:
+            skipped.append((change.event, skip))
+        else:
+            gone.append(change.model_record_id)
+    Registry(ctx.geo, replicator).delete(ctx.tracking, gone)
+    return skipped
+
+
+def _apply_checksums(
+    ctx: HandlerContext, replicator: type[Replicator], changes: list[Change]
+) -> list[Skipped]:
+    """`checksum_succeeded` events: the verification of every existing row re-queued at once
+    (a record without a row has nothing to verify: nothing is skipped)."""
+    from geosync.secondary.verification import handle_checksums_succeeded
+
+    ids = [change.model_record_id for change in changes]
+    handle_checksums_succeeded(ctx.geo, ctx.tracking, replicator, ids)
+    return []
 
 
 def _apply_changes(
     ctx: HandlerContext, replicator: type[Replicator], changes: list[Change]
 ) -> list[Skipped]:
+    """`created`/`updated` events: rows made pending where in scope and the flag is on."""
     registry = Registry(ctx.geo, replicator)
     existing = registry.existing_ids(ctx.tracking, [c.model_record_id for c in changes])
     # `created` for a row that exists is a no-op: the consistency sweep got there first, and
@@ -226,6 +259,14 @@ def _apply_changes(
         for c in todo
         if c.model_record_id not in in_scope
     ]
+
+
+#: How `handle_changes` applies each kind of change (`created` and `updated` go together).
+_APPLY: dict[str, Callable[[HandlerContext, type[Replicator], list[Change]], list[Skipped]]] = {
+    CREATED: _apply_changes,
+    DELETED: _apply_deletes,
+    CHECKSUM_SUCCEEDED: _apply_checksums,
+}
 
 
 def delete_local_copy(geo: Geo, replicator: type[Replicator], payload: Any) -> bool:

@@ -8,7 +8,7 @@ so the scheduler downloads it again and mismatches that keep coming back keep ba
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -61,9 +61,18 @@ def handle_checksum_succeeded(
 
     Sets an existing registry's verification to pending; returns False when there is no row.
     """
-    if not replicator.verification_enabled:
-        return False
-    return registry_verifiable(geo, replicator).pending(conn_tracking, model_record_id)
+    return handle_checksums_succeeded(geo, conn_tracking, replicator, [model_record_id]) == 1
+
+
+def handle_checksums_succeeded(
+    geo: Geo, conn_tracking: Connection, replicator: type[Replicator], ids: Sequence[int]
+) -> int:
+    """`handle_checksum_succeeded` for many records in one statement; returns how many rows
+    exist (and had their verification re-queued)."""
+    if not replicator.verification_enabled or not ids:
+        return 0
+    verifiable = registry_verifiable(geo, replicator)
+    return verifiable.pending_where(conn_tracking, verifiable.key.in_(list(ids)))
 
 
 def fail_sync_after_verification(

@@ -1,7 +1,9 @@
-"""The log cursor's set-wise path: runs of `created`/`updated` applied as groups (both DBs).
+"""The log cursor's set-wise path: a batch's events applied in layers of distinct records
+(both DBs).
 
-A group must end in exactly the state that applying its events one by one with `handle_event`
-gives, keep per-record event order, and never let one bad event sink the others.
+A batch must end in exactly the state that applying its events one by one with `handle_event`
+gives, keep per-record event order whatever the kinds of events, cost statements per layer
+rather than per event, and never let one bad event sink the others.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, event, insert, select
 
 from geosync.clock import FrozenClock
 from geosync.db.tables import geo_events
@@ -21,7 +23,8 @@ from geosync.errors import SkipEvent
 from geosync.flags import set_flag
 from geosync.metrics import metrics_for
 from geosync.registry import Registry
-from geosync.replicator import CREATED, DELETED, UPDATED, Replicator
+from geosync.replicator import CHECKSUM_SUCCEEDED, CREATED, DELETED, UPDATED, Replicator
+from geosync.secondary.cursor_state import store_position
 from geosync.secondary.handlers import Event, HandlerContext, handle_event
 from geosync.secondary.log_cursor import LogCursor
 from geosync.states import SyncState, VerificationState
@@ -67,9 +70,18 @@ def updated(name: str, record_id: Any) -> tuple[str, str, Any]:
     return (name, UPDATED, {"model_record_id": record_id})
 
 
-def upload_deleted(record_id: int) -> tuple[str, str, Any]:
-    payload = {"model_record_id": record_id, "blob_path": f"u/{record_id}.bin"}
+def checksum(name: str, record_id: Any) -> tuple[str, str, Any]:
+    return (name, CHECKSUM_SUCCEEDED, {"model_record_id": record_id})
+
+
+def upload_deleted(record_id: int, blob_path: str | None = None) -> tuple[str, str, Any]:
+    payload = {"model_record_id": record_id, "blob_path": blob_path or f"u/{record_id}.bin"}
     return (UPLOAD, DELETED, {**payload, "storage": "uploads"})
+
+
+def package_deleted(record_id: int) -> tuple[str, str, Any]:
+    payload = {"model_record_id": record_id, "blob_path": f"p{record_id}.bin"}
+    return (PACKAGE, DELETED, {**payload, "storage": "packages"})
 
 
 def local_upload(sites: SitePair, record_id: int) -> Path:
@@ -345,3 +357,187 @@ def test_snippets_share_a_batch_with_blobs(sites: SitePair, clock: FrozenClock) 
     assert LogCursor(sites.secondary).process_batch() == 4
     assert set(registries(sites)) == {(UPLOAD, 1), (snippet, 1), (PACKAGE, 1)}
     assert registries(sites)[(snippet, 1)]["pending_since"] == read_events(sites)[3].created_at
+
+
+# -- every kind of event, several about the same records, in one batch -------------------------
+
+
+def layered_log(sites: SitePair, clock: FrozenClock) -> None:
+    """Synced rows with copies, and a log where each record has two or three events of
+    different kinds, interleaved with other records' events."""
+    add_records(sites, uploads=[1, 2, 3, 5], packages=[1, 2, 3])
+    seed_registry(sites, UploadReplicator, [1])
+    seed_registry(sites, PackageFileReplicator, [1, 2])
+    for replicator, record_id in (
+        (UploadReplicator, 1),
+        (PackageFileReplicator, 1),
+        (PackageFileReplicator, 2),
+    ):
+        sync_done(sites, replicator, record_id)
+    put_local_upload(sites, 1)
+    add_events(
+        sites,
+        clock,
+        [
+            checksum(PACKAGE, 1),
+            updated(PACKAGE, 2),
+            checksum(UPLOAD, 1),
+            created(UPLOAD, 2),
+            updated(PACKAGE, 1),  # after its checksum: verification disabled again ...
+            checksum(PACKAGE, 2),  # ... and this one's re-queued after its update
+            upload_deleted(1),  # row and copy gone ...
+            checksum(UPLOAD, 2),
+            upload_deleted(3),  # no row yet: nothing to delete
+            created(UPLOAD, 3),
+            checksum(PACKAGE, 1),  # the last word: verification pending
+            updated(PACKAGE, 2),  # the last word: verification disabled, pending since now
+            created(UPLOAD, 1),  # ... and a fresh row after the delete
+            upload_deleted(2),  # created, verified, deleted: no row
+            checksum(UPLOAD, 3),
+            created(UPLOAD, 5),
+            checksum(UPLOAD, 5),
+            package_deleted(3),
+            created(PACKAGE, 3),
+        ],
+    )
+
+
+def test_every_kind_of_event_about_the_same_records_keeps_log_order(
+    sites: SitePair, reference_sites: SitePair, clock: FrozenClock
+) -> None:
+    start = clock.now()
+    layered_log(sites, clock)
+    clock.advance(-(clock.now() - start))  # the same event times on the reference
+    layered_log(reference_sites, clock)
+
+    assert LogCursor(sites.secondary).process_batch() == 19
+    expected_skips = apply_one_by_one(reference_sites)
+
+    rows = registries(sites)
+    assert rows == registries(reference_sites)
+    assert skip_counts(sites) == expected_skips == {}
+    assert sorted(rows) == [
+        (PACKAGE, 1),
+        (PACKAGE, 2),
+        (PACKAGE, 3),
+        (UPLOAD, 1),
+        (UPLOAD, 3),
+        (UPLOAD, 5),
+    ]
+    assert {row["state"] for row in rows.values()} == {SyncState.PENDING}
+    verification = {key: row["verification_state"] for key, row in rows.items()}
+    assert verification == {
+        (PACKAGE, 1): VerificationState.PENDING,
+        (PACKAGE, 2): VerificationState.DISABLED,
+        (PACKAGE, 3): VerificationState.DISABLED,
+        (UPLOAD, 1): VerificationState.DISABLED,
+        (UPLOAD, 3): VerificationState.PENDING,
+        (UPLOAD, 5): VerificationState.PENDING,
+    }
+    assert rows[(PACKAGE, 2)]["pending_since"] == read_events(sites)[11].created_at
+    assert rows[(UPLOAD, 1)]["last_synced_at"] is None, "a fresh row, not the synced one"
+    assert not local_upload(sites, 1).exists()
+
+
+def test_the_log_replayed_gives_the_same_state(sites: SitePair, clock: FrozenClock) -> None:
+    layered_log(sites, clock)
+    cursor = LogCursor(sites.secondary)
+    assert cursor.process_batch() == 19
+    once = registries(sites)
+    with sites.secondary.tracking() as conn:
+        store_position(conn, 0, clock.now())
+    assert cursor.process_batch() == 19
+    assert registries(sites) == once
+    assert not local_upload(sites, 1).exists()
+
+
+# -- statements per batch, not per event ---------------------------------------------------------
+
+
+def count_statements(sites: SitePair) -> list[str]:
+    """Collects every statement the secondary's databases run from now on."""
+    seen: list[str] = []
+
+    def record(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    engines = {id(e): e for e in (sites.secondary.tracking_engine, sites.secondary.main_engine)}
+    for engine in engines.values():
+        event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+def many_records_log(sites: SitePair, clock: FrozenClock, first: int, count: int) -> None:
+    """For `count` records from `first`: new uploads created and verified, existing package
+    rows updated, other existing package rows deleted."""
+    uploads = list(range(first, first + count))
+    packages = list(range(first, first + 2 * count))
+    add_records(sites, uploads=uploads, packages=packages)
+    seed_registry(sites, PackageFileReplicator, packages)
+    events = [created(UPLOAD, i) for i in uploads] + [checksum(UPLOAD, i) for i in uploads]
+    events += [updated(PACKAGE, i) for i in packages[:count]]
+    events += [package_deleted(i) for i in packages[count:]]
+    add_events(sites, clock, events)
+
+
+def test_a_batch_costs_the_same_statements_for_five_records_or_fifty(
+    sites: SitePair, clock: FrozenClock
+) -> None:
+    cursor = LogCursor(sites.secondary)
+    add_events(sites, clock, [created(UPLOAD, 999)])  # the first start, out of scope
+    assert cursor.process_batch() == 1
+    statements = count_statements(sites)
+    counts = []
+    for first, count in ((1, 5), (100, 50)):
+        many_records_log(sites, clock, first, count)
+        statements.clear()
+        assert cursor.process_batch() == 4 * count
+        counts.append(len(statements))
+    assert counts[0] == counts[1], counts
+    uploads = {i for name, i in registries(sites) if name == UPLOAD}
+    assert uploads == set(range(1, 6)) | set(range(100, 150))
+    packages = {i for name, i in registries(sites) if name == PACKAGE}
+    assert packages == set(range(1, 6)) | set(range(100, 150))
+
+
+# -- bad events amid deletes and checksums -------------------------------------------------------
+
+
+def test_a_failing_delete_amid_a_layer_loses_none_of_its_neighbours(
+    sites: SitePair, clock: FrozenClock, backend: str
+) -> None:
+    add_records(sites, uploads=[1, 2, 3, 4, 5, 6], packages=[])
+    seed_registry(sites, UploadReplicator, [2, 3, 4, 5])
+    sync_done(sites, UploadReplicator, 5)
+    put_local_upload(sites, 2)
+    blocker = sites.secondary.settings.blob_storage("uploads") / "blocker"
+    blocker.write_bytes(b"a file where a directory should be")
+    add_events(
+        sites,
+        clock,
+        [
+            created(UPLOAD, 1),
+            checksum(UPLOAD, 1),
+            upload_deleted(2),
+            upload_deleted(3, "blocker/3.bin"),  # removing it fails: not a directory
+            upload_deleted(4, "../outside.bin"),  # an unsafe path: skipped, its row kept
+            checksum(UPLOAD, 5),
+            created(UPLOAD, 6),
+            created(UPLOAD, 2**40),  # on PostgreSQL beyond `uploads.id`: its layer fails too
+        ],
+    )
+    cursor = LogCursor(sites.secondary)
+    assert cursor.process_batch() == 8
+    rows = registries(sites)
+    assert sorted(rows) == [(UPLOAD, 1), (UPLOAD, 3), (UPLOAD, 4), (UPLOAD, 5), (UPLOAD, 6)]
+    assert rows[(UPLOAD, 1)]["verification_state"] == VerificationState.PENDING
+    assert rows[(UPLOAD, 5)]["verification_state"] == VerificationState.PENDING
+    assert rows[(UPLOAD, 5)]["state"] == SyncState.SYNCED
+    assert not local_upload(sites, 2).exists()
+    assert blocker.exists()
+    beyond = "malformed_payload" if backend == "postgres" else "out_of_scope"
+    assert skip_counts(sites) == {"handler_error": 1, "unsafe_path": 1, beyond: 1}
+    add_records(sites, uploads=[7], packages=[])
+    add_events(sites, clock, [created(UPLOAD, 7), upload_deleted(6)])
+    assert cursor.process_batch() == 2
+    assert {i for _name, i in registries(sites)} == {1, 3, 4, 5, 7}
