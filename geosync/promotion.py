@@ -251,7 +251,7 @@ def restart_instructions(geo: Geo) -> list[str]:
     """What the operator must change and restart for this site to run as the primary."""
     name = geo.settings.node_name
     return [
-        f"in site {name!r}'s settings, remove tracking_database_url"
+        f"in the settings of site {name!r}, remove tracking_database_url"
         " (GEOSYNC_TRACKING_DATABASE_URL): a site with a tracking database runs as a secondary",
         "keep main_database_url: it names the promoted, now writable, database",
         "restart every `geosync worker` of this site (they run the secondary's loops until"
