@@ -8,7 +8,8 @@ node's selective sync; it needs no event.
 
 Flag off: a replicator whose feature flag is off is skipped entirely — no rows are created and
 none are removed. A flag is a rollout switch, not a deletion request: turning it off by mistake
-must not wipe a secondary's copies, and turning it back on resumes where it stopped.
+must not wipe a secondary's copies, and turning it back on resumes where it stopped. A blob type
+left to the object store's own replication (`geosync.object_sync`) is skipped the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from geosync.leases import DEFAULT_TTL
 from geosync.liveness import release_role, take_role
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.registry import Registry
 from geosync.scope import ids_in_range
 from geosync.secondary.reachability import MAIN_DATABASE
@@ -218,7 +220,12 @@ class ConsistencySweep:
     def step(self, node: Node) -> list[RangeResult]:
         """Sweep the next range of every enabled replicator that has not finished this pass."""
         with self.geo.main_engine.connect() as main:
-            enabled = [r for r in self.geo.catalog if flag_enabled(main, r)]
+            storages = primary_object_storages(main)
+            enabled = [
+                r
+                for r in self.geo.catalog
+                if flag_enabled(main, r) and not left_to_store(node, r, storages)
+            ]
         results = []
         for replicator in enabled:
             if replicator.replicable_name not in self.finished:

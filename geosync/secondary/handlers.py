@@ -18,6 +18,7 @@ from sqlalchemy.exc import DataError
 from geosync.errors import SkipEvent, ValidationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.registry import Registry
 from geosync.replicator import CHECKSUM_SUCCEEDED, CREATED, DELETED, UPDATED
 from geosync.scope import ids_in_scope
@@ -67,6 +68,17 @@ class HandlerContext:
     new_work: bool = False
     #: Replication flags read in this context, by replicable name (one read per batch).
     flags: dict[str, bool] = field(default_factory=dict)
+    #: The primary's object-store blob storages (`geosync.object_sync`), read once per context.
+    primary_storages: frozenset[str] | None = None
+    storages_read: bool = False
+
+    def left_to_store(self, replicator: type[Replicator]) -> bool:
+        """Whether this secondary leaves `replicator`'s blobs to the object store's own
+        replication (`sync_object_storage` off), read once per context."""
+        if not self.storages_read:
+            self.primary_storages = primary_object_storages(self.main)
+            self.storages_read = True
+        return left_to_store(self.node, replicator, self.primary_storages)
 
     def flag_on(self, replicator: type[Replicator]) -> bool:
         """Whether `replicator`'s flag is on, read once per context."""
@@ -116,7 +128,9 @@ def handle_event(ctx: HandlerContext, event: Event) -> None:
         for _event, skip in _apply_changes(ctx, replicator, [change]):
             raise skip
     elif event.event_name == DELETED:
-        delete_local_copy(ctx.geo, replicator, event.payload)
+        # A blob left to the object store is deleted by the store's replication, not here.
+        if not ctx.left_to_store(replicator):
+            delete_local_copy(ctx.geo, replicator, event.payload)
         delete_registry(ctx.tracking, ctx.geo, replicator, model_record_id)
     elif event.event_name == CHECKSUM_SUCCEEDED:
         from geosync.secondary.verification import handle_checksum_succeeded
@@ -145,6 +159,14 @@ def _in_scope(ctx: HandlerContext, replicator: type[Replicator], ids: list[int])
 
 def _flag_disabled(replicator: type[Replicator]) -> SkipEvent:
     return SkipEvent("flag_disabled", f"{replicator.replication_flag_name} is off")
+
+
+def _left_to_store(replicator: type[Replicator]) -> SkipEvent:
+    return SkipEvent(
+        "left_to_object_storage",
+        f"{replicator.replicable_name_plural} are in the primary's object storage"
+        f" {getattr(replicator, 'storage', '')!r} and sync_object_storage is off",
+    )
 
 
 def _out_of_scope(replicator: type[Replicator], model_record_id: int) -> SkipEvent:
@@ -205,6 +227,8 @@ def _apply_changes(
         return []
     if not ctx.flag_on(replicator):
         return [(c.event, _flag_disabled(replicator)) for c in todo]
+    if ctx.left_to_store(replicator):
+        return [(c.event, _left_to_store(replicator)) for c in todo]
     in_scope = _in_scope(ctx, replicator, [c.model_record_id for c in todo])
     wanted = [c for c in todo if c.model_record_id in in_scope]
     registry.insert_pending_since(

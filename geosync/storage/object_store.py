@@ -165,7 +165,8 @@ class ObjectStore(BlobStore):
         except PermissionError as exc:
             raise StorageError(
                 f"object storage {self.describe()} refused access: {_first_line(exc)}"
-                " (check the credentials and the bucket policy)"
+                " (check the credentials and the bucket policy)",
+                permanent=True,
             ) from None
         except OSError as exc:
             raise StorageError(
