@@ -14,6 +14,7 @@ import hashlib
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -64,6 +65,11 @@ class ObjectStore(BlobStore):
     def size(self, key: str) -> int:
         """The object's size."""
         return int(self._head(key)["ContentLength"])
+
+    def modified_at(self, key: str) -> datetime:
+        """The object's `LastModified`."""
+        modified: datetime = self._head(key)["LastModified"]
+        return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
 
     def sha256(self, key: str) -> str:
         """SHA-256 hex of the object's bytes, streamed."""

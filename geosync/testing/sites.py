@@ -99,8 +99,9 @@ def build_site_pair(
     """Create, migrate and register a primary and a secondary for `replicators`.
 
     `primary_storages` and `secondary_storages` replace named blob storages of one site
-    (an `ObjectStorage`, say); the others are directories under `root`. `secondary_node_settings` holds
-    node settings of the secondary's registration (`sync_object_storage=True`, say).
+    (an `ObjectStorage`, say); the others are directories under `root`.
+    `secondary_node_settings` are node settings of the secondary's registration
+    (`sync_object_storage=True`, say).
 
     The tables of the replicators' models (and the tables they refer to) are created on the
     shared main database before `geosync db upgrade`'s work, as on a real site.

@@ -87,7 +87,7 @@ def test_off_leaves_the_primarys_object_stored_blobs_to_the_store(s3_sites: Site
     sites = s3_sites
     report_primary_status(sites)
     with sites.secondary.main_engine.connect() as main:
-        assert primary_object_storages(main) == {"uploads"}
+        assert primary_object_storages(main) == frozenset({"uploads"})
     uploads, packages = create_records(sites)
 
     LogCursor(sites.secondary).process_batch()
