@@ -1,7 +1,8 @@
 """A blob storage in an S3-compatible object store, on fsspec + s3fs (`geosync[s3]`).
 
 Writes never show a partial object under the real key: a blob up to one part is one
-`PutObject` carrying its `x-amz-checksum-sha256` (the store checks it and keeps it); a larger
+`PutObject` carrying its `x-amz-checksum-sha256` (S3 checks and keeps it; not every S3-compatible
+store does), sent only once the streamed SHA-256 is the expected one; a larger
 one is a multipart upload completed only once every part is sent and the streamed SHA-256 is the
 expected one, and aborted otherwise. A writer killed part-way leaves an incomplete multipart
 upload, which is invisible under the key (a bucket lifecycle rule expires such uploads).
