@@ -6,9 +6,10 @@ bucket first (Upload rows publishing `created`), then the primary runs as `geosy
 the secondary as `geosync worker`, real processes, with `sync_object_storage` on. The clock runs
 from the worker's start until the tracking database counts every row synced; "copy" is the
 same run from the worker's "worker started" line on (without the interpreter's start-up). In the
-same run the same objects are then copied with plain s3fs — each read whole from the primary's
-bucket and written into a fresh one, `files_max_capacity` (10) at a time, as many as geosync
-moves at once — and the ratio of the two rates is printed.
+same run the same objects are then copied twice with plain s3fs into fresh buckets, 10 at a
+time (`files_max_capacity`, as many as geosync moves at once): each read whole and written with
+one `PutObject` (`cat_file` + `pipe_file`), and streamed through s3fs's files in 8 MiB blocks
+(a multipart upload above one block, as geosync writes); the ratios of the rates are printed.
 
     .venv/bin/python bench/object_storage.py                      # 2,000 x 64 KiB, 20 x 50 MiB
     .venv/bin/python bench/object_storage.py --small 200 --large 4 --rounds 2
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +60,8 @@ REPLICATORS = [UploadReplicator, PackageFileReplicator, SnippetReplicator]
 #: Objects copied at once by the plain copy: the secondary node's default `files_max_capacity`.
 CONCURRENCY = 10
 POLL = 0.05
+#: Block of the streamed plain copy: geosync's part size.
+PART = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -243,8 +247,12 @@ def worker_event_at(path: Path, event: str) -> float:
     raise RuntimeError(f"no {event!r} line in {path}")
 
 
-def time_s3fs(source: ObjectStorage, target: ObjectStorage, keys: list[str], w: Workload) -> Timing:
-    """Plain s3fs: each object read whole and written, `CONCURRENCY` at a time."""
+def time_s3fs(
+    source: ObjectStorage, target: ObjectStorage, keys: list[str], w: Workload, streamed: bool
+) -> Timing:
+    """Plain s3fs, `CONCURRENCY` objects at a time: each read whole and written with one
+    `PutObject` (`cat_file`, `pipe_file`), or (`streamed`) read and written as files in 8 MiB
+    blocks, a multipart upload above one block as geosync writes."""
     import s3fs
 
     fs = s3fs.S3FileSystem(
@@ -256,13 +264,21 @@ def time_s3fs(source: ObjectStorage, target: ObjectStorage, keys: list[str], w: 
     )
 
     def copy(key: str) -> None:
-        data = fs.cat_file(f"{source.bucket}/{source.prefix}{key}")
-        fs.pipe_file(f"{target.bucket}/{target.prefix}{key}", data)
+        src, dst = f"{source.bucket}/{source.prefix}{key}", f"{target.bucket}/{target.prefix}{key}"
+        if not streamed:
+            fs.pipe_file(dst, fs.cat_file(src))
+            return
+        with (
+            fs.open(src, "rb", block_size=PART) as reader,
+            fs.open(dst, "wb", block_size=PART) as out,
+        ):
+            shutil.copyfileobj(reader, out, PART)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(copy, keys))
-    return Timing("s3fs cat + pipe", time.perf_counter() - start, w)
+    label = "s3fs open + copy" if streamed else "s3fs cat + pipe"
+    return Timing(label, time.perf_counter() - start, w)
 
 
 def one_round(endpoint: str, root: Path, workload: Workload, timeout: float) -> list[Timing]:
@@ -282,7 +298,9 @@ def one_round(endpoint: str, root: Path, workload: Workload, timeout: float) -> 
         keys = create_blobs(pair, workload)
         timings = time_geosync(pair, root, workload, timeout)
         check_copies(pair, keys[:: max(1, len(keys) // 20)])
-        timings.append(time_s3fs(primary_bucket, new_bucket(endpoint), keys, workload))
+        for streamed in (False, True):
+            target = new_bucket(endpoint)
+            timings.append(time_s3fs(primary_bucket, target, keys, workload, streamed))
         return timings
     finally:
         pair.dispose()
@@ -310,10 +328,14 @@ def print_round(workload: Workload, timings: list[Timing]) -> float:
             f" {t.mib_per_second:9.1f} MiB/s"
         )
     by_label = {t.label: t for t in timings}
-    ratio = by_label["s3fs cat + pipe"].seconds / by_label["geosync copy"].seconds
-    e2e = by_label["s3fs cat + pipe"].seconds / by_label["geosync end to end"].seconds
-    print(f"  ratio geosync/s3fs (rate): copy {ratio:.2f}, end to end {e2e:.2f}")
-    return ratio
+    copy, e2e = by_label["geosync copy"].seconds, by_label["geosync end to end"].seconds
+    for plain in ("s3fs cat + pipe", "s3fs open + copy"):
+        seconds = by_label[plain].seconds
+        print(
+            f"  ratio geosync/{plain} (rate): copy {seconds / copy:.2f},"
+            f" end to end {seconds / e2e:.2f}"
+        )
+    return by_label["s3fs cat + pipe"].seconds / copy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     summary.setdefault(workload.describe(), []).append(
                         print_round(workload, timings)
                     )
-    print("\nmedian ratio geosync/s3fs (copy rate):")
+    print("\nmedian ratio geosync/s3fs cat + pipe (copy rate):")
     for described, ratios in summary.items():
         shown = ", ".join(f"{r:.2f}" for r in ratios)
         print(f"  {described:<16} {statistics.median(ratios):.2f}  (rounds: {shown})")

@@ -89,11 +89,10 @@ class ObjectStore(BlobStore):
         return existed
 
     def open_read(self, key: str) -> tuple[BinaryIO, int]:
-        """The object opened for streamed reading, and its size."""
-        size = self.size(key)
-        with self._errors():
-            handle = self.fs.open(f"{self.bucket}/{self.object_key(key)}", "rb", block_size=CHUNK)
-        return cast(BinaryIO, _ErrorMapped(handle, self)), size
+        """The object opened for streamed reading, and its size: one `GetObject` whose body
+        is read as it arrives (ranged reads of a block each would cost a request per block)."""
+        answer = self._call("get_object", Bucket=self.bucket, Key=self.object_key(key))
+        return cast(BinaryIO, _Body(answer["Body"], self)), int(answer["ContentLength"])
 
     def write(
         self,
@@ -223,21 +222,31 @@ class _Upload:
             pass  # the upload stays incomplete: never visible under the key
 
 
-class _ErrorMapped:
-    """A read handle whose store errors are `StorageError` lines."""
+class _Body:
+    """A `GetObject` body read from this thread (the client runs on s3fs's event loop); store
+    errors are `StorageError` lines."""
 
-    def __init__(self, handle: Any, store: ObjectStore) -> None:
-        self.handle, self.store = handle, store
+    def __init__(self, body: Any, store: ObjectStore) -> None:
+        self.body, self.store = body, store
 
     def read(self, size: int = -1) -> bytes:
+        from fsspec.asyn import sync
+
         with self.store._errors():
-            data: bytes = self.handle.read(size)
+            try:
+                data: bytes = sync(self.store.fs.loop, self.body.read, None if size < 0 else size)
+            except (OSError, StorageError):
+                raise
+            except Exception as exc:  # the body broke off (aiohttp's, botocore's errors)
+                raise StorageError(
+                    f"object storage {self.store.describe()} failed: {_first_line(exc)}"
+                ) from None
         return data
 
     def close(self) -> None:
-        self.handle.close()
+        self.body.close()
 
-    def __enter__(self) -> _ErrorMapped:
+    def __enter__(self) -> _Body:
         return self
 
     def __exit__(self, *exc: object) -> None:
