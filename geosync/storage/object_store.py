@@ -178,6 +178,19 @@ class ObjectStore(BlobStore):
             raise StorageError(
                 f"object storage {self.describe()} failed: {_first_line(exc)}"
             ) from None
+        except _client_errors() as exc:  # out of reach, or a body broken off: retries may help
+            raise StorageError(
+                f"object storage {self.describe()} failed: {_first_line(exc)}"
+            ) from None
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What botocore and aiohttp raise beside `OSError` (s3fs maps the store's answers to
+    `OSError`s, not its client's failures: an endpoint out of reach, a broken stream)."""
+    from aiohttp import ClientError
+    from botocore.exceptions import BotoCoreError
+
+    return (BotoCoreError, ClientError)
 
 
 class _Upload:
@@ -233,14 +246,7 @@ class _Body:
         from fsspec.asyn import sync
 
         with self.store._errors():
-            try:
-                data: bytes = sync(self.store.fs.loop, self.body.read, None if size < 0 else size)
-            except (OSError, StorageError):
-                raise
-            except Exception as exc:  # the body broke off (aiohttp's, botocore's errors)
-                raise StorageError(
-                    f"object storage {self.store.describe()} failed: {_first_line(exc)}"
-                ) from None
+            data: bytes = sync(self.store.fs.loop, self.body.read, None if size < 0 else size)
         return data
 
     def close(self) -> None:
