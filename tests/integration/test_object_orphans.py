@@ -12,6 +12,7 @@ import pytest
 from geosync.clock import FrozenClock
 from geosync.demo.models import Upload
 from geosync.demo.replicators import UploadReplicator
+from geosync.explain import explain
 from geosync.flags import set_flag
 from geosync.registry import Registry
 from geosync.secondary.consistency import ConsistencySweep
@@ -83,6 +84,9 @@ def test_orphans_are_listed_in_pages_and_removed_once_old(
     for record_id in synced:
         store.write(f"copies/{record_id}.bin", [b"copy"])
         mark_synced(sites, record_id, f"copies/{record_id}.bin")
+    explained = explain(sites.secondary, "uploads", synced[0])
+    assert explained.copy_location == f"object copies/{synced[0]}.bin in {store.describe()}"
+    assert store.describe().startswith("s3://") and " at http://127.0.0.1:" in store.describe()
     store.write("u/0.bin", [b"seeded"])  # where the never-synced record's first sync writes
     orphans = [f"stray/{n}.bin" for n in range(7)]
     for key in orphans:
