@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select,
 
 from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
-from geosync.errors import ValidationError
+from geosync.errors import GeoError, ValidationError
 from geosync.flags import flag_enabled
 from geosync.leases import DEFAULT_TTL
 from geosync.liveness import release_role, take_role
@@ -242,11 +242,7 @@ class ConsistencySweep:
         for replicator in enabled:
             if replicator.replicable_name not in self.finished:
                 results.extend(self._advance(node, replicator))
-        skipped = set(self.geo.catalog) - set(enabled)
-        self.orphan_pages = [
-            self._scan_orphans(name, types)
-            for name, types in scanned_storages(self.geo, list(self.geo.catalog), skipped).items()
-        ]
+        self.orphan_pages = self._scan_orphan_pages(set(self.geo.catalog) - set(enabled))
         self.pass_complete = all(r.replicable_name in self.finished for r in enabled)
         if self.pass_complete:
             self.finished.clear()
@@ -262,6 +258,22 @@ class ConsistencySweep:
         high = low + self.range_size
         self.next_low[name] = high
         return [sweep_range(self.geo, node, replicator, low, high)]
+
+    def _scan_orphan_pages(self, skipped: set[type[Replicator]]) -> list[OrphanPage]:
+        """A page of every object storage's orphan scan; a store that fails is one warning
+        line, and the registries' sweep goes on."""
+        try:
+            storages = scanned_storages(self.geo, list(self.geo.catalog), skipped)
+        except GeoError as exc:
+            log.warning("orphan scan skipped", error=str(exc))
+            return []
+        pages = []
+        for name, types in storages.items():
+            try:
+                pages.append(self._scan_orphans(name, types))
+            except (GeoError, OSError) as exc:
+                log.warning("orphan scan failed", storage=name, error=str(exc))
+        return pages
 
     def _scan_orphans(self, storage: str, types: list[type[Replicator]]) -> OrphanPage:
         """One page of `storage`'s orphan scan; it starts over once it reached the end."""

@@ -10,8 +10,9 @@ in flight writes its object before its row says so).
 
 A storage is not scanned while a type stored in it is turned off (its flag) or left to the
 object store's own replication (`geosync.object_sync`): objects without rows are expected
-there. Nor while more than `MAX_UNWRITTEN` rows of its types wait for a first sync (a backfill):
-their objects (a seeded bucket, §6's skip-download) are not known by key until they are synced.
+there; nor when another storage's prefix in the same bucket contains its prefix or is inside it;
+nor while more than `MAX_UNWRITTEN` rows of its types wait for a first sync (a backfill): their
+objects (a seeded bucket, skip-download) are not known by key until they are synced.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from geosync.errors import GeoError
 from geosync.log import get_logger
 from geosync.registry import Registry
 from geosync.storage import BlobStore
+from geosync.storage.object_store import ObjectStore
 
 if TYPE_CHECKING:
     from geosync.app import Geo
@@ -61,11 +63,28 @@ def scanned_storages(
     for replicator in replicators:
         if replicator.strategy == "blob":
             by_storage.setdefault(str(getattr(replicator, "storage", "")), []).append(replicator)
+    stores = {name: _store(geo, types[0]) for name, types in by_storage.items()}
+    objects = {name: store for name, store in stores.items() if isinstance(store, ObjectStore)}
     return {
-        name: types
-        for name, types in by_storage.items()
-        if not (set(types) & skipped) and not _store(geo, types[0]).local
+        name: by_storage[name]
+        for name, store in objects.items()
+        if not (set(by_storage[name]) & skipped) and not _overlaps(name, store, objects)
     }
+
+
+def _overlaps(name: str, store: ObjectStore, others: dict[str, ObjectStore]) -> bool:
+    """Whether another storage's prefix in the same bucket contains or is inside this one's:
+    each would take the other's objects for orphans, so neither is scanned."""
+    for other_name, other in others.items():
+        same_bucket = (other.config.endpoint_url, other.bucket) == (
+            store.config.endpoint_url,
+            store.bucket,
+        )
+        nested = other.prefix.startswith(store.prefix) or store.prefix.startswith(other.prefix)
+        if other_name != name and same_bucket and nested:
+            log.warning("orphan scan skipped: storages share a prefix", storages=[name, other_name])
+            return True
+    return False
 
 
 def scan_page(

@@ -11,7 +11,7 @@ import pytest
 
 from geosync.clock import FrozenClock
 from geosync.demo.models import Upload
-from geosync.demo.replicators import UploadReplicator
+from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
 from geosync.explain import explain
 from geosync.flags import set_flag
 from geosync.registry import Registry
@@ -128,3 +128,28 @@ def test_a_storage_whose_type_is_turned_off_is_not_scanned(
 
     assert sweep.orphan_pages == []
     assert store.exists("stray/0.bin")
+
+
+def test_storages_sharing_a_prefix_are_not_scanned(
+    tmp_path: Path, databases: DatabaseFactory, s3_endpoint: str
+) -> None:
+    shared = new_bucket(s3_endpoint)  # both storages at s3://bucket/blobs: each holds the other's
+    pair = build_site_pair(
+        tmp_path / "shared",
+        [UploadReplicator, PackageFileReplicator],
+        databases,
+        secondary_storages={"uploads": shared, "packages": shared},
+    )
+    try:
+        store = UploadReplicator.store_of(pair.secondary.settings)
+        store.write("stray/0.bin", [b"stray"])
+        node = pair.secondary.current_node()
+        assert node is not None
+
+        sweep = ConsistencySweep(pair.secondary, orphan_page=3)
+        sweep.step(node)
+
+        assert sweep.orphan_pages == []
+        assert store.exists("stray/0.bin")
+    finally:
+        pair.dispose()
