@@ -952,6 +952,14 @@ def demo(
             " clusters, two web processes per site, three secondary workers.",
         ),
     ] = False,
+    object_storage: Annotated[
+        bool,
+        typer.Option(
+            "--object-storage",
+            help="Keep both sites' blobs in buckets of an S3 server (moto) the demo runs on"
+            " loopback; needs geosync[s3] and moto[server].",
+        ),
+    ] = False,
 ) -> None:
     """Run a primary and a secondary on this machine and replicate sample data live.
 
@@ -971,6 +979,7 @@ def demo(
         seed=seed,
         keep=keep,
         postgres=postgres,
+        object_storage=object_storage,
     )
     code = run(lambda: run_demo(options))
     raise typer.Exit(code)

@@ -140,7 +140,16 @@ class Interrupted(TransferError):
 
 
 class StorageError(GeoError):
-    """The object storage refused the request or could not be reached."""
+    """The object storage refused the request or could not be reached.
+
+    `permanent` when retrying cannot help until an operator acts (the store refused the
+    credentials or the bucket policy forbids the request); otherwise the store was out of reach
+    or failed, which retries fix.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class LeaseLost(GeoError):

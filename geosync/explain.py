@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from geosync.attempts import INTERRUPTED, PERMANENT, SITE_UNREACHABLE, Attempt, recent_attempts
-from geosync.errors import ConfigurationError, ValidationError
+from geosync.errors import ConfigurationError, GeoError, ValidationError
 from geosync.flags import flag_enabled
+from geosync.object_sync import left_to_store_now
 from geosync.registry import Registry, RegistryRow
 from geosync.scope import describe_scope, ids_in_scope
 from geosync.states import SyncState, VerificationState
@@ -69,6 +70,11 @@ class Explanation:
     registry: dict[str, Any] | None
     next_retry_at: datetime | None
     attempts: list[Attempt] = field(default_factory=list)
+    #: Where this site keeps (or would keep) the copy: a file, or an object and its store.
+    copy_location: str | None = None
+    #: Whether this secondary leaves the item to the object store's own replication
+    #: (`sync_object_storage` off, the primary's storage an object store: `geosync.object_sync`).
+    left_to_object_storage: bool = False
     #: One or two sentences: what the situation is and why.
     summary: str = ""
     #: What an operator should do next ("Nothing to do." when all is well).
@@ -116,6 +122,7 @@ def explain(geo: Geo, name: str, model_record_id: int) -> Explanation:
         exists = main.execute(select(id_column).where(id_column == model_record_id)).first()
         in_scope = bool(ids_in_scope(main, replicator, node, [model_record_id])) if exists else None
         primary_state = _primary_state(geo, main, replicator, model_record_id)
+        left = left_to_store_now(main, node, replicator)
     with geo.tracking_engine.connect() as tracking:
         row = Registry(geo, replicator).get(tracking, model_record_id)
         attempts = recent_attempts(tracking, replicator.replicable_name, model_record_id)
@@ -133,11 +140,28 @@ def explain(geo: Geo, name: str, model_record_id: int) -> Explanation:
         registry=_registry_view(row),
         next_retry_at=_next_retry(row),
         attempts=attempts,
+        copy_location=_copy_location(geo, replicator, row),
+        left_to_object_storage=left,
     )
     summary, next_step = diagnose(
         facts, node, row, geo.clock.now(), scrub_period=geo.settings.scrub_period
     )
     return replace(facts, summary=summary, next_step=next_step)
+
+
+def _copy_location(geo: Geo, replicator: type[Replicator], row: RegistryRow | None) -> str | None:
+    """The copy's place on this site: `object <key> in <store>` or `file <path>`; None when
+    neither the registry row nor the strategy says (a repository, a row without a path)."""
+    key = row.values.get("local_path") if row is not None else None
+    if not key or getattr(replicator, "strategy", None) != "blob":
+        return None
+    try:
+        store = replicator.store_of(geo.settings)  # type: ignore[attr-defined]
+    except GeoError as exc:
+        return f"unknown: {exc}"
+    if store.local:
+        return f"file {store.describe()}/{key}"
+    return f"object {key} in {store.describe()}"
 
 
 def _primary_state(
@@ -194,6 +218,8 @@ def diagnose(
         return _gone(what, row)
     if not facts.flag_enabled:
         return _flag_off(facts, row)
+    if facts.left_to_object_storage:
+        return _left_to_store(facts, node, row)
     if not facts.in_scope:
         return _out_of_scope(facts, node, row)
     if row is None:
@@ -245,6 +271,18 @@ def _flag_off(facts: Explanation, row: RegistryRow | None) -> tuple[str, str]:
         f"Replication of {facts.replicable_name} is turned off (feature flag"
         f" {facts.flag_name}).{kept}",
         f"Turn it on, on the primary: `geosync flags enable {facts.flag_name}`.",
+    )
+
+
+def _left_to_store(facts: Explanation, node: Node, row: RegistryRow | None) -> tuple[str, str]:
+    kept = " Its registry row and copy are kept as they are, but no longer synced." if row else ""
+    return (
+        f"{facts.replicable_name} {facts.model_record_id} is in the primary's object storage"
+        " and this secondary leaves object-stored blobs to the store's own replication"
+        f" (sync_object_storage is off): geosync neither copies nor verifies it.{kept}",
+        "Nothing to do if the object store replicates the bucket to this site. To have geosync"
+        f" copy and verify such blobs: `geosync node update {node.name} --sync-object-storage`"
+        " on the primary.",
     )
 
 
@@ -356,6 +394,12 @@ def _failed(facts: Explanation, row: RegistryRow, now: datetime) -> tuple[str, s
         step = "Fix the configuration the error names (`geosync check` lists problems)."
     elif error_class == PERMANENT:
         step = f"{_permanent_step(failure)} Then retry now with {resync}."
+    elif "object storage" in failure:
+        step = (
+            "The object store was out of reach or failed; this retries by itself with a growing"
+            " backoff. If it keeps failing, check the store's endpoint and health (`geosync"
+            f" check`), or retry now with {resync}."
+        )
     else:
         step = (
             "Transient errors retry by themselves with a growing backoff; if it keeps failing,"
@@ -384,6 +428,12 @@ _PERMANENT_STEPS = (
     (
         ("(unreadable)",),
         "The primary cannot read the item's file: fix its permissions on the primary.",
+    ),
+    (
+        ("refused access",),
+        "This site's object storage refuses the request: fix the storage's credentials"
+        " (`access_key_id`, `secret_access_key`, or the AWS environment) or the bucket policy;"
+        " `geosync check` says whether each object storage answers.",
     ),
     (
         ("No space left",),

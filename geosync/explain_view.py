@@ -37,6 +37,10 @@ def fact_rows(explanation: Explanation) -> list[tuple[str, Any]]:
         ("primary checksum", e.primary_checksum or _no_checksum(e)),
         ("next retry", e.next_retry_at),
     ]
+    if e.left_to_object_storage:
+        rows.append(("object storage", "left to the store's own replication"))
+    if e.copy_location is not None:
+        rows.append(("copy", e.copy_location))
     if e.registry is None:
         return [*rows, ("registry", "none")]
     for key, value in e.registry.items():

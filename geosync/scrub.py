@@ -41,6 +41,7 @@ from geosync.db.types import UTCDateTime
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.records import load_records
 from geosync.secondary.reachability import MAIN_DATABASE
 from geosync.states import SyncState, VerificationState
@@ -220,7 +221,12 @@ class ScrubLoop:
             node = self.geo.current_node(main)
             if node is None:
                 return IDLE
-            enabled = [r for r in verifiable_replicators(self.geo) if flag_enabled(main, r)]
+            storages = primary_object_storages(main)
+            enabled = [
+                r
+                for r in verifiable_replicators(self.geo)
+                if flag_enabled(main, r) and not left_to_store(node, r, storages)
+            ]
         if not node.primary and self._tracking is None:
             return IDLE
         for replicator in self._rotated(enabled):

@@ -26,6 +26,7 @@ from geosync.db.tables import geo_events, geo_node_statuses
 from geosync.errors import ConfigurationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
+from geosync.object_sync import left_count, object_storage_names
 from geosync.registry import Registry
 from geosync.scrub import scrub_counts
 from geosync.secondary.cursor_state import last_moved_at, reported_position
@@ -66,6 +67,9 @@ REPLICATOR_FIELDS = (
     "verification_stale_count",
     "scrub_due_count",
     "scrub_found_bad_count",
+    # Beyond GitLab, on a secondary with `sync_object_storage` off: the primary's blobs of the
+    # type that are in an object store, left to its own replication (`geosync.object_sync`).
+    "left_to_object_storage_count",
 )
 
 #: This site's bulk jobs by state (`geosync.jobs`): beyond GitLab.
@@ -104,6 +108,9 @@ NODE_FIELDS = (
     "primary_unreachable_seconds",
     "main_database_reachable",
     "main_database_unreachable_seconds",
+    # ... and, on every site, its blob storages that are object stores, comma-separated (a
+    # secondary reads the primary's to know what `sync_object_storage` off leaves to the store).
+    "object_storages",
 )
 
 _LAG_SQL = text(
@@ -232,6 +239,7 @@ class StatusComputation:
             revision=_revision(),
             selective_sync_type=self.node.selective_sync_type,
             scrub_period_seconds=int(self.geo.settings.scrub_period.total_seconds()),
+            object_storages=",".join(object_storage_names(self.geo.settings)),
         )
         enabled = self._guard("feature flags", self._flags, None)
         values.update(self._guard("event log", self._event_fields, dict[str, Any]()))
@@ -284,6 +292,9 @@ class StatusComputation:
         if self.secondary:
             with self.geo.tracking_engine.connect() as tracking:
                 counts = registry_counts(self.geo, tracking, replicator, self.now)
+            if replicator.strategy == "blob":
+                with self.geo.main_engine.connect() as main:
+                    counts["left_to_object_storage_count"] = left_count(main, self.node, replicator)
         else:
             with self.geo.main_engine.connect() as main:
                 counts = primary_counts(self.geo, main, replicator, self.now)

@@ -88,6 +88,11 @@ def _row(replicator: type[Replicator], status: NodeStatus, primary: bool) -> lis
         status.get(p + "verification_total_count"),
         status.get(p + "verified_in_percentage"),
     )
+    left = status.get(p + "left_to_object_storage_count")
+    if left:  # `sync_object_storage` off: the object store's own replication copies them
+        synced = f"{left} left to object storage" + (
+            "" if synced.startswith("0/0") else f", {synced}"
+        )
     failed = str(status.get(p + "failed_count"))
     lag = _duration(status.get(p + "oldest_unsynced_age_seconds"))
     return [synced, failed, verified, lag, *scrub]

@@ -37,6 +37,7 @@ from geosync.settings import Settings
 from geosync.testing.servers import free_port
 
 if TYPE_CHECKING:
+    from geosync.demo.object_storage import DemoBuckets
     from geosync.demo.progress import DemoDisplay
     from geosync.demo.topology import Topology
 
@@ -64,6 +65,8 @@ class DemoOptions:
     #: Production mode: PostgreSQL clusters (a primary, its streaming standby, a tracking
     #: database), two web processes per site and three workers on the secondary.
     postgres: bool = False
+    #: The sites' blobs in buckets of an S3 server (moto's) the demo runs on loopback.
+    object_storage: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,20 @@ def _command_of(process: subprocess.Popen[bytes]) -> str:
 
 
 def _site(
-    root: Path, name: str, secret: str, main: str, tracking: str | None, extra: dict[str, Any]
+    root: Path,
+    name: str,
+    secret: str,
+    main: str,
+    tracking: str | None,
+    extra: dict[str, Any],
+    buckets: DemoBuckets | None = None,
 ) -> Site:
     base = root / name
-    storages = {"uploads": base / "uploads", "packages": base / "packages"}
+    storages: dict[str, Any] = {"uploads": base / "uploads", "packages": base / "packages"}
     for path in storages.values():
         path.mkdir(parents=True, exist_ok=True)
+    if buckets is not None:
+        storages = dict(buckets.storages(name))
     port = free_port()
     settings = Settings.load(
         node_name=name,
@@ -218,17 +229,21 @@ def prepare(
     root: Path,
     databases: DemoDatabases | None = None,
     node: dict[str, Any] | None = None,
+    buckets: DemoBuckets | None = None,
     **settings: Any,
 ) -> tuple[Site, Site]:
     """Create both sites' settings, databases and nodes under `root` (SQLite files unless
-    `databases` says otherwise); `node` sets the secondary node's fields (capacities, say),
-    `settings` both sites' settings."""
+    `databases` says otherwise; blobs in directories unless `buckets` gives each site its
+    bucket); `node` sets the secondary node's fields (capacities, say), `settings` both sites'
+    settings."""
     secret = secrets.token_urlsafe(32)
     for name in ("primary", "secondary"):
         (root / name).mkdir(parents=True, exist_ok=True)
     where = databases or DemoDatabases.sqlite(root)
-    primary = _site(root, "primary", secret, where.primary_main, None, settings)
-    secondary = _site(root, "secondary", secret, where.secondary_main, where.tracking, settings)
+    primary = _site(root, "primary", secret, where.primary_main, None, settings, buckets)
+    secondary = _site(
+        root, "secondary", secret, where.secondary_main, where.tracking, settings, buckets
+    )
     geo = Geo(primary.settings)
     Base.metadata.create_all(geo.main_engine)
     upgrade(geo)
@@ -330,6 +345,11 @@ def run_demo(options: DemoOptions) -> int:
     missing = postgres_missing() if options.postgres else None
     if missing is not None:
         raise GeoError(f"geosync demo --postgres: {missing}")
+    if options.object_storage:
+        from geosync.demo.object_storage import object_storage_missing
+
+        if (missing := object_storage_missing()) is not None:
+            raise GeoError(f"geosync demo --object-storage: {missing}")
     root, keep = _directory(options)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     display = DemoDisplay(quiet=options.as_json)
@@ -368,7 +388,15 @@ def _run(root: Path, options: DemoOptions, display: DemoDisplay) -> int:
     try:
         what = "PostgreSQL clusters and databases" if options.postgres else "the databases"
         with display.step(f"preparing {what}"):
-            built = stack.enter_context(topology(root, postgres=options.postgres))
+            built = stack.enter_context(
+                topology(root, postgres=options.postgres, object_storage=options.object_storage)
+            )
+        if built.buckets is not None:
+            display.say(
+                f"blobs in object storage: an S3 server (moto) at {built.buckets.endpoint},"
+                f" buckets {built.buckets.bucket('primary')} and"
+                f" {built.buckets.bucket('secondary')}"
+            )
         return _run_sites(built, options, display)
     finally:
         with _uninterrupted():

@@ -1,7 +1,8 @@
 """Sample content for the demo: blobs of mixed sizes and git repositories with real commits.
 
-Everything is written through the application's own path — files into storages and rows through
-an ORM session — so events and verification work exactly as in a real application.
+Everything is written through the application's own path — blobs through their replicator's
+store (a directory or a bucket) and rows through an ORM session — so events and verification
+work exactly as in a real application.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from geosync.app import Geo
 from geosync.demo.models import PackageFile, Snippet, Upload
-from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator
+from geosync.demo.replicators import PackageFileReplicator, SnippetReplicator, UploadReplicator
 from geosync.git import init_bare
 
 NAMESPACES = (1, 2, 3, 4)
@@ -55,16 +56,15 @@ class Seeder:
         with self.geo.session() as session:
             if self.rng.random() < 0.5:
                 name = f"{namespace}/{self.rng.getrandbits(64):016x}.bin"
-                storage = self.geo.settings.blob_storage("uploads")
-                write_atomically(storage / name, data)
                 upload = Upload(path=name, namespace_id=namespace, size=len(data))
+                UploadReplicator(upload, geo=self.geo).store_blob([data])
                 session.add(upload)
                 session.commit()
                 return "upload", upload.id
             package = PackageFile(file_name="package.tgz", namespace_id=namespace, size=len(data))
             session.add(package)
             session.flush()
-            write_atomically(PackageFileReplicator(package).file_path(), data)
+            PackageFileReplicator(package, geo=self.geo).store_blob([data])
             session.commit()
             return "package_file", package.id
 
@@ -75,7 +75,7 @@ class Seeder:
             if package is None:
                 return None
             data = self.rng.randbytes(random_size(self.rng))
-            write_atomically(package.replicator.file_path(), data)
+            PackageFileReplicator(package, geo=self.geo).store_blob([data])
             package.size = len(data)
             package.replicator.handle_after_update()
             session.commit()
@@ -87,10 +87,10 @@ class Seeder:
             upload = self._random(session, Upload)
             if upload is None:
                 return None
-            path = upload.replicator.file_path()
+            bound = UploadReplicator(upload, geo=self.geo)
             session.delete(upload)
             session.commit()
-        path.unlink(missing_ok=True)
+        bound.blob_store().remove(bound.blob_path())
         return int(upload.id)
 
     def create_repository(self, commits: int = 3) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geosync.app import Geo
 from geosync.demo.runner import DemoDatabases, Site, prepare
@@ -29,6 +29,9 @@ from geosync.testing.pg_standby import (
     streaming_standby,
     throwaway_cluster,
 )
+
+if TYPE_CHECKING:
+    from geosync.demo.object_storage import DemoBuckets
 
 MAIN_DATABASE = "geosync_main"
 TRACKING_DATABASE = "geosync_tracking"
@@ -81,6 +84,8 @@ class Topology:
     primary: Site
     secondary: Site
     clusters: PostgresClusters | None
+    #: The S3 server and buckets the sites keep their blobs in (`--object-storage`), or None.
+    buckets: DemoBuckets | None = None
     _geos: dict[str, Geo] = field(default_factory=dict)
 
     @property
@@ -120,20 +125,29 @@ def topology(
     root: Path,
     *,
     postgres: bool = False,
+    object_storage: bool = False,
     node: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[Topology]:
     """Prepare the embedded or (with `postgres`) the production topology under `root`; at
-    the end every process is stopped and the clusters are removed. `node` sets fields of the
-    secondary's node (capacities), `settings` those of both sites."""
+    the end every process is stopped and the clusters are removed. With `object_storage` the
+    sites keep their blobs in buckets of an S3 server on loopback (moto's, stopped at the end),
+    and the secondary copies them itself (`sync_object_storage`: the server does not replicate).
+    `node` sets fields of the secondary's node (capacities), `settings` those of both sites."""
     with ExitStack() as stack:
         clusters = stack.enter_context(postgres_clusters()) if postgres else None
         databases = clusters.databases() if clusters is not None else None
-        primary, secondary = prepare(root, databases, node, **settings)
+        buckets = None
+        if object_storage:
+            from geosync.demo.object_storage import demo_buckets
+
+            buckets = stack.enter_context(demo_buckets())
+            node = {**(node or {}), "sync_object_storage": True}
+        primary, secondary = prepare(root, databases, node, buckets, **settings)
         if clusters is not None:
             primary.web_processes = secondary.web_processes = WEB_PROCESSES
             secondary.workers = SECONDARY_WORKERS
-        built = Topology(root, primary, secondary, clusters)
+        built = Topology(root, primary, secondary, clusters, buckets)
         built.logs.mkdir(parents=True, exist_ok=True)
         stack.callback(built.stop)
         yield built

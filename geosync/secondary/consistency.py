@@ -8,7 +8,11 @@ node's selective sync; it needs no event.
 
 Flag off: a replicator whose feature flag is off is skipped entirely — no rows are created and
 none are removed. A flag is a rollout switch, not a deletion request: turning it off by mistake
-must not wipe a secondary's copies, and turning it back on resumes where it stopped.
+must not wipe a secondary's copies, and turning it back on resumes where it stopped. A blob type
+left to the object store's own replication (`geosync.object_sync`) is skipped the same way.
+
+Each round also lists one page of every object-store blob storage and removes the objects no
+registry row knows (`geosync.secondary.orphans`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ from sqlalchemy import BigInteger, Connection, bindparam, func, literal, select,
 
 from geosync.db.engines import is_sqlite
 from geosync.db.types import UTCDateTime
-from geosync.errors import ValidationError
+from geosync.errors import GeoError, ValidationError
 from geosync.flags import flag_enabled
 from geosync.leases import DEFAULT_TTL
 from geosync.liveness import release_role, take_role
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.registry import Registry
 from geosync.scope import ids_in_range
+from geosync.secondary.orphans import ORPHAN_PAGE, OrphanPage, scan_page, scanned_storages
 from geosync.secondary.reachability import MAIN_DATABASE
 from geosync.states import SyncState, VerificationState
 
@@ -207,22 +213,36 @@ def next_id(geo: Geo, replicator: type[Replicator], at_least: int) -> int | None
 class ConsistencySweep:
     """The sweep's position: per replicator, the next range; a pass ends when all wrapped."""
 
-    def __init__(self, geo: Geo, range_size: int = RANGE_SIZE) -> None:
+    def __init__(
+        self, geo: Geo, range_size: int = RANGE_SIZE, orphan_page: int = ORPHAN_PAGE
+    ) -> None:
         self.geo = geo
         self.range_size = range_size
+        self.orphan_page = orphan_page
+        #: Per object storage, the key its orphan scan continues after (absent: from the start).
+        self.orphan_after: dict[str, str] = {}
         self.next_low: dict[str, int] = {}
         self.finished: set[str] = set()
         #: Whether the last `step` ended a pass (every enabled replicator wrapped around).
         self.pass_complete = False
+        #: The orphan scan's pages of the last `step`, one per object storage
+        #: (`geosync.secondary.orphans`).
+        self.orphan_pages: list[OrphanPage] = []
 
     def step(self, node: Node) -> list[RangeResult]:
         """Sweep the next range of every enabled replicator that has not finished this pass."""
         with self.geo.main_engine.connect() as main:
-            enabled = [r for r in self.geo.catalog if flag_enabled(main, r)]
+            storages = primary_object_storages(main)
+            enabled = [
+                r
+                for r in self.geo.catalog
+                if flag_enabled(main, r) and not left_to_store(node, r, storages)
+            ]
         results = []
         for replicator in enabled:
             if replicator.replicable_name not in self.finished:
                 results.extend(self._advance(node, replicator))
+        self.orphan_pages = self._scan_orphan_pages(set(self.geo.catalog) - set(enabled))
         self.pass_complete = all(r.replicable_name in self.finished for r in enabled)
         if self.pass_complete:
             self.finished.clear()
@@ -238,6 +258,33 @@ class ConsistencySweep:
         high = low + self.range_size
         self.next_low[name] = high
         return [sweep_range(self.geo, node, replicator, low, high)]
+
+    def _scan_orphan_pages(self, skipped: set[type[Replicator]]) -> list[OrphanPage]:
+        """A page of every object storage's orphan scan; a store that fails is one warning
+        line, and the registries' sweep goes on."""
+        try:
+            storages = scanned_storages(self.geo, list(self.geo.catalog), skipped)
+        except GeoError as exc:
+            log.warning("orphan scan skipped", error=str(exc))
+            return []
+        pages = []
+        for name, types in storages.items():
+            try:
+                pages.append(self._scan_orphans(name, types))
+            except (GeoError, OSError) as exc:
+                log.warning("orphan scan failed", storage=name, error=str(exc))
+        return pages
+
+    def _scan_orphans(self, storage: str, types: list[type[Replicator]]) -> OrphanPage:
+        """One page of `storage`'s orphan scan; it starts over once it reached the end."""
+        found = scan_page(
+            self.geo, storage, types, self.orphan_after.get(storage), self.orphan_page
+        )
+        if found.after is None:
+            self.orphan_after.pop(storage, None)
+        else:
+            self.orphan_after[storage] = found.after
+        return found
 
     def _wrap(self, name: str) -> None:
         self.next_low.pop(name, None)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError
 from geosync.errors import SkipEvent, ValidationError
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.registry import Registry
 from geosync.replicator import CHECKSUM_SUCCEEDED, CREATED, DELETED, UPDATED
 from geosync.scope import ids_in_scope
@@ -71,6 +72,17 @@ class HandlerContext:
     new_work: bool = False
     #: Replication flags read in this context, by replicable name (one read per batch).
     flags: dict[str, bool] = field(default_factory=dict)
+    #: The primary's object-store blob storages (`geosync.object_sync`), read once per context.
+    primary_storages: frozenset[str] | None = None
+    storages_read: bool = False
+
+    def left_to_store(self, replicator: type[Replicator]) -> bool:
+        """Whether this secondary leaves `replicator`'s blobs to the object store's own
+        replication (`sync_object_storage` off), read once per context."""
+        if not self.storages_read:
+            self.primary_storages = primary_object_storages(self.main)
+            self.storages_read = True
+        return left_to_store(self.node, replicator, self.primary_storages)
 
     def flag_on(self, replicator: type[Replicator]) -> bool:
         """Whether `replicator`'s flag is on, read once per context."""
@@ -153,6 +165,14 @@ def _flag_disabled(replicator: type[Replicator]) -> SkipEvent:
     return SkipEvent("flag_disabled", f"{replicator.replication_flag_name} is off")
 
 
+def _left_to_store(replicator: type[Replicator]) -> SkipEvent:
+    return SkipEvent(
+        "left_to_object_storage",
+        f"{replicator.replicable_name_plural} are in the primary's object storage"
+        f" {getattr(replicator, 'storage', '')!r} and sync_object_storage is off",
+    )
+
+
 def _out_of_scope(replicator: type[Replicator], model_record_id: int) -> SkipEvent:
     return SkipEvent("out_of_scope", f"{replicator.replicable_name} {model_record_id}")
 
@@ -198,13 +218,17 @@ def handle_changes(ctx: HandlerContext, changes: Sequence[Change]) -> list[Skipp
 def _apply_deletes(
     ctx: HandlerContext, replicator: type[Replicator], changes: list[Change]
 ) -> list[Skipped]:
-    """`deleted` events: each local copy removed, then the rows and their history at once. An
-    event whose copy may not be removed (an unsafe path) is skipped whole: its row stays."""
+    """`deleted` events: each local copy removed (unless the object store's own replication
+    owns it), then the rows and their history at once. An event whose copy may not be removed
+    (an unsafe path) is skipped whole: its row stays."""
     skipped: list[Skipped] = []
     gone: list[int] = []
+    # A blob left to the object store is deleted by the store's replication, not here.
+    keep_copies = ctx.left_to_store(replicator)
     for change in changes:
         try:
-            delete_local_copy(ctx.geo, replicator, change.event.payload)
+            if not keep_copies:
+                delete_local_copy(ctx.geo, replicator, change.event.payload)
         except SkipEvent as skip:
             skipped.append((change.event, skip))
         else:
@@ -238,6 +262,8 @@ def _apply_changes(
         return []
     if not ctx.flag_on(replicator):
         return [(c.event, _flag_disabled(replicator)) for c in todo]
+    if ctx.left_to_store(replicator):
+        return [(c.event, _left_to_store(replicator)) for c in todo]
     in_scope = _in_scope(ctx, replicator, [c.model_record_id for c in todo])
     wanted = [c for c in todo if c.model_record_id in in_scope]
     registry.insert_pending_since(

@@ -235,7 +235,8 @@ class LogCursor:
             count_skipped(self.geo, "handler_error")
 
     def _skipped(self, event: Event, skip: SkipEvent) -> None:
-        level = log.debug if skip.reason in ("out_of_scope", "flag_disabled") else log.warning
+        quiet = ("out_of_scope", "flag_disabled", "left_to_object_storage")
+        level = log.debug if skip.reason in quiet else log.warning
         level("event skipped", event_id=event.id, reason=skip.reason, detail=str(skip))
         count_skipped(self.geo, skip.reason)
 

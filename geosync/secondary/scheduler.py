@@ -25,6 +25,7 @@ from geosync.flags import flag_enabled
 from geosync.leases import prune_liveness
 from geosync.log import get_logger
 from geosync.loops import OUTAGES
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.registry import Registry, SyncClaim, started_total
 from geosync.secondary.batch_sync import BatchSync
 from geosync.secondary.blob_client import BlobClient
@@ -234,11 +235,18 @@ class SchedulerLoop:
         return self._route
 
     def _enabled(self, replicator: type[Replicator]) -> bool:
-        """The replicator's flag, read for all replicators at most every `FLAGS_TTL` seconds."""
+        """The replicator's flag, read for all replicators at most every `FLAGS_TTL` seconds;
+        a blob type left to the object store's own replication counts as off."""
         now = time.monotonic()
         if now - self._flags_read > FLAGS_TTL:
+            node = self._current_route().node
             with self.geo.main_reads() as main:
-                self._flags = {r: flag_enabled(main, r) for r in self.geo.catalog}
+                storages = primary_object_storages(main)
+                self._flags = {
+                    r: flag_enabled(main, r)
+                    and not (node is not None and left_to_store(node, r, storages))
+                    for r in self.geo.catalog
+                }
             self._flags_read = now
         return self._flags.get(replicator, False)
 

@@ -25,6 +25,7 @@ from geosync.errors import (
     PrimaryMissing,
     PrimaryRefused,
     RecordGone,
+    StorageError,
     StorageFull,
     TransferError,
     UnsafePath,
@@ -125,6 +126,8 @@ def error_class(exc: BaseException) -> str:
         return INTERRUPTED
     if isinstance(exc, PrimaryRefused | StorageFull | UnsafePath | RecordGone):
         return PERMANENT
+    if isinstance(exc, StorageError):  # this site's object store
+        return PERMANENT if exc.permanent else "transient"
     if isinstance(exc, PrimaryMissing):
         return "primary_missing"
     if isinstance(exc, ChecksumMismatch):

@@ -22,6 +22,7 @@ from geosync.db.held import HeldConnection
 from geosync.flags import flag_enabled
 from geosync.log import get_logger
 from geosync.loops import HOUSEKEEPING_START
+from geosync.object_sync import left_to_store, primary_object_storages
 from geosync.pipeline import Pipeline
 from geosync.registry import Registry, RegistryRow
 from geosync.secondary.reachability import MAIN_DATABASE
@@ -301,7 +302,12 @@ class SecondaryVerificationLoop:
             node = self.geo.current_node(main)
             if node is None or node.primary:
                 return poll
-            replicators = [r for r in verifiable_replicators(self.geo) if flag_enabled(main, r)]
+            storages = primary_object_storages(main)
+            replicators = [
+                r
+                for r in verifiable_replicators(self.geo)
+                if flag_enabled(main, r) and not left_to_store(node, r, storages)
+            ]
         targets = self._rotated([registry_verifiable(self.geo, r) for r in replicators])
         every = [registry_verifiable(self.geo, r) for r in verifiable_replicators(self.geo)]
         round_ = _Round(self, node.verification_max_capacity, every, targets)

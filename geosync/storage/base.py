@@ -6,6 +6,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 #: Bytes read or written at a time.
@@ -49,6 +50,10 @@ class BlobStore(ABC):
     @abstractmethod
     def size(self, key: str) -> int:
         """The blob's size in bytes."""
+
+    @abstractmethod
+    def modified_at(self, key: str) -> datetime:
+        """When the blob was last written (aware, UTC)."""
 
     @abstractmethod
     def sha256(self, key: str) -> str:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +38,10 @@ class LocalStore(BlobStore):
     def size(self, key: str) -> int:
         """The file's size."""
         return self.path(key).stat().st_size
+
+    def modified_at(self, key: str) -> datetime:
+        """The file's modification time."""
+        return datetime.fromtimestamp(self.path(key).stat().st_mtime, UTC)
 
     def sha256(self, key: str) -> str:
         """SHA-256 hex of the file."""

@@ -1,7 +1,8 @@
 """A blob storage in an S3-compatible object store, on fsspec + s3fs (`geosync[s3]`).
 
 Writes never show a partial object under the real key: a blob up to one part is one
-`PutObject` carrying its `x-amz-checksum-sha256` (the store checks it and keeps it); a larger
+`PutObject` carrying its `x-amz-checksum-sha256` (S3 checks and keeps it; not every S3-compatible
+store does), sent only once the streamed SHA-256 is the expected one; a larger
 one is a multipart upload completed only once every part is sent and the streamed SHA-256 is the
 expected one, and aborted otherwise. A writer killed part-way leaves an incomplete multipart
 upload, which is invisible under the key (a bucket lifecycle rule expires such uploads).
@@ -14,6 +15,7 @@ import hashlib
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -65,6 +67,11 @@ class ObjectStore(BlobStore):
         """The object's size."""
         return int(self._head(key)["ContentLength"])
 
+    def modified_at(self, key: str) -> datetime:
+        """The object's `LastModified`."""
+        modified: datetime = self._head(key)["LastModified"]
+        return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
+
     def sha256(self, key: str) -> str:
         """SHA-256 hex of the object's bytes, streamed."""
         digest = hashlib.sha256()
@@ -82,11 +89,10 @@ class ObjectStore(BlobStore):
         return existed
 
     def open_read(self, key: str) -> tuple[BinaryIO, int]:
-        """The object opened for streamed reading, and its size."""
-        size = self.size(key)
-        with self._errors():
-            handle = self.fs.open(f"{self.bucket}/{self.object_key(key)}", "rb", block_size=CHUNK)
-        return cast(BinaryIO, _ErrorMapped(handle, self)), size
+        """The object opened for streamed reading, and its size: one `GetObject` whose body
+        is read as it arrives (ranged reads of a block each would cost a request per block)."""
+        answer = self._call("get_object", Bucket=self.bucket, Key=self.object_key(key))
+        return cast(BinaryIO, _Body(answer["Body"], self)), int(answer["ContentLength"])
 
     def write(
         self,
@@ -165,12 +171,26 @@ class ObjectStore(BlobStore):
         except PermissionError as exc:
             raise StorageError(
                 f"object storage {self.describe()} refused access: {_first_line(exc)}"
-                " (check the credentials and the bucket policy)"
+                " (check the credentials and the bucket policy)",
+                permanent=True,
             ) from None
         except OSError as exc:
             raise StorageError(
                 f"object storage {self.describe()} failed: {_first_line(exc)}"
             ) from None
+        except _client_errors() as exc:  # out of reach, or a body broken off: retries may help
+            raise StorageError(
+                f"object storage {self.describe()} failed: {_first_line(exc)}"
+            ) from None
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What botocore and aiohttp raise beside `OSError` (s3fs maps the store's answers to
+    `OSError`s, not its client's failures: an endpoint out of reach, a broken stream)."""
+    from aiohttp import ClientError
+    from botocore.exceptions import BotoCoreError
+
+    return (BotoCoreError, ClientError)
 
 
 class _Upload:
@@ -215,21 +235,24 @@ class _Upload:
             pass  # the upload stays incomplete: never visible under the key
 
 
-class _ErrorMapped:
-    """A read handle whose store errors are `StorageError` lines."""
+class _Body:
+    """A `GetObject` body read from this thread (the client runs on s3fs's event loop); store
+    errors are `StorageError` lines."""
 
-    def __init__(self, handle: Any, store: ObjectStore) -> None:
-        self.handle, self.store = handle, store
+    def __init__(self, body: Any, store: ObjectStore) -> None:
+        self.body, self.store = body, store
 
     def read(self, size: int = -1) -> bytes:
+        from fsspec.asyn import sync
+
         with self.store._errors():
-            data: bytes = self.handle.read(size)
+            data: bytes = sync(self.store.fs.loop, self.body.read, None if size < 0 else size)
         return data
 
     def close(self) -> None:
-        self.handle.close()
+        self.body.close()
 
-    def __enter__(self) -> _ErrorMapped:
+    def __enter__(self) -> _Body:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -93,12 +93,15 @@ def build_site_pair(
     register_secondary: bool = True,
     primary_storages: dict[str, Any] | None = None,
     secondary_storages: dict[str, Any] | None = None,
+    secondary_node_settings: dict[str, Any] | None = None,
     **extra: Any,
 ) -> SitePair:
     """Create, migrate and register a primary and a secondary for `replicators`.
 
     `primary_storages` and `secondary_storages` replace named blob storages of one site
     (an `ObjectStorage`, say); the others are directories under `root`.
+    `secondary_node_settings` are node settings of the secondary's registration
+    (`sync_object_storage=True`, say).
 
     The tables of the replicators' models (and the tables they refer to) are created on the
     shared main database before `geosync db upgrade`'s work, as on a real site.
@@ -129,7 +132,9 @@ def build_site_pair(
         store = NodeStore(primary, conn)
         primary_node = store.add("primary", primary_url, primary=True)
         secondary_node = (
-            store.add("secondary", "http://127.0.0.1:2/") if register_secondary else primary_node
+            store.add("secondary", "http://127.0.0.1:2/", **(secondary_node_settings or {}))
+            if register_secondary
+            else primary_node
         )
     secondary = Geo(
         site_settings(

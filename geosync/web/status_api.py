@@ -30,7 +30,15 @@ MAX_TEXT = 2000
 _INT_RANGE = 2**63
 #: Status fields that are text, or a flag; every other one is a number. Any may be null.
 TEXT_FIELDS = frozenset(
-    ("health", "health_status", "version", "revision", "selective_sync_type", "updated_at")
+    (
+        "health",
+        "health_status",
+        "version",
+        "revision",
+        "selective_sync_type",
+        "updated_at",
+        "object_storages",
+    )
 )
 FLAG_FIELDS = frozenset(("healthy",))
 #: A field's value, as `_fits` checks it, by kind.

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from geosync.demo.object_storage import object_storage_missing
+
 pytestmark = pytest.mark.slow
 DEMO = [sys.executable, "-m", "geosync", "demo"]
 
@@ -80,6 +82,51 @@ def test_demo_replicates_everything_and_reports_gitlab_fields(tmp_path: Path) ->
     # The primary listened before the secondary started: no sync met a closed port.
     worker_log = (tmp_path / "demo" / "logs" / "secondary-worker.log").read_text()
     assert "cannot reach" not in worker_log and "Couldn't connect" not in worker_log
+
+
+def test_demo_object_storage_replicates_blobs_between_buckets(tmp_path: Path) -> None:
+    missing = object_storage_missing()
+    if missing is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"geosync demo --object-storage must run in CI: {missing}")
+        pytest.skip(missing)
+    result = subprocess.run(
+        [
+            *DEMO,
+            "--object-storage",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--blobs",
+            "16",
+            "--repos",
+            "1",
+            "--churn",
+            "--churn-seconds",
+            "2",
+            "--exit-when-synced",
+            "--timeout",
+            "150",
+            "--json",
+            "--seed",
+            "11",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "blobs in object storage: an S3 server (moto) at http://127.0.0.1:" in result.stderr
+    report = json.loads(result.stdout)
+    primary, secondary = report["primary"], report["secondary"]
+    assert primary["object_storages"] == secondary["object_storages"] == "packages,uploads"
+    for plural in ("uploads", "package_files"):
+        total = primary[f"{plural}_count"]
+        assert secondary[f"{plural}_synced_count"] == secondary[f"{plural}_verified_count"] == total
+        assert secondary[f"{plural}_failed_count"] == 0
+        assert secondary[f"{plural}_left_to_object_storage_count"] == 0  # the demo copies them
+    assert primary["uploads_count"] + primary["package_files_count"] > 0
+    config = tomllib.loads((tmp_path / "demo" / "secondary" / "geosync.toml").read_text())
+    assert config["blob_storages"]["uploads"]["url"] == "s3://geosync-demo-secondary/uploads"
 
 
 def test_demo_times_out_with_a_clear_message_and_removes_its_scratch(tmp_path: Path) -> None:

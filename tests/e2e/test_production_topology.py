@@ -56,7 +56,7 @@ def production(root: Path) -> Iterator[Topology]:
             pytest.fail(f"the production topology must run in CI: {reason}")
         pytest.skip(reason)
     node = {"files_max_capacity": FILES_CAPACITY, "repos_max_capacity": REPOS_CAPACITY}
-    settings = {"backoff_scale": 0.01, "poll_interval": 0.5, "log_format": "json"}
+    settings: dict[str, Any] = {"backoff_scale": 0.01, "poll_interval": 0.5, "log_format": "json"}
     with topology(root, postgres=True, node=node, **settings) as built:
         yield built
 

@@ -58,7 +58,12 @@ class OnObjectStorage(BlobReplicatorContract):
         }
 
     def site_options(self) -> dict[str, Any]:
-        options = super().site_options()
+        # The secondary copies object-stored blobs itself (GitLab's default, off, would leave
+        # them to the store's own replication once the primary has reported its storages).
+        options = {
+            **super().site_options(),
+            "secondary_node_settings": {"sync_object_storage": True},
+        }
         if self.on_primary_site:
             options["primary_storages"] = {"uploads": self.buckets["primary"]}
         if self.on_secondary_site:

@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from geosync.errors import ChecksumMismatch, StorageError
+from geosync.secondary.sync import error_class
 from geosync.settings import ObjectStorage
 from geosync.storage.object_store import ObjectStore
 from geosync.testing.object_storage import ACCESS_KEY, REGION, SECRET_KEY, moto_endpoint, new_bucket
@@ -94,9 +95,25 @@ def test_wrong_credentials_are_one_clear_line() -> None:
         message = raised.value.message
         assert "\n" not in message and "refused access" in message
         assert "geosync-test-secret" not in message
+        assert raised.value.permanent  # retrying cannot help until the credentials are fixed
+        assert error_class(raised.value) == "permanent"
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_a_store_out_of_reach_is_a_transient_failure() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    store = ObjectStore(new_bucket_unchecked(f"http://127.0.0.1:{port}"))
+
+    with pytest.raises(StorageError) as raised:
+        store.exists("anything")
+
+    assert "\n" not in raised.value.message and "failed" in raised.value.message
+    assert not raised.value.permanent
+    assert error_class(raised.value) == "transient"
 
 
 def new_bucket_unchecked(endpoint: str) -> ObjectStorage:

@@ -80,6 +80,7 @@ def test_secondary_counts_its_registries_by_state(sites: SitePair, clock: Frozen
         "verification_stale_count": 0,
         "scrub_due_count": 0,
         "scrub_found_bad_count": 0,
+        "left_to_object_storage_count": 0,
     }
     assert status["package_files_registry_count"] == 0
     assert status["package_files_synced_in_percentage"] == 0.0
