@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -48,14 +47,12 @@ from geosync.registry import Registry
 from geosync.settings import ObjectStorage
 from geosync.states import SyncState
 from geosync.testing import DatabaseFactory, SitePair, build_site_pair
+from geosync.testing.object_storage import ACCESS_KEY, REGION, SECRET_KEY, new_bucket
 from geosync.testing.processes import site_processes
 from geosync.testing.servers import free_port
 
 KiB = 1024
 MiB = 1024 * KiB
-ACCESS_KEY = "geosync-bench-key"
-SECRET_KEY = "geosync-bench-secret"
-REGION = "us-east-1"
 REPLICATORS = [UploadReplicator, PackageFileReplicator, SnippetReplicator]
 #: Objects copied at once by the plain copy: the secondary node's default `files_max_capacity`.
 CONCURRENCY = 10
@@ -136,30 +133,6 @@ def moto_server(logs: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(30)
-
-
-def new_bucket(endpoint: str) -> ObjectStorage:
-    """A fresh bucket and its `ObjectStorage`."""
-    import boto3
-
-    name = f"bench-{secrets.token_hex(6)}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name=REGION,
-    )
-    client.create_bucket(Bucket=name)
-    return ObjectStorage.model_validate(
-        {
-            "url": f"s3://{name}/blobs",
-            "endpoint_url": endpoint,
-            "region": REGION,
-            "access_key_id": ACCESS_KEY,
-            "secret_access_key": SECRET_KEY,
-        }
-    )
 
 
 # -- one round -----------------------------------------------------------------------------------
