@@ -74,6 +74,9 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         Column("verification_claimed_by", String(255)),
         # Bumped by every claim: a finished sync settles only the claim that started it.
         Column("claim_generation", Integer, nullable=False, default=0, server_default="0"),
+        # A newer change arrived while the row's sync ran: the row stays started (its capacity
+        # slot held) and the sync's end makes it pending (`Registry.release_overtaken`).
+        Column("resync_requested", Boolean, nullable=False, default=False, server_default="0"),
         sqlite_autoincrement=True,
     )
     c = table.c
