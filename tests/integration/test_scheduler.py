@@ -33,11 +33,12 @@ def test_pending_rows_come_before_failed_ones_and_failed_wait_for_retry_at(
             uploads.failed(conn, model_id, started, "boom")
         assert started
     with sites.secondary.tracking() as conn:
-        claimed = [model_id for model_id, _ in uploads.claim(conn, 10)]
-    assert claimed == [3], "failed rows are not due before their retry_at"
+        claims = uploads.claim(conn, 10)
+    assert [model_id for model_id, _ in claims] == [3], "failed rows are not due yet"
     clock.advance(timedelta(hours=2))
     with sites.secondary.tracking() as conn:
-        uploads.pending(conn, 3)
+        assert uploads.synced(conn, 3, claims[0][1])
+        uploads.pending(conn, 3)  # a newer change after that sync
         first = [model_id for model_id, _ in uploads.claim(conn, 1)]
         rest = sorted(model_id for model_id, _ in uploads.claim(conn, 10))
     assert (first, rest) == ([3], [1, 2]), "pending first, then failed rows that are due"
