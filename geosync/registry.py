@@ -37,6 +37,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     select,
     true,
@@ -48,6 +49,7 @@ from sqlalchemy import (
 from geosync.attempts import forget_attempts
 from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
 from geosync.db import keyset
+from geosync.db.derived import UNSYNCED_STATES
 from geosync.db.engines import is_sqlite
 from geosync.db.statements import built_once, statement
 from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
@@ -200,25 +202,45 @@ class Registry:
         return row
 
     def count_by_state(self, conn: Connection) -> dict[SyncState, int]:
-        """Row counts per sync state (uses the state index)."""
-        rows = conn.execute(select(self.table.c.state, func.count()).group_by(self.table.c.state))
+        """Row counts per sync state (every state present)."""
         counts = dict.fromkeys(SyncState, 0)
-        for state, count in rows:
-            counts[SyncState(state)] = int(count)
+        for (state, _), count in self.count_by_states(conn).items():
+            counts[state] += count
         return counts
+
+    def count_by_states(self, conn: Connection) -> dict[tuple[SyncState, VerificationState], int]:
+        """Row counts per (sync state, verification state) pair present, in one GROUP BY read
+        from the `ix_<registry>_states` index alone (an index-only scan on PostgreSQL): the
+        status's sync and verification counts from one pass over the table instead of two."""
+        c = self.table.c
+        rows = conn.execute(
+            select(c.state, c.verification_state, func.count()).group_by(
+                c.state, c.verification_state
+            )
+        )
+        return {
+            (SyncState(state), VerificationState(verification)): int(count)
+            for state, verification, count in rows
+        }
 
     def oldest_unsynced_since(self, conn: Connection) -> datetime | None:
         """When the longest-waiting unsynced row began to wait (its change, else its row)."""
         c = self.table.c
-        unsynced = [int(SyncState.PENDING), int(SyncState.STARTED), int(SyncState.FAILED)]
-        since = conn.execute(
-            select(func.min(func.coalesce(c.pending_since, c.created_at))).where(
-                c.state.in_(unsynced)
-            )
-        ).scalar()
-        if isinstance(since, str):  # SQLite returns MIN(COALESCE(...)) untyped
-            since = datetime.fromisoformat(since)
-        return since if since is None or since.tzinfo is not None else since.replace(tzinfo=UTC)
+        # MIN(COALESCE(pending_since, created_at)) as two MINs, each one step along its partial
+        # index (`ix_<registry>_unsynced_since`, `..._unsynced_created`), whose conditions
+        # these repeat with literal states: the planner proves an index's condition from the
+        # query's only when it sees the values.
+        unsynced = c.state.in_([literal_column(str(s)) for s in UNSYNCED_STATES])
+        changed = select(func.min(c.pending_since)).where(unsynced).scalar_subquery()
+        unchanged = (
+            select(func.min(c.created_at))
+            .where(unsynced, c.pending_since.is_(None))
+            .scalar_subquery()
+        )
+        found = [t for t in conn.execute(select(changed, unchanged)).one() if t is not None]
+        if not found:
+            return None
+        return min(_aware(t) for t in found)
 
     def resyncable_count(self, conn: Connection, failed_only: bool) -> int:
         """How many rows a bulk resync would move (see `resyncable`)."""
@@ -891,6 +913,13 @@ class Registry:
         return sum(
             self._fail_started(conn, model_record_id, message) for model_record_id in list(stuck)
         )
+
+
+def _aware(moment: datetime | str) -> datetime:
+    """A time read back from an aggregate (SQLite returns it as text), in UTC if naive."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _typed(value: Any, target: Any) -> Any:

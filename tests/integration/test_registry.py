@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from geosync import InvalidTransition, NotFound, SyncState, VerificationState
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
@@ -461,3 +462,40 @@ def test_a_claim_takes_pending_rows_in_arrival_order_then_failed_rows_by_due_tim
     assert sorted(first) == [5, 7, 20]  # ID (the fixture's row) came first, then 20, 5, 11
     assert sorted(second) == [11, 30, 31]
     assert third == []
+
+
+def test_counts_per_state_pair_and_the_oldest_unsynced_row(
+    registry: Registry, sites: SitePair
+) -> None:
+    """The status's one GROUP BY, and the oldest unsynced time over rows with and without a
+    `pending_since` (older rows may lack one: their creation counts)."""
+    clock = sites.secondary.clock
+    c = registry.table.c
+    put_in(registry, SyncState.SYNCED)
+    with sites.secondary.tracking() as conn:
+        assert registry.oldest_unsynced_since(conn) is None
+        clock.advance(10)  # type: ignore[attr-defined]
+        registry.insert_pending(conn, [8, 9])
+        conn.execute(update(registry.table).where(c.upload_id == 9).values(pending_since=None))
+        assert registry.oldest_unsynced_since(conn) == clock.now()
+        clock.advance(10)  # type: ignore[attr-defined]
+        registry.pending(conn, 8)  # the row without `pending_since` is now the oldest
+        assert registry.oldest_unsynced_since(conn) == clock.now() - timedelta(seconds=10)
+        registry.delete(conn, [9])
+        assert registry.oldest_unsynced_since(conn) == clock.now()
+        registry.synced(conn, 8, registry.start(conn, 8), verification=VerificationState.PENDING)
+        assert registry.oldest_unsynced_since(conn) is None
+        registry.insert_pending(conn, [10])
+        pairs = registry.count_by_states(conn)
+        by_state = registry.count_by_state(conn)
+    assert pairs == {
+        (SyncState.SYNCED, VerificationState.DISABLED): 1,
+        (SyncState.SYNCED, VerificationState.PENDING): 1,
+        (SyncState.PENDING, VerificationState.DISABLED): 1,
+    }
+    assert by_state == {
+        SyncState.PENDING: 1,
+        SyncState.STARTED: 0,
+        SyncState.SYNCED: 2,
+        SyncState.FAILED: 0,
+    }
