@@ -241,8 +241,14 @@ def diagnose(
             " `geosync worker` runs on this secondary.",
         )
     if row.sync_state == SyncState.STARTED:
+        newer = (
+            f" A newer change ({_at(row.pending_since)}) arrived meanwhile: the item is synced"
+            " again as soon as this sync ends."
+            if row.resync_requested
+            else ""
+        )
         return (
-            f"{what} is being synced right now (started {_at(row.last_synced_at)}).",
+            f"{what} is being synced right now (started {_at(row.last_synced_at)}).{newer}",
             "Wait for the sync to finish; one that hangs is failed and retried automatically.",
         )
     if row.sync_state == SyncState.FAILED:

@@ -3,7 +3,11 @@
 Each transition is one conditional UPDATE whose WHERE clause names the states it may leave, so
 an illegal transition changes nothing and raises; `synced` additionally requires the row to be
 the very sync that was started (the same claim generation), so it loses to any newer event, and
-so does `failed`. Every write of a registry row is a method here.
+so does `failed`. A newer change of an item whose sync is in flight does not take the row from
+that sync: the row stays started (its claim, and so its capacity slot, held) with
+`resync_requested` set, and the sync's end, whatever it was, makes it pending
+(`Registry.release_overtaken`), so an item is never transferred twice at once. Every write of a
+registry row is a method here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
+    ColumnElement,
     Connection,
     Integer,
     Table,
@@ -28,11 +33,15 @@ from sqlalchemy import (
     case,
     column,
     delete,
+    false,
     func,
     insert,
     literal,
+    literal_column,
     null,
     select,
+    true,
+    tuple_,
     union_all,
     update,
 )
@@ -40,6 +49,7 @@ from sqlalchemy import (
 from geosync.attempts import forget_attempts
 from geosync.backoff import DEFAULT_CAP, MISSING_ON_PRIMARY_CAP, Backoff
 from geosync.db import keyset
+from geosync.db.derived import UNSYNCED_STATES
 from geosync.db.engines import is_sqlite
 from geosync.db.statements import built_once, statement
 from geosync.errors import ConfigurationError, InvalidTransition, NotFound, ValidationError
@@ -147,6 +157,7 @@ def pending_values(pending_since: Any) -> dict[str, Any]:
         "last_synced_at": None,
         "verification_state": VerificationState.DISABLED,
         "pending_since": pending_since,
+        "resync_requested": False,
     }
 
 
@@ -191,25 +202,45 @@ class Registry:
         return row
 
     def count_by_state(self, conn: Connection) -> dict[SyncState, int]:
-        """Row counts per sync state (uses the state index)."""
-        rows = conn.execute(select(self.table.c.state, func.count()).group_by(self.table.c.state))
+        """Row counts per sync state (every state present)."""
         counts = dict.fromkeys(SyncState, 0)
-        for state, count in rows:
-            counts[SyncState(state)] = int(count)
+        for (state, _), count in self.count_by_states(conn).items():
+            counts[state] += count
         return counts
+
+    def count_by_states(self, conn: Connection) -> dict[tuple[SyncState, VerificationState], int]:
+        """Row counts per (sync state, verification state) pair present, in one GROUP BY read
+        from the `ix_<registry>_states` index alone (an index-only scan on PostgreSQL): the
+        status's sync and verification counts from one pass over the table instead of two."""
+        c = self.table.c
+        rows = conn.execute(
+            select(c.state, c.verification_state, func.count()).group_by(
+                c.state, c.verification_state
+            )
+        )
+        return {
+            (SyncState(state), VerificationState(verification)): int(count)
+            for state, verification, count in rows
+        }
 
     def oldest_unsynced_since(self, conn: Connection) -> datetime | None:
         """When the longest-waiting unsynced row began to wait (its change, else its row)."""
         c = self.table.c
-        unsynced = [int(SyncState.PENDING), int(SyncState.STARTED), int(SyncState.FAILED)]
-        since = conn.execute(
-            select(func.min(func.coalesce(c.pending_since, c.created_at))).where(
-                c.state.in_(unsynced)
-            )
-        ).scalar()
-        if isinstance(since, str):  # SQLite returns MIN(COALESCE(...)) untyped
-            since = datetime.fromisoformat(since)
-        return since if since is None or since.tzinfo is not None else since.replace(tzinfo=UTC)
+        # MIN(COALESCE(pending_since, created_at)) as two MINs, each one step along its partial
+        # index (`ix_<registry>_unsynced_since`, `..._unsynced_created`), whose conditions
+        # these repeat with literal states: the planner proves an index's condition from the
+        # query's only when it sees the values.
+        unsynced = c.state.in_([literal_column(str(s)) for s in UNSYNCED_STATES])
+        changed = select(func.min(c.pending_since)).where(unsynced).scalar_subquery()
+        unchanged = (
+            select(func.min(c.created_at))
+            .where(unsynced, c.pending_since.is_(None))
+            .scalar_subquery()
+        )
+        found = [t for t in conn.execute(select(changed, unchanged)).one() if t is not None]
+        if not found:
+            return None
+        return min(_aware(t) for t in found)
 
     def resyncable_count(self, conn: Connection, failed_only: bool) -> int:
         """How many rows a bulk resync would move (see `resyncable`)."""
@@ -300,6 +331,19 @@ class Registry:
         """
         if not since:
             return
+        missing = set(since) - self._make_pending(conn, since)
+        if missing:
+            raise InvalidTransition(
+                f"cannot make {self.replicator.replicable_name} registries {sorted(missing)}"
+                " pending: they do not exist"
+            )
+
+    def _make_pending(self, conn: Connection, since: Mapping[int, datetime]) -> set[int]:
+        """One UPDATE: rows of `since` → pending, each with its own `pending_since`; returns
+        the model ids changed. A row being synced right now stays started and claimed (its
+        capacity slot held, nobody else may claim it) with `resync_requested` set: the end of
+        its sync makes it pending (`release_overtaken`). One statement decides per row, so a
+        claim or a settlement committed meanwhile is seen (PostgreSQL re-reads the row)."""
         pending_since_type = self.table.c.pending_since.type
         times = set(since.values())
         pending_since: Any = (
@@ -309,32 +353,35 @@ class Registry:
                 {i: literal(at, pending_since_type) for i, at in since.items()}, value=self.key
             )
         )
+        c = self.table.c
+        in_flight = c.state == SyncState.STARTED
+        values = {
+            name: case((in_flight, c[name]), else_=_typed(value, c[name]))
+            for name, value in pending_values(None).items()
+            if name not in ("pending_since", "resync_requested")
+        }
         changed = conn.execute(
             update(self.table)
             .where(self.key.in_(list(since)))
-            .values(**pending_values(pending_since))
+            .values(
+                **values,
+                pending_since=pending_since,
+                resync_requested=case((in_flight, true()), else_=false()),
+            )
             .returning(self.key)
         )
-        missing = set(since) - {int(i) for i in changed.scalars()}
-        if missing:
-            raise InvalidTransition(
-                f"cannot make {self.replicator.replicable_name} registries {sorted(missing)}"
-                " pending: they do not exist"
-            )
+        return {int(i) for i in changed.scalars()}
 
     # -- transitions -------------------------------------------------------------------------
 
     def pending(
         self, conn: Connection, model_record_id: int, pending_since: datetime | None = None
     ) -> None:
-        """Any state → pending: a newer change must be synced (retry fields cleared)."""
-        self._transition(
-            conn,
-            model_record_id,
-            "pending",
-            tuple(SyncState),
-            **pending_values(pending_since or self.geo.clock.now()),
-        )
+        """Any state → pending: a newer change must be synced (retry fields cleared); a row
+        being synced stays started until its sync ends (`_make_pending`)."""
+        at = pending_since or self.geo.clock.now()
+        if not self._make_pending(conn, {model_record_id: at}):
+            self._refuse(conn, model_record_id, "pending")
 
     def start(self, conn: Connection, model_record_id: int) -> SyncClaim:
         """pending, synced or failed → started; returns the claim that `synced` needs."""
@@ -348,6 +395,7 @@ class Registry:
                 state=SyncState.STARTED,
                 last_synced_at=now,
                 claim_generation=c.claim_generation + 1,
+                resync_requested=False,
             )
             .returning(c.claim_generation)
         ).scalar()
@@ -419,6 +467,9 @@ class Registry:
             for row in conn.execute(self._synced_statement(form, verification), params):
                 fields = dict(row._mapping)
                 done[int(fields.pop("b_key"))] = RegistryRow(fields)
+        overtaken = {s.model_record_id: s.claim for s in syncs if s.model_record_id not in done}
+        if overtaken:
+            self.release_overtaken(conn, overtaken)
         return done
 
     def _synced_statement(self, form: SyncedForm, verification: VerificationState) -> Any:
@@ -499,6 +550,7 @@ class Registry:
                 *where,
                 c.state == SyncState.STARTED,
                 c.claim_generation == given.generation,
+                c.resync_requested == false(),
             )
             .values(**values)
         )
@@ -562,10 +614,35 @@ class Registry:
             self.key == model_record_id,
             c.state == SyncState.STARTED,
             c.claim_generation == claim.generation,
+            c.resync_requested == false(),
         )
-        return self._fail_where(
+        retry_at = self._fail_where(
             conn, guard, message, error, c.retry_count + 1, missing_on_primary, permanent
         )
+        if retry_at is None:
+            self.release_overtaken(conn, {model_record_id: claim})
+        return retry_at
+
+    def release_overtaken(self, conn: Connection, claims: Mapping[int, SyncClaim]) -> set[int]:
+        """The syncs of `claims` ended, overtaken by a newer change of their items
+        (`resync_requested`): their rows → pending, the newer change's `pending_since` kept,
+        for the next claim to transfer the item anew. Rows no longer started by those very
+        claims are left alone. Returns the model ids released (one statement)."""
+        if not claims:
+            return set()
+        c = self.table.c
+        pairs = [(key, claim.generation) for key, claim in claims.items()]
+        released = conn.execute(
+            update(self.table)
+            .where(
+                tuple_(self.key, c.claim_generation).in_(pairs),
+                c.state == SyncState.STARTED,
+                c.resync_requested == true(),
+            )
+            .values(**pending_values(c.pending_since))
+            .returning(self.key)
+        )
+        return {int(key) for key in released.scalars()}
 
     def fail_synced(
         self, conn: Connection, model_record_id: int, message: str, error: str, retry_count: int
@@ -659,23 +736,6 @@ class Registry:
         forget_attempts(conn, self.replicator.replicable_name, list(gone))
         return gone
 
-    def _transition(
-        self,
-        conn: Connection,
-        model_record_id: int,
-        action: str,
-        allowed: Iterable[SyncState],
-        **values: Any,
-    ) -> None:
-        allowed = tuple(allowed)
-        result = conn.execute(
-            update(self.table)
-            .where(self.key == model_record_id, self.table.c.state.in_([int(s) for s in allowed]))
-            .values(**values)
-        )
-        if result.rowcount == 0:
-            self._refuse(conn, model_record_id, action)
-
     def _refuse(self, conn: Connection, model_record_id: int, action: str) -> NoReturn:
         """`NotFound` for a missing row, else `InvalidTransition` naming its state."""
         row = self.require(conn, model_record_id)
@@ -742,6 +802,7 @@ class Registry:
                 last_synced_at=now,
                 claimed_by=bindparam("b_holder"),
                 claim_generation=c.claim_generation + 1,
+                resync_requested=False,
             )
             .returning(self.key, c.claim_generation)
         )
@@ -785,13 +846,40 @@ class Registry:
             update(self.table)
             .where(guard)
             .values(
-                state=case((was_pending, int(SyncState.PENDING)), else_=int(SyncState.FAILED)),
-                retry_at=case((was_pending, null()), else_=literal(now, c.retry_at.type)),
+                **self._unless_overtaken(
+                    {
+                        "state": case(
+                            (was_pending, int(SyncState.PENDING)), else_=int(SyncState.FAILED)
+                        ),
+                        "retry_at": case(
+                            (was_pending, null()), else_=literal(now, c.retry_at.type)
+                        ),
+                    },
+                    keep=("last_synced_at",),  # when the sync started, as for every interruption
+                ),
                 last_sync_failure=cut(message),
             )
             .returning(self.key, c.last_synced_at)
         ).all()
         return [Interruption(int(key), started_at) for key, started_at in rows]
+
+    def _unless_overtaken(
+        self, values: Mapping[str, Any], keep: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """The SET clause of a started row's end: `values` for a sync still current, the pending
+        transition for one a newer change overtook (`resync_requested`; the columns `keep`
+        names keep their value), decided per row."""
+        c = self.table.c
+        overtaken = pending_values(c.pending_since)
+        for name in keep:
+            overtaken[name] = c[name]
+        chosen: dict[str, Any] = {}
+        for name in dict.fromkeys([*values, *overtaken]):
+            theirs = _typed(overtaken.get(name, c[name]), c[name])
+            mine = _typed(values.get(name, c[name]), c[name])
+            chosen[name] = case((c.resync_requested == true(), theirs), else_=mine)
+        chosen["resync_requested"] = False
+        return chosen
 
     def _fail_started(self, conn: Connection, model_record_id: int, message: str) -> int:
         c = self.table.c
@@ -800,9 +888,13 @@ class Registry:
             update(self.table)
             .where(self.key == model_record_id, c.state == SyncState.STARTED)
             .values(
-                state=SyncState.FAILED,
-                retry_count=1,
-                retry_at=self.backoff.next_retry_time(now, 1),
+                **self._unless_overtaken(
+                    {
+                        "state": SyncState.FAILED,
+                        "retry_count": 1,
+                        "retry_at": self.backoff.next_retry_time(now, 1),
+                    }
+                ),
                 last_sync_failure=message,
             )
         )
@@ -821,6 +913,20 @@ class Registry:
         return sum(
             self._fail_started(conn, model_record_id, message) for model_record_id in list(stuck)
         )
+
+
+def _aware(moment: datetime | str) -> datetime:
+    """A time read back from an aggregate (SQLite returns it as text), in UTC if naive."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _typed(value: Any, target: Any) -> Any:
+    """`value` as a SQL expression of `target`'s type (a column's), for CASE branches."""
+    if isinstance(value, ColumnElement):
+        return value
+    return null() if value is None else literal(value, target.type)
 
 
 def _synced_params(

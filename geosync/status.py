@@ -387,7 +387,10 @@ def registry_counts(
 ) -> dict[str, Any]:
     """A secondary's counts of one replicator from its registry (state-indexed aggregates)."""
     registry = Registry(geo, replicator)
-    by_state = registry.count_by_state(tracking)
+    by_states = registry.count_by_states(tracking)
+    by_state = dict.fromkeys(SyncState, 0)
+    for (state, _), n in by_states.items():
+        by_state[state] += n
     total = sum(by_state.values())
     synced = by_state[SyncState.SYNCED]
     counts: dict[str, Any] = dict.fromkeys(REPLICATOR_FIELDS)
@@ -403,7 +406,11 @@ def registry_counts(
         from geosync.verification import registry_verifiable
 
         target = registry_verifiable(geo, replicator)
-        verification = target.count_by_state(tracking, eligible_only=True)
+        # Verifiable on a secondary means synced (`Verifiable.eligible`): the same GROUP BY.
+        verification = dict.fromkeys(VerificationState, 0)
+        for (state, check), n in by_states.items():
+            if state == SyncState.SYNCED:
+                verification[check] += n
         verifiable = sum(
             n for state, n in verification.items() if state != VerificationState.DISABLED
         )

@@ -21,10 +21,14 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    literal_column,
 )
 
 from geosync.db.tables import NAMING
 from geosync.db.types import BigIntKey, UTCDateTime
+
+#: Sync states of rows not (yet) synced: pending, started, failed (`geosync.states.SyncState`).
+UNSYNCED_STATES = (0, 1, 3)
 
 if TYPE_CHECKING:
     from geosync.catalog import Catalog
@@ -74,11 +78,32 @@ def registry_table(metadata: MetaData, replicator: type[Replicator]) -> Table:
         Column("verification_claimed_by", String(255)),
         # Bumped by every claim: a finished sync settles only the claim that started it.
         Column("claim_generation", Integer, nullable=False, default=0, server_default="0"),
+        # A newer change arrived while the row's sync ran: the row stays started (its capacity
+        # slot held) and the sync's end makes it pending (`Registry.release_overtaken`).
+        Column("resync_requested", Boolean, nullable=False, default=False, server_default="0"),
         sqlite_autoincrement=True,
     )
     c = table.c
     Index(f"ix_{name}_retry_at", c.retry_at)
     Index(f"ix_{name}_state", c.state)
+    # The status counts rows per (state, verification state) from this index alone.
+    Index(f"ix_{name}_states", c.state, c.verification_state)
+    # The status's oldest unsynced item: one step along each of these, not a read of every
+    # unsynced row (`Registry.oldest_unsynced_since` repeats their conditions).
+    unsynced = c.state.in_([literal_column(str(s)) for s in UNSYNCED_STATES])
+    Index(
+        f"ix_{name}_unsynced_since",
+        c.pending_since,
+        postgresql_where=unsynced,
+        sqlite_where=unsynced,
+    )
+    unsynced_unchanged = and_(unsynced, c.pending_since.is_(None))
+    Index(
+        f"ix_{name}_unsynced_created",
+        c.created_at,
+        postgresql_where=unsynced_unchanged,
+        sqlite_where=unsynced_unchanged,
+    )
     # The scheduler claims pending rows in id order: without this index PostgreSQL sorted
     # every pending row on each claim.
     pending = c.state == 0

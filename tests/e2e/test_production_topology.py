@@ -228,14 +228,12 @@ def test_production_topology_under_churn_survives_a_killed_worker_and_a_tracking
         assert {k: n for k, n in overtaken.items() if k in rows and n > updates[k]} == {}
 
         # The capacities held across the three workers: a row counts from its claim to its
-        # outcome, in whichever process. (A sync overtaken by a newer change is not counted
-        # from the moment its row went back to pending: the row may be claimed again while
-        # the old transfer ends, so those spans are left out here.)
+        # outcome, in whichever process, a sync overtaken by a newer change included (its row
+        # stays claimed until it ends, so the item is never transferred twice at once).
         groups = {"upload": "files", "package_file": "files", "snippet": "repos"}
         spans: dict[str, list[tuple[datetime, datetime]]] = {"files": [], "repos": []}
         for a in history:
-            if a.outcome != "superseded":
-                spans[groups[a.replicable_name]].append((a.started_at, a.finished_at))
+            spans[groups[a.replicable_name]].append((a.started_at, a.finished_at))
         assert 2 <= most_at_once(spans["files"]) <= FILES_CAPACITY
         assert most_at_once(spans["repos"]) <= REPOS_CAPACITY
 

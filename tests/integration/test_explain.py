@@ -100,6 +100,25 @@ def test_pending_is_queued_for_sync(sites: SitePair) -> None:
     assert result.next_retry_at is None
 
 
+def test_a_sync_overtaken_by_a_newer_change_says_the_item_is_synced_again(
+    sites: SitePair,
+) -> None:
+    record_id = add_upload(sites)
+    registry = Registry(sites.secondary, UploadReplicator)
+    with sites.secondary.tracking() as conn:
+        registry.insert_pending(conn, [record_id])
+        registry.start(conn, record_id)
+    assert "newer change" not in explain(sites.secondary, "upload", record_id).summary
+    with sites.secondary.tracking() as conn:
+        registry.pending(conn, record_id)
+
+    result = explain(sites.secondary, "upload", record_id)
+
+    assert result.registry is not None and result.registry["state"] == "started"
+    assert "being synced right now" in result.summary
+    assert "newer change" in result.summary and "synced again" in result.summary
+
+
 def test_failed_with_backoff_gives_the_next_retry_and_the_last_errors(
     sites: SitePair, clock: FrozenClock
 ) -> None:

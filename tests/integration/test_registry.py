@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from geosync import InvalidTransition, NotFound, SyncState, VerificationState
 from geosync.demo.replicators import PackageFileReplicator, UploadReplicator
@@ -79,8 +80,8 @@ def test_a_new_row_is_pending_with_clean_fields(registry: Registry, sites: SiteP
     assert current.verification is VerificationState.DISABLED
 
 
-@pytest.mark.parametrize("state", list(SyncState))
-def test_pending_is_allowed_from_every_state_and_clears_retry_fields(
+@pytest.mark.parametrize("state", [SyncState.PENDING, SyncState.SYNCED, SyncState.FAILED])
+def test_pending_is_allowed_from_every_settled_state_and_clears_retry_fields(
     registry: Registry, sites: SitePair, state: SyncState
 ) -> None:
     put_in(registry, state)
@@ -163,23 +164,78 @@ def test_synced_loses_to_a_newer_event(registry: Registry, sites: SitePair) -> N
     sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
     pending(registry)
     assert not synced(registry, started_at)
-    assert row(registry).sync_state is SyncState.PENDING
+    current = row(registry)
+    assert current.sync_state is SyncState.PENDING
+    assert current.pending_since == sites.secondary.clock.now()
+    assert (current.retry_count, current.last_synced_at, current.resync_requested) == (0, None, 0)
 
 
-def test_synced_of_an_old_sync_loses_after_the_row_was_claimed_again(
+def test_a_newer_change_mid_sync_keeps_the_row_claimed_until_the_sync_ends(
     registry: Registry, sites: SitePair
 ) -> None:
+    """The capacity slot stays taken and nobody claims the item again while its overtaken
+    sync still transfers: one transfer of an item at a time."""
     first = start(registry)
     sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
+    changed_at = sites.secondary.clock.now()
     pending(registry)
-    sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
+    current = row(registry)
+    assert current.sync_state is SyncState.STARTED and current.resync_requested
+    assert current.pending_since == changed_at
     with sites.secondary.tracking() as conn:
-        ((claimed_id, second),) = registry.claim(conn, 10)
-    assert claimed_id == ID and second != first
+        assert started_total(conn, [registry]) == 1
+        assert registry.claim(conn, 10) == []
+    sites.secondary.clock.advance(1)  # type: ignore[attr-defined]
     assert not synced(registry, first)
-    assert row(registry).sync_state is SyncState.STARTED
+    current = row(registry)
+    assert current.sync_state is SyncState.PENDING and not current.resync_requested
+    assert current.pending_since == changed_at
+    with sites.secondary.tracking() as conn:
+        assert started_total(conn, [registry]) == 0
+        ((claimed_id, second),) = registry.claim(conn, 10)
+    assert claimed_id == ID and second.generation == first.generation + 1
+    assert not row(registry).resync_requested
     assert synced(registry, second)
     assert row(registry).sync_state is SyncState.SYNCED
+
+
+@pytest.mark.parametrize("end", ["failed", "interrupted", "holder died", "timed out"])
+def test_every_end_of_an_overtaken_sync_makes_its_row_pending(
+    registry: Registry, sites: SitePair, end: str
+) -> None:
+    fail(registry, "an earlier try")  # retry count 1: an interruption alone would keep it
+    sites.secondary.clock.advance(timedelta(days=1))  # type: ignore[attr-defined]
+    with sites.secondary.tracking() as conn:
+        ((_, claim),) = registry.claim(conn, 1, "w1")
+    pending(registry)
+    changed_at = sites.secondary.clock.now()
+    with sites.secondary.tracking() as conn:
+        if end == "failed":
+            assert registry.failed(conn, ID, claim, "stale") is None
+        elif end == "interrupted":
+            assert registry.interrupted(conn, ID, claim, "stopped")
+        elif end == "holder died":
+            assert [i.model_record_id for i in registry.interrupted_by(conn, "w1", "gone")] == [ID]
+        else:
+            sites.secondary.clock.advance(timedelta(hours=9))  # type: ignore[attr-defined]
+            assert registry.fail_stuck(conn) == 1
+    current = row(registry)
+    assert current.sync_state is SyncState.PENDING and not current.resync_requested
+    assert (current.retry_count, current.retry_at) == (0, None)
+    assert current.pending_since == changed_at
+
+
+def test_only_its_own_claim_releases_an_overtaken_row(registry: Registry) -> None:
+    claim = start(registry)
+    pending(registry)
+    stale = SyncClaim(claim.at, claim.generation - 1)
+    with registry.geo.tracking() as conn:
+        assert registry.release_overtaken(conn, {ID: stale}) == set()
+        assert registry.failed(conn, ID, stale, "stale") is None
+    assert row(registry).sync_state is SyncState.STARTED
+    with registry.geo.tracking() as conn:
+        assert registry.release_overtaken(conn, {ID: claim}) == {ID}
+    assert row(registry).sync_state is SyncState.PENDING
 
 
 def test_synced_of_a_timed_out_sync_loses_to_its_retry(registry: Registry, sites: SitePair) -> None:
@@ -406,3 +462,40 @@ def test_a_claim_takes_pending_rows_in_arrival_order_then_failed_rows_by_due_tim
     assert sorted(first) == [5, 7, 20]  # ID (the fixture's row) came first, then 20, 5, 11
     assert sorted(second) == [11, 30, 31]
     assert third == []
+
+
+def test_counts_per_state_pair_and_the_oldest_unsynced_row(
+    registry: Registry, sites: SitePair
+) -> None:
+    """The status's one GROUP BY, and the oldest unsynced time over rows with and without a
+    `pending_since` (older rows may lack one: their creation counts)."""
+    clock = sites.secondary.clock
+    c = registry.table.c
+    put_in(registry, SyncState.SYNCED)
+    with sites.secondary.tracking() as conn:
+        assert registry.oldest_unsynced_since(conn) is None
+        clock.advance(10)  # type: ignore[attr-defined]
+        registry.insert_pending(conn, [8, 9])
+        conn.execute(update(registry.table).where(c.upload_id == 9).values(pending_since=None))
+        assert registry.oldest_unsynced_since(conn) == clock.now()
+        clock.advance(10)  # type: ignore[attr-defined]
+        registry.pending(conn, 8)  # the row without `pending_since` is now the oldest
+        assert registry.oldest_unsynced_since(conn) == clock.now() - timedelta(seconds=10)
+        registry.delete(conn, [9])
+        assert registry.oldest_unsynced_since(conn) == clock.now()
+        registry.synced(conn, 8, registry.start(conn, 8), verification=VerificationState.PENDING)
+        assert registry.oldest_unsynced_since(conn) is None
+        registry.insert_pending(conn, [10])
+        pairs = registry.count_by_states(conn)
+        by_state = registry.count_by_state(conn)
+    assert pairs == {
+        (SyncState.SYNCED, VerificationState.DISABLED): 1,
+        (SyncState.SYNCED, VerificationState.PENDING): 1,
+        (SyncState.PENDING, VerificationState.DISABLED): 1,
+    }
+    assert by_state == {
+        SyncState.PENDING: 1,
+        SyncState.STARTED: 0,
+        SyncState.SYNCED: 2,
+        SyncState.FAILED: 0,
+    }

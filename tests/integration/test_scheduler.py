@@ -33,14 +33,38 @@ def test_pending_rows_come_before_failed_ones_and_failed_wait_for_retry_at(
             uploads.failed(conn, model_id, started, "boom")
         assert started
     with sites.secondary.tracking() as conn:
-        claimed = [model_id for model_id, _ in uploads.claim(conn, 10)]
-    assert claimed == [3], "failed rows are not due before their retry_at"
+        claims = uploads.claim(conn, 10)
+    assert [model_id for model_id, _ in claims] == [3], "failed rows are not due yet"
     clock.advance(timedelta(hours=2))
     with sites.secondary.tracking() as conn:
-        uploads.pending(conn, 3)
+        assert uploads.synced(conn, 3, claims[0][1])
+        uploads.pending(conn, 3)  # a newer change after that sync
         first = [model_id for model_id, _ in uploads.claim(conn, 1)]
         rest = sorted(model_id for model_id, _ in uploads.claim(conn, 10))
     assert (first, rest) == ([3], [1, 2]), "pending first, then failed rows that are due"
+
+
+def test_a_sync_overtaken_by_a_newer_change_keeps_its_slot_until_it_ends(
+    sites: SitePair,
+) -> None:
+    """With a capacity of 2 and two transfers in flight, an `updated` event for one of them
+    frees no slot: neither its item nor another is claimed until that transfer ends."""
+    uploads, packages = registries(sites)
+    with sites.secondary.tracking() as conn:
+        uploads.insert_pending(conn, [1, 2, 3])
+        claims = {key: claim for _, key, claim in claim_round_robin(conn, [uploads], 2, "w1")}
+    assert sorted(claims) == [1, 2]
+    with sites.secondary.tracking() as conn:
+        uploads.pending_many(conn, {1: sites.secondary.clock.now()})  # the log cursor's update
+    with sites.secondary.tracking() as conn:
+        assert claim_round_robin(conn, [uploads], 2, "w2", counted=[uploads, packages]) == []
+        assert not uploads.synced(conn, 1, claims[1])  # the overtaken transfer ends
+    with sites.secondary.tracking() as conn:
+        again = claim_round_robin(conn, [uploads], 2, "w2")
+    assert [key for _, key, _ in again] == [1]  # the changed item first, in id order
+    with sites.secondary.tracking() as conn:
+        assert uploads.synced(conn, 2, claims[2])
+        assert [key for _, key, _ in claim_round_robin(conn, [uploads], 2, "w2")] == [3]
 
 
 def test_capacity_is_shared_round_robin_and_counts_started_rows(sites: SitePair) -> None:

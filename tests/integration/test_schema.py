@@ -50,6 +50,7 @@ REGISTRY_COLUMNS = {
     "claimed_by",
     "verification_claimed_by",
     "claim_generation",
+    "resync_requested",
 }
 
 #: §5's partial indexes: name suffix -> (column, WHERE clause normalised per backend).

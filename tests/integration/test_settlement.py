@@ -203,10 +203,12 @@ def test_an_older_claim_of_the_same_instant_settles_nothing(
     with geo.tracking() as conn:
         for model_id in IDS[:2]:
             older[model_id] = registry.start(conn, model_id)
-            registry.pending(conn, model_id)
+            # Its worker stopped it (pending again), as if it were gone: the item is claimed anew.
+            assert registry.interrupted(conn, model_id, older[model_id], "stopped")
         newer.update(registry.claim(conn, 2))
     assert sorted(newer) == IDS[:2]
     assert all(older[i].at == newer[i].at for i in IDS[:2])
+    claimed = {i: state(registry, i) for i in IDS[:2]}
     failure = Failure("Download failed", None, "transient", False)
     stale = [
         Finished(registry, IDS[0], older[IDS[0]], Success("f/old")),
@@ -216,7 +218,7 @@ def test_an_older_claim_of_the_same_instant_settles_nothing(
     for model_id in IDS[:2]:
         row = state(registry, model_id)
         assert row is not None and row.sync_state is SyncState.STARTED
-        assert (row.retry_count, row.local_path, row.last_sync_failure) == (0, None, None)
+        assert row == claimed[model_id] and (row.retry_count, row.local_path) == (0, None)
     current = [
         Finished(registry, IDS[0], newer[IDS[0]], Success("f/new")),
         Finished(registry, IDS[1], newer[IDS[1]], failure),
