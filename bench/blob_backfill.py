@@ -318,7 +318,7 @@ def time_command(label: str, command: list[str], workload: Workload) -> Timing:
     return Timing(label, time.perf_counter() - start, workload.count, workload.total_bytes)
 
 
-def _rsync_has_fsync() -> bool:
+def rsync_has_fsync() -> bool:
     """Whether this rsync knows `--fsync` (3.2.3 and later)."""
     result = subprocess.run(["rsync", "--help"], capture_output=True, text=True, check=False)
     return "--fsync" in result.stdout
@@ -340,7 +340,7 @@ def copy_tools(source: Path, scratch: Path, workload: Workload) -> list[Timing]:
         shutil.rmtree(target)
         # Durable per file, like geosync (which also hashes every byte): for comparison only.
         fsync = ["rsync", "-a", "--fsync", f"{source}/", f"{target}/"]
-        if _rsync_has_fsync():
+        if rsync_has_fsync():
             timings.append(time_command("rsync -a --fsync", fsync, workload))
             shutil.rmtree(target)
     target = scratch / "cp-copy"
@@ -418,7 +418,9 @@ def run_geosync(
         os.sync()
         start, wall_start = time.perf_counter(), time.time()
         secondary.start("worker")
-        progress = wait_synced(pair, workload.count, timeout, lambda: _alive(primary, secondary))
+        progress = wait_synced(
+            pair, workload.count, timeout, lambda: sites_alive(primary, secondary)
+        )
         usage = [
             proc_usage("primary serve", primary.processes["serve"].pid),
             proc_usage("secondary worker", secondary.processes["worker"].pid),
@@ -459,7 +461,8 @@ def log_events(path: Path) -> Counter[str]:
     return counts
 
 
-def _alive(*sites: SiteProcesses) -> bool:
+def sites_alive(*sites: SiteProcesses) -> bool:
+    """Whether every process of `sites` still runs (a benchmark stops when one dies)."""
     return all(p.poll() is None for site in sites for p in site.processes.values())
 
 

@@ -37,11 +37,11 @@ from pathlib import Path
 from blob_backfill import (
     POSTGRES_URL,
     REPLICATORS_MODULE,
-    _alive,
-    _rsync_has_fsync,
     check_copies,
     log_events,
+    rsync_has_fsync,
     site_pair,
+    sites_alive,
     wait_synced,
     write_blob,
 )
@@ -149,7 +149,7 @@ def time_rsync(source: Path, target: Path) -> tuple[str, float]:
     """Seconds `rsync -a --fsync` takes (else `rsync -a` then `sync`), after a `sync`."""
     os.sync()
     start = time.perf_counter()
-    if _rsync_has_fsync():
+    if rsync_has_fsync():
         label = "rsync -a --fsync"
         subprocess.run(["rsync", "-a", "--fsync", f"{source}/", f"{target}/"], check=True)
     else:
@@ -168,7 +168,7 @@ def backfill(pair: SitePair, root: Path, workers: int, files: int, timeout: floa
         start = time.perf_counter()
         for n in range(workers):
             secondary.start("worker" if n == 0 else f"worker{n + 1}")
-        progress = wait_synced(pair, files, timeout, lambda: _alive(primary, secondary))
+        progress = wait_synced(pair, files, timeout, lambda: sites_alive(primary, secondary))
     finally:
         secondary.stop_all()
         primary.stop_all()
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{args.files} blobs of {args.min_kib}-{args.max_kib} KiB, workers"
         f" {args.worker_counts}, {args.rounds} round(s), PostgreSQL; rsync --fsync"
-        f" {'supported' if _rsync_has_fsync() else 'not supported: rsync -a then sync'}"
+        f" {'supported' if rsync_has_fsync() else 'not supported: rsync -a then sync'}"
     )
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="geosync-scale-") as scratch:
