@@ -39,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from blob_backfill import Workload
 from sqlalchemy import func, select
 
 from geosync.demo.models import Upload
@@ -59,20 +60,6 @@ CONCURRENCY = 10
 POLL = 0.05
 #: Block of the streamed plain copy: geosync's part size.
 PART = 8 * MiB
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A set of equally sized blobs."""
-
-    name: str
-    count: int
-    size: int
-
-    def describe(self) -> str:
-        """E.g. "2000 x 64 KiB"."""
-        size = f"{self.size // MiB} MiB" if self.size >= MiB else f"{self.size // KiB} KiB"
-        return f"{self.count} x {size}"
 
 
 @dataclass(frozen=True)
